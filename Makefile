@@ -1,0 +1,37 @@
+# The two commands a newcomer needs: `make run` (the service on its embedded Redis)
+# and `make test` (the whole suite). Both create or update .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEPLOYHOOK_CONFIG ?= examples/deploy.yml
+export DEPLOYHOOK_CONFIG
+
+.PHONY: run test lint typecheck check-config clean
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/deployhook up
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check-config: $(STAMP)
+	$(BIN)/deployhook config check
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

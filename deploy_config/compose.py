@@ -1,0 +1,88 @@
+"""An environment's Compose project: the arguments every compose call uses, and its resolved model.
+
+Compose resolves its own files (`docker compose config --format json`); deployhook never
+re-implements Compose's interpolation, merging or defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import commands, defaults
+from .commands import Redact
+from .errors import DeployError
+from .schema import DeployConfig, EnvironmentConfig
+
+
+@dataclass(frozen=True)
+class ComposeProject:
+    """How to call `docker compose` for one environment: same -p, -f, --env-file every time."""
+
+    environment: EnvironmentConfig
+    file: Path
+    env_file: Path | None
+
+    @classmethod
+    def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
+        env_file = config.env_file if config.env_file.is_file() else None
+        return cls(environment=env, file=(repo_dir / env.compose_file).resolve(), env_file=env_file)
+
+    def args(self, *subcommand: str) -> list[str]:
+        args = ["docker", "compose"]
+        if self.environment.project:
+            args += ["-p", self.environment.project]
+        args += ["-f", str(self.file)]
+        if self.env_file is not None:
+            args += ["--env-file", str(self.env_file)]
+        return [*args, *subcommand]
+
+    def process_env(self) -> dict[str, str]:
+        """The environment compose runs with: ours, minus COMPOSE_* that would override -p/-f."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+        env.update(self.environment.compose_env)
+        env["ENVIRONMENT"] = self.environment.name
+        return env
+
+    def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
+        """The fully resolved compose model, as Compose itself computes it."""
+        if not self.file.is_file():
+            raise DeployError(
+                f"environments.{self.environment.name}.compose_file: {self.file} does not exist; "
+                "compose_file is relative to the repository root (see --repo-dir)"
+            )
+        result = commands.run(
+            self.args("config", "--format", "json"),
+            cwd=self.file.parent,
+            env=self.process_env(),
+            timeout=defaults.COMPOSE_TIMEOUT,
+            redact=redact,
+        )
+        return ResolvedCompose.from_json(self.environment.name, self.file, json.loads(result.stdout))
+
+
+@dataclass(frozen=True)
+class ResolvedCompose:
+    """The parts of `docker compose config --format json` that the isolation rules read."""
+
+    environment: str
+    file: Path
+    project: str
+    services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    networks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, environment: str, file: Path, model: Mapping[str, Any]) -> ResolvedCompose:
+        return cls(
+            environment=environment,
+            file=file,
+            project=str(model.get("name", "")),
+            services=model.get("services") or {},
+            networks=model.get("networks") or {},
+            volumes=model.get("volumes") or {},
+        )

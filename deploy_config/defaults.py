@@ -1,0 +1,37 @@
+"""Tunables with their default values, one place for all of them."""
+
+DEFAULT_CONFIG_PATH = "deploy.yml"
+"""Config file read when neither --config nor DEPLOYHOOK_CONFIG names one."""
+
+CONFIG_ENVVAR = "DEPLOYHOOK_CONFIG"
+"""Environment variable that can name the config file."""
+
+DEFAULT_STATE_DIR = "state"
+"""Where deployhook keeps its clones, worktrees and embedded Redis data (relative to the config file)."""
+
+DEFAULT_WEBHOOK_SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
+"""Name of the environment variable that holds the webhook secret."""
+
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+"""Largest webhook body accepted; GitHub caps payloads at 25 MB but pushes are far smaller."""
+
+DEFAULT_HEALTH_TIMEOUT = 60.0
+"""Seconds the health gate waits for the health URL to answer 200 with status ok."""
+
+DEFAULT_BACKUP_KEEP = 10
+"""Backups kept per environment; the newest are kept."""
+
+DEFAULT_BACKUP_DIR = "backups"
+"""Where database backups go (relative to the config file), as in the seed's `make db-export`."""
+
+DEFAULT_RELEASE_TAG = "{sha}"
+"""Tag of the image built for one commit: `<image>:<sha>`."""
+
+DEFAULT_CURRENT_TAG = "latest-{env}"
+"""Tag the environment's compose file runs: `<image>:latest-<env>`, re-pointed on rollout."""
+
+PRODUCTION_ENVIRONMENT = "production"
+"""The environment held to the stricter rules (unpublished database, limits, required backups)."""
+
+COMPOSE_TIMEOUT = 60.0
+"""Seconds a `docker compose config` resolution may take."""

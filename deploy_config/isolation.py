@@ -1,0 +1,318 @@
+"""The isolation lint: the seed's isolation table, checked against Compose's resolved model.
+
+Each rule reads the config and every environment's resolved compose model and returns
+its violations, one precise sentence each. No rule talks to Docker.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .commands import Redact
+from .compose import ComposeProject, ResolvedCompose
+from .schema import DeployConfig, EnvironmentConfig, parse_memory
+
+Stacks = Mapping[str, ResolvedCompose]
+RuleCheck = Callable[[DeployConfig, Stacks], list[str]]
+_UNSPECIFIED_IPS = ("", "0.0.0.0", "::")
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    check: RuleCheck
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    rule: Rule
+    violations: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.violations
+
+
+def lint(config: DeployConfig, stacks: Stacks) -> list[RuleResult]:
+    """Run every rule; the environments' resolved models are keyed by environment name."""
+    return [RuleResult(rule, tuple(rule.check(config, stacks))) for rule in RULES]
+
+
+def _join(names: list[str]) -> str:
+    return " and ".join(sorted(names))
+
+
+def _shared(owners: Mapping[Any, list[str]]) -> Iterator[tuple[Any, list[str]]]:
+    """Keys claimed by more than one environment."""
+    for key, envs in owners.items():
+        if len(set(envs)) > 1:
+            yield key, sorted(set(envs))
+
+
+def check_project_names(config: DeployConfig, stacks: Stacks) -> list[str]:
+    violations = []
+    by_project: dict[str, list[str]] = defaultdict(list)
+    for name, env in config.environments.items():
+        project = stacks[name].project
+        by_project[project].append(name)
+        if env.project is None:
+            violations.append(
+                f"environments.{name}.project is not set, so Compose uses its default project name "
+                f"{project!r} (from the compose file's directory or its `name:`); set an explicit one, "
+                f"e.g. project: {project}-{name}"
+            )
+    for project, envs in _shared(by_project):
+        violations.append(
+            f"environments {_join(envs)} share the compose project {project!r}: `up --remove-orphans` "
+            "or `down` in one would remove the other's containers; give each its own project"
+        )
+    return violations
+
+
+def _host_ports(service: Mapping[str, Any]) -> Iterator[tuple[int, str, str]]:
+    """(host port, protocol, host ip) for every port the service publishes on the host."""
+    for port in service.get("ports") or []:
+        published = str(port.get("published") or "")
+        if not published:
+            continue  # Docker picks a free ephemeral port: nothing to collide with
+        first, _, last = published.partition("-")
+        for number in range(int(first), int(last or first) + 1):
+            yield number, str(port.get("protocol") or "tcp"), str(port.get("host_ip") or "")
+
+
+def check_host_ports(config: DeployConfig, stacks: Stacks) -> list[str]:
+    claims: list[tuple[int, str, str, str, str]] = []
+    for env, stack in stacks.items():
+        for service_name, service in stack.services.items():
+            claims += [(port, proto, ip, env, service_name) for port, proto, ip in _host_ports(service)]
+    violations = []
+    for i, (port, proto, ip, env, service_name) in enumerate(claims):
+        for other_port, other_proto, other_ip, other_env, other_service in claims[i + 1 :]:
+            same_ip = ip == other_ip or ip in _UNSPECIFIED_IPS or other_ip in _UNSPECIFIED_IPS
+            if env != other_env and (port, proto) == (other_port, other_proto) and same_ip:
+                violations.append(
+                    f"host port {port}/{proto} is published by both {env} (service {service_name}) "
+                    f"and {other_env} (service {other_service}); give each environment its own port"
+                )
+    return violations
+
+
+def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
+    violations = []
+    owners: dict[str, list[str]] = defaultdict(list)
+    for env, stack in stacks.items():
+        for key, network in stack.networks.items():
+            owners[str(network.get("name") or key)].append(env)
+        for service_name, service in stack.services.items():
+            mode = str(service.get("network_mode") or "")
+            if mode == "host" or mode.startswith("container:"):
+                violations.append(
+                    f"{env}: service {service_name} uses network_mode: {mode}, which shares a network "
+                    "namespace outside the environment; attach it to the environment's own network"
+                )
+    for network, envs in _shared(owners):
+        violations.append(
+            f"Docker network {network!r} is used by both {_join(envs)}: their containers could reach "
+            "each other; give each environment its own network (no shared external network)"
+        )
+    return violations
+
+
+def check_volumes(config: DeployConfig, stacks: Stacks) -> list[str]:
+    named: dict[str, list[str]] = defaultdict(list)
+    binds: dict[str, list[str]] = defaultdict(list)
+    writers: set[str] = set()
+    for env, stack in stacks.items():
+        for key, volume in stack.volumes.items():
+            named[str(volume.get("name") or key)].append(env)
+        for service in stack.services.values():
+            for mount in service.get("volumes") or []:
+                if mount.get("type") == "bind":
+                    binds[mount["source"]].append(env)
+                    if not mount.get("read_only"):
+                        writers.add(mount["source"])
+    violations = [
+        f"Docker volume {volume!r} is used by both {_join(envs)}: their data would be shared; "
+        "give each environment its own volume (the seed's pgdata-staging / pgdata-production)"
+        for volume, envs in _shared(named)
+    ]
+    violations += [
+        f"host path {path!r} is bind-mounted by both {_join(envs)} and writable by at least one; "
+        "mount it read-only or use a separate path per environment"
+        for path, envs in _shared(binds)
+        if path in writers
+    ]
+    return violations
+
+
+def check_container_names(config: DeployConfig, stacks: Stacks) -> list[str]:
+    owners: dict[str, list[str]] = defaultdict(list)
+    for env, stack in stacks.items():
+        for service in stack.services.values():
+            if service.get("container_name"):
+                owners[str(service["container_name"])].append(env)
+    return [
+        f"container_name {name!r} is fixed in both {_join(envs)}: the second `up` would replace the first's "
+        "container; remove container_name and let Compose name containers per project"
+        for name, envs in _shared(owners)
+    ]
+
+
+def _production(config: DeployConfig) -> EnvironmentConfig | None:
+    return next((env for env in config.environments.values() if env.is_production), None)
+
+
+def check_production_database_port(config: DeployConfig, stacks: Stacks) -> list[str]:
+    prod = _production(config)
+    if prod is None or prod.database is None:
+        return []
+    stack = stacks[prod.name]
+    service = stack.services.get(prod.database.service)
+    if service is None:
+        return [
+            f"{prod.name}: database service {prod.database.service!r} (environments.{prod.name}.database.service) "
+            f"is not in {stack.file.name}"
+        ]
+    ports = sorted({f"{port}/{proto}" for port, proto, _ in _host_ports(service)})
+    if not ports:
+        return []
+    return [
+        f"{prod.name}: database service {prod.database.service!r} publishes host port(s) {', '.join(ports)}; "
+        "remove its ports: entry (reach it with `docker compose exec`), as the seed requires"
+    ]
+
+
+def service_limits(service: Mapping[str, Any]) -> tuple[float | None, int | None]:
+    """(cpus, memory bytes) limits of a resolved service, from deploy.resources or cpus/mem_limit."""
+    limits = ((service.get("deploy") or {}).get("resources") or {}).get("limits") or {}
+    cpus = limits.get("cpus", service.get("cpus"))
+    memory = limits.get("memory", service.get("mem_limit"))
+    return (float(cpus) if cpus else None, parse_memory(memory) if memory else None)
+
+
+def _mib(value: int) -> str:
+    return f"{value / 1024**2:g} MiB"
+
+
+def check_production_limits(config: DeployConfig, stacks: Stacks) -> list[str]:
+    prod = _production(config)
+    if prod is None:
+        return []
+    violations = []
+    prod_stack = stacks[prod.name]
+    for service_name, service in prod_stack.services.items():
+        cpus, memory = service_limits(service)
+        missing = [kind for kind, value in (("cpus", cpus), ("memory", memory)) if value is None]
+        if missing:
+            violations.append(
+                f"{prod.name}: service {service_name} has no {' or '.join(missing)} limit; "
+                "set deploy.resources.limits.cpus and .memory"
+            )
+        for other, stack in stacks.items():
+            if other == prod.name or service_name not in stack.services:
+                continue
+            other_cpus, other_memory = service_limits(stack.services[service_name])
+            if cpus is not None and other_cpus is not None and cpus < other_cpus:
+                violations.append(
+                    f"{prod.name}: service {service_name} cpus limit {cpus:g} is lower than {other}'s {other_cpus:g}"
+                )
+            if memory is not None and other_memory is not None and memory < other_memory:
+                violations.append(
+                    f"{prod.name}: service {service_name} memory limit {_mib(memory)} is lower than "
+                    f"{other}'s {_mib(other_memory)}"
+                )
+    return violations
+
+
+def check_expected_limits(config: DeployConfig, stacks: Stacks) -> list[str]:
+    violations = []
+    for name, env in config.environments.items():
+        for service_name, expected in env.expected_limits.items():
+            field = f"environments.{name}.expected_limits.{service_name}"
+            service = stacks[name].services.get(service_name)
+            if service is None:
+                violations.append(f"{field}: service {service_name!r} is not in {stacks[name].file.name}")
+                continue
+            cpus, memory = service_limits(service)
+            if expected.cpus is not None and cpus != expected.cpus:
+                violations.append(f"{field}.cpus: expected {expected.cpus:g}, the compose file sets {cpus}")
+            if expected.memory is not None and memory != expected.memory:
+                actual = _mib(memory) if memory is not None else "none"
+                violations.append(f"{field}.memory: expected {_mib(expected.memory)}, the compose file sets {actual}")
+    return violations
+
+
+def check_environment_variable(config: DeployConfig, stacks: Stacks) -> list[str]:
+    violations = []
+    for name, env in config.environments.items():
+        database = env.database.service if env.database else None
+        for service_name, service in stacks[name].services.items():
+            value = (service.get("environment") or {}).get("ENVIRONMENT")
+            if value is None and service_name != database:
+                violations.append(f"{name}: service {service_name} does not set ENVIRONMENT (expected {name})")
+            elif value is not None and value != name:
+                violations.append(f"{name}: service {service_name} sets ENVIRONMENT={value}, expected {name}")
+    return violations
+
+
+def check_images(config: DeployConfig, stacks: Stacks) -> list[str]:
+    violations = []
+    for name, env in config.environments.items():
+        stack = stacks[name]
+        current = config.tags.current_tag(name)
+        running = {str(svc.get("image") or ""): svc_name for svc_name, svc in stack.services.items()}
+        for image in env.images:
+            expected = f"{image.name}:{current}"
+            if image.service is not None:
+                service = stack.services.get(image.service)
+                if service is None or not service.get("build"):
+                    violations.append(
+                        f"{name}: image {image.name} is built from service {image.service!r}, "
+                        f"which {'has no build: section' if service else 'is not'} in {stack.file.name}"
+                    )
+                    continue
+            if expected not in running:
+                seen = [f"{svc} runs {ref}" for ref, svc in running.items() if ref.split(":")[0] == image.name]
+                found = f" ({'; '.join(seen)})" if seen else ""
+                violations.append(
+                    f"{name}: no service in {stack.file.name} runs {expected}{found}; the rollout re-points "
+                    f"that tag at each release, so the compose file must reference it"
+                )
+    return violations
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("project-names", "each environment has its own explicit compose project", check_project_names),
+    Rule("host-ports", "no host port is published by two environments", check_host_ports),
+    Rule("networks", "no Docker network is shared between environments", check_networks),
+    Rule("volumes", "no volume or writable host path is shared between environments", check_volumes),
+    Rule("container-names", "no fixed container_name collides across environments", check_container_names),
+    Rule(
+        "production-db-port", "production's database port is not published on the host", check_production_database_port
+    ),
+    Rule(
+        "production-limits",
+        "production services have CPU and memory limits, not below staging's",
+        check_production_limits,
+    ),
+    Rule("expected-limits", "services run with the limits deploy.yml expects", check_expected_limits),
+    Rule(
+        "environment-variable",
+        "every service but the database sets ENVIRONMENT to its environment",
+        check_environment_variable,
+    ),
+    Rule("images", "each environment's compose file runs the images deploy.yml deploys", check_images),
+)
+
+
+def resolve_stacks(config: DeployConfig, repo_dir: Path, redact: Redact | None = None) -> dict[str, ResolvedCompose]:
+    """Every environment's compose model, resolved by Compose from the checkout at repo_dir."""
+    return {
+        name: ComposeProject.for_environment(config, env, repo_dir).resolve(redact)
+        for name, env in config.environments.items()
+    }

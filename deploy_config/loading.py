@@ -1,0 +1,138 @@
+"""Reading deploy.yml into a DeployConfig, with one clear message per problem."""
+
+from __future__ import annotations
+
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from . import defaults
+from .errors import ConfigError
+from .schema import DeployConfig
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys: PyYAML would silently keep the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The config file to read: the explicit one, else $DEPLOYHOOK_CONFIG, else deploy.yml."""
+    return Path(explicit or os.environ.get(defaults.CONFIG_ENVVAR) or defaults.DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> DeployConfig:
+    """Read and validate the config file; raise ConfigError listing every problem."""
+    source = config_path(path)
+    name = str(source)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            name,
+            [f"no such file; pass --config PATH or set {defaults.CONFIG_ENVVAR} (see examples/deploy.yml)"],
+        ) from None
+    except OSError as exc:
+        raise ConfigError(name, [f"cannot read: {exc.strerror}"]) from None
+    return parse_config(text, source)
+
+
+def parse_config(text: str, source: Path) -> DeployConfig:
+    """Validate config text as if read from `source` (relative paths resolve against its directory)."""
+    name = str(source)
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(name, [_yaml_problem(exc)]) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(name, ["expected a mapping of settings at the top level (see examples/deploy.yml)"])
+    data = {**data, "source": source}
+    try:
+        return DeployConfig.model_validate(data, context={"base_dir": source.parent.resolve()})
+    except ValidationError as exc:
+        raise ConfigError(name, [format_error(error) for error in exc.errors()]) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    return f"{where}invalid YAML: {problem}"
+
+
+def format_error(error: ErrorDetails) -> str:
+    """`environments.production.health_url: not a URL: 'localhost:8080'` from a pydantic error."""
+    loc = [str(part) for part in error["loc"]]
+    path = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind == "extra_forbidden":
+        allowed = _fields_at(error["loc"][:-1])
+        hint = f"; expected one of: {', '.join(allowed)}" if allowed else ""
+        return f"{path}: unknown field{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error"):
+        return f"{path}: {message}"
+    message = message[:1].lower() + message[1:]
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool) or value is None:
+        message += f", got {value!r}"
+    else:
+        message += f", got a {_yaml_type(value)}"
+    return f"{path}: {message}"
+
+
+def _yaml_type(value: object) -> str:
+    if isinstance(value, Mapping):
+        return "mapping"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names a model accepts at `loc`, walking the schema the way the data nests."""
+    annotation: Any = DeployConfig
+    for part in loc:
+        model = _model_in(annotation)
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            annotation = model.model_fields[part].annotation
+            continue
+        # Step into a dict value or list item; the key or index itself names no field.
+        args = [arg for arg in typing.get_args(annotation) if arg is not type(None) and arg is not Ellipsis]
+        annotation = args[-1] if args else None
+    model = _model_in(annotation)
+    if model is None:
+        return []
+    return [field for field in model.model_fields if field not in ("name", "source")]
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None

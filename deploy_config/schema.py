@@ -1,0 +1,260 @@
+"""The deploy config's schema: frozen pydantic models, validated once at load time."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from . import defaults
+
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Compose's own rule for project names.
+_PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+# Docker image repository names, without tag or digest.
+_IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+_MEMORY_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def _env_var_name(value: str) -> str:
+    if not _ENV_VAR_NAME.match(value):
+        raise ValueError(
+            f"not an environment variable name: {value!r}; give the NAME of the variable "
+            "that holds the value (e.g. DEPLOYHOOK_WEBHOOK_SECRET), never the value itself"
+        )
+    return value
+
+
+def _branch_name(value: str) -> str:
+    # The subset of git-check-ref-format that keeps branch names safe in paths and commands.
+    bad = (
+        not value
+        or value.startswith(("-", "/", "."))
+        or value.endswith(("/", ".", ".lock"))
+        or ".." in value
+        or "//" in value
+        or "@{" in value
+        or re.search(r"[\x00-\x20\x7f~^:?*\[\\]", value) is not None
+    )
+    if bad:
+        raise ValueError(f"not a valid git branch name: {value!r}")
+    return value.removeprefix("refs/heads/")
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not a URL: {value!r}; expected http://HOST[:PORT]/PATH")
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise ValueError(f"not a URL: {value!r}; the port is not a number from 1 to 65535") from None
+    return value
+
+
+def _project_name(value: str) -> str:
+    if not _PROJECT_NAME.match(value):
+        raise ValueError(
+            f"not a valid compose project name: {value!r}; use lowercase letters, digits, '-' and '_', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+def _image_name(value: str) -> str:
+    if not _IMAGE_NAME.match(value):
+        raise ValueError(
+            f"not a valid image name: {value!r}; give the repository name without a tag, e.g. 'brandishbot'"
+        )
+    return value
+
+
+def parse_memory(value: str | int) -> int:
+    """Bytes in a Compose-style memory size: 512M, 1G, 1gb, 1073741824."""
+    if isinstance(value, int):
+        return value
+    match = _MEMORY.match(str(value))
+    if not match:
+        raise ValueError(f"not a memory size: {value!r}; expected e.g. 512M or 1G")
+    number, unit = match.groups()
+    return int(float(number) * _MEMORY_UNITS[unit.lower()])
+
+
+EnvVarName = Annotated[str, AfterValidator(_env_var_name)]
+BranchName = Annotated[str, AfterValidator(_branch_name)]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+ProjectName = Annotated[str, AfterValidator(_project_name)]
+ImageName = Annotated[str, AfterValidator(_image_name)]
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class Model(BaseModel):
+    """Base of every config model: immutable, and unknown fields are errors (typos must not pass)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths in the config are relative to the config file's directory."""
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+class RepositoryConfig(Model):
+    url: str = Field(min_length=1)
+    """Clone URL of the app's repository (https, ssh, or a local path to a bare repository)."""
+    full_name: str = Field(pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)+$")
+    """owner/name that webhook deliveries must name in repository.full_name."""
+    checkout: Path | None = None
+    """A local checkout whose compose files `deployhook config check` reads (default: beside deploy.yml)."""
+
+    _resolve_checkout = field_validator("checkout")(_resolve_path)
+
+
+class WebhookConfig(Model):
+    secret_env: EnvVarName = defaults.DEFAULT_WEBHOOK_SECRET_ENV
+    """Name of the environment variable holding the webhook secret."""
+    max_body_bytes: int = Field(default=defaults.DEFAULT_MAX_BODY_BYTES, gt=0)
+    """Deliveries larger than this are refused with 413."""
+
+
+class ImageConfig(Model):
+    name: ImageName
+    """Image repository name; built as <name>:<sha> and run as <name>:latest-<env>."""
+    service: str | None = None
+    """Take context and Dockerfile from this compose service's `build:` instead."""
+    context: str | None = None
+    """Build context, relative to the repository root (default '.')."""
+    dockerfile: str | None = None
+    """Dockerfile, relative to the context (default 'Dockerfile')."""
+
+    @model_validator(mode="after")
+    def _one_build_source(self) -> ImageConfig:
+        if self.service and (self.context or self.dockerfile):
+            raise ValueError("give either 'service' (use its compose build:) or 'context'/'dockerfile', not both")
+        return self
+
+
+class DatabaseConfig(Model):
+    service: str = "db"
+    """Compose service running PostgreSQL."""
+    user_env: EnvVarName = "DB_USER"
+    """Env-file variable holding the database user."""
+    name_env: EnvVarName = "DB_NAME"
+    """Env-file variable holding the database name."""
+
+
+class BackupConfig(Model):
+    dir: Path = Path(defaults.DEFAULT_BACKUP_DIR)
+    keep: int = Field(default=defaults.DEFAULT_BACKUP_KEEP, ge=1)
+    required: bool | None = None
+    """Whether a failed backup aborts the deploy; None means yes for production only."""
+
+    _resolve_dir = field_validator("dir")(_resolve_path)
+
+
+class ServiceLimits(Model):
+    cpus: float | None = Field(default=None, gt=0)
+    memory: int | None = None
+    """Bytes; accepts Compose-style sizes such as 512M or 1G."""
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _parse_memory(cls, value: Any) -> Any:
+        return None if value is None else parse_memory(value)
+
+
+class TagScheme(Model):
+    release: str = defaults.DEFAULT_RELEASE_TAG
+    """Tag of a commit's build; must contain {sha}."""
+    current: str = defaults.DEFAULT_CURRENT_TAG
+    """Tag the compose file runs; must contain {env}."""
+
+    @model_validator(mode="after")
+    def _placeholders(self) -> TagScheme:
+        if "{sha}" not in self.release:
+            raise ValueError(f"tags.release must contain {{sha}}, got {self.release!r}")
+        if "{env}" not in self.current:
+            raise ValueError(f"tags.current must contain {{env}}, got {self.current!r}")
+        return self
+
+    def release_tag(self, sha: str) -> str:
+        return self.release.format(sha=sha)
+
+    def current_tag(self, env: str) -> str:
+        return self.current.format(env=env)
+
+
+class EnvironmentConfig(Model):
+    name: str
+    """Filled in from the key under `environments:`."""
+    branch: BranchName
+    compose_file: str = Field(min_length=1)
+    """Compose file, relative to the repository root."""
+    project: ProjectName | None = None
+    """Compose project name (-p). Must be set: the isolation lint fails without it."""
+    images: tuple[ImageConfig, ...] = ()
+    health_url: HttpUrl
+    health_timeout: PositiveSeconds = defaults.DEFAULT_HEALTH_TIMEOUT
+    database: DatabaseConfig | None = None
+    backups: BackupConfig = BackupConfig()
+    expected_limits: dict[str, ServiceLimits] = {}
+    """Per compose service, the limits its containers must run with."""
+    compose_env: dict[EnvVarName, str] = {}
+    """Extra, non-secret variables for Compose's interpolation (e.g. host ports)."""
+
+    @property
+    def is_production(self) -> bool:
+        return self.name == defaults.PRODUCTION_ENVIRONMENT
+
+    @property
+    def backup_required(self) -> bool:
+        return self.is_production if self.backups.required is None else self.backups.required
+
+
+class DeployConfig(Model):
+    source: Path = Path(defaults.DEFAULT_CONFIG_PATH)
+    """The file this config was read from (set by the loader)."""
+    repository: RepositoryConfig
+    webhook: WebhookConfig = WebhookConfig()
+    state_dir: Path = Path(defaults.DEFAULT_STATE_DIR)
+    env_file: Path
+    """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
+    tags: TagScheme = TagScheme()
+    environments: dict[str, EnvironmentConfig] = Field(min_length=1)
+
+    _resolve_paths = field_validator("state_dir", "env_file")(_resolve_path)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_environments(cls, data: Any) -> Any:
+        envs = data.get("environments") if isinstance(data, dict) else None
+        if isinstance(envs, dict):
+            named = {key: {**value, "name": key} if isinstance(value, dict) else value for key, value in envs.items()}
+            data = {**data, "environments": named}
+        return data
+
+    @field_validator("environments")
+    @classmethod
+    def _distinct_branches(cls, envs: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:
+        for key in envs:
+            if not re.match(r"^[a-z][a-z0-9_-]*$", key):
+                raise ValueError(f"environment name {key!r} must be lowercase letters, digits, '-' or '_'")
+        seen: dict[str, str] = {}
+        for env in envs.values():
+            if env.branch in seen:
+                raise ValueError(
+                    f"environments {seen[env.branch]!r} and {env.name!r} both deploy branch {env.branch!r}; "
+                    "a push must map to exactly one environment"
+                )
+            seen[env.branch] = env.name
+        return envs
+
+    def environment_for_branch(self, branch: str) -> EnvironmentConfig | None:
+        return next((env for env in self.environments.values() if env.branch == branch), None)

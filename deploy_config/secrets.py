@@ -1,0 +1,65 @@
+"""The app's env file (the seed's shared .env): reading it, and keeping its values out of output."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from .errors import ConfigError
+
+_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+# Values this short are too common to redact without mangling ordinary output.
+MIN_SECRET_LENGTH = 6
+MASK = "********"
+
+
+def parse_env_file(text: str, source: str = ".env") -> dict[str, str]:
+    """KEY=VALUE lines as Compose reads them: comments, blank lines, `export`, quotes."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _LINE.match(line)
+        if not match:
+            raise ConfigError(source, [f"line {number}: expected KEY=VALUE"])
+        key, value = match.groups()
+        values[key] = _unquote(value)
+    return values
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    # An unquoted value ends at an inline comment.
+    return re.split(r"\s+#", value, maxsplit=1)[0]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The env file's variables; a missing or unreadable file is a ConfigError saying which."""
+    try:
+        return parse_env_file(path.read_text(encoding="utf-8"), str(path))
+    except FileNotFoundError:
+        raise ConfigError(
+            str(path), ["env file not found; create it from .env.example (it holds the app's secrets)"]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(str(path), [f"env file cannot be read: {exc.strerror}"]) from None
+
+
+class Redactor:
+    """Replaces known secret values with a mask before text is shown or stored."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        values = {value for value in secrets if len(value) >= MIN_SECRET_LENGTH}
+        # Longest first, so a secret containing another is masked whole.
+        self._values = sorted(values, key=len, reverse=True)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = ()) -> Redactor:
+        return cls([*env.values(), *extra])
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            text = text.replace(value, MASK)
+        return text

