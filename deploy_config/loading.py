@@ -15,7 +15,7 @@ from pydantic_core import ErrorDetails
 
 from . import defaults
 from .errors import ConfigError
-from .schema import DeployConfig
+from .schema import DeployConfig, EnvironmentConfig
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -111,6 +111,10 @@ def _yaml_type(value: object) -> str:
     return type(value).__name__
 
 
+# Fields the loader fills in, not the user: left out of the "expected one of" hint.
+_FILLED_BY_LOADER: dict[type[BaseModel], tuple[str, ...]] = {DeployConfig: ("source",), EnvironmentConfig: ("name",)}
+
+
 def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     """The field names a model accepts at `loc`, walking the schema the way the data nests."""
     annotation: Any = DeployConfig
@@ -125,7 +129,8 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     model = _model_in(annotation)
     if model is None:
         return []
-    return [field for field in model.model_fields if field not in ("name", "source")]
+    internal = _FILLED_BY_LOADER.get(model, ())
+    return [field for field in model.model_fields if field not in internal]
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

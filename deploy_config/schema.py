@@ -151,7 +151,7 @@ class DatabaseConfig(Model):
 
 
 class BackupConfig(Model):
-    dir: Path = Path(defaults.DEFAULT_BACKUP_DIR)
+    dir: Path = Field(default=Path(defaults.DEFAULT_BACKUP_DIR), validate_default=True)
     keep: int = Field(default=defaults.DEFAULT_BACKUP_KEEP, ge=1)
     required: bool | None = None
     """Whether a failed backup aborts the deploy; None means yes for production only."""
@@ -203,7 +203,8 @@ class EnvironmentConfig(Model):
     health_url: HttpUrl
     health_timeout: PositiveSeconds = defaults.DEFAULT_HEALTH_TIMEOUT
     database: DatabaseConfig | None = None
-    backups: BackupConfig = BackupConfig()
+    # Built from {} at load time, so the default backups.dir resolves against the config file too.
+    backups: BackupConfig = Field(default_factory=dict, validate_default=True)
     expected_limits: dict[str, ServiceLimits] = {}
     """Per compose service, the limits its containers must run with."""
     compose_env: dict[EnvVarName, str] = {}
@@ -223,7 +224,7 @@ class DeployConfig(Model):
     """The file this config was read from (set by the loader)."""
     repository: RepositoryConfig
     webhook: WebhookConfig = WebhookConfig()
-    state_dir: Path = Path(defaults.DEFAULT_STATE_DIR)
+    state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
     env_file: Path
     """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
     tags: TagScheme = TagScheme()

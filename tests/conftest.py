@@ -1,0 +1,88 @@
+"""Fixtures over real services: Redis, git, Docker. See testbed.py for the helpers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+import redis
+import testbed
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a real redis-server started for the test session."""
+    with testbed.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the session's Redis, flushed before and after each test."""
+    conn = redis.Redis.from_url(redis_url)
+    conn.flushall()
+    yield conn
+    conn.flushall()
+    conn.close()
+
+
+@pytest.fixture
+def git_remote(tmp_path: Path) -> testbed.GitRemote:
+    """A bare repository as the remote, with a work clone to commit and push from."""
+    return testbed.GitRemote(tmp_path / "git")
+
+
+@pytest.fixture(scope="session")
+def compose_cli() -> None:
+    """Docker Compose v2's CLI (no daemon needed): skip without it, fail in CI."""
+    reason = testbed.compose_unavailable_reason()
+    if reason:
+        testbed.unavailable(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """A client of the real Docker engine (with Compose v2): skip without one, fail in CI."""
+    reason = testbed.docker_unavailable_reason()
+    if reason:
+        testbed.unavailable(reason)
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_image(docker_client: docker.DockerClient) -> str:
+    """The locally built PostgreSQL 15 image; built once, reused by tag."""
+    return testbed.ensure_postgres_image()
+
+
+@pytest.fixture
+def env_file(tmp_path: Path) -> Path:
+    """The seed's shared .env with test values."""
+    return testbed.write_env_file(tmp_path / "app.env")
+
+
+_DOCKER_FIXTURES = {"docker_client", "compose_cli", "postgres_image"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs Docker, so the run can report how many of them ran."""
+    for item in items:
+        if _DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.docker)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line that says whether the Docker-backed tests really ran."""
+    counts: dict[str, int] = {}
+    for outcome in ("passed", "failed", "error", "skipped"):
+        reports = terminalreporter.stats.get(outcome, [])
+        counts[outcome] = sum(
+            1 for report in reports if "docker" in getattr(report, "keywords", {}) and report.when in ("call", "setup")
+        )
+    terminalreporter.write_line(
+        "Docker-backed tests: {passed} passed, {failed} failed, {error} errors, {skipped} skipped".format(**counts)
+    )

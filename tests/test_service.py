@@ -1,0 +1,79 @@
+"""`deployhook up` (what `make run` runs): web server on an embedded, persistent Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import redis
+import testbed
+
+from hook_server import create_app
+
+DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
+
+
+def healthz(port: int) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start_up(config: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    return subprocess.Popen([DEPLOYHOOK, "up", "--config", str(config), "--bind", f"127.0.0.1:{port}"], env=env)
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=30)
+
+
+def test_up_serves_on_embedded_redis_and_keeps_data_across_restarts(
+    tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path
+) -> None:
+    state = tmp_path / "state"
+    config = testbed.write_yaml(
+        tmp_path / "deploy.yml", testbed.sample_config(git_remote.url, env_file=env_file, state_dir=state)
+    )
+    socket_url = f"unix://{state / 'redis' / 'redis.sock'}"
+    port = testbed.free_port()
+
+    first = start_up(config, port)
+    try:
+        testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook up to answer /healthz")
+        assert healthz(port) == (200, {"status": "ok", "redis": "ok"})
+        redis.Redis.from_url(socket_url).set("deployhook:test:marker", "kept")
+    finally:
+        assert stop_up(first) == 0
+    assert not (state / "redis" / "redis.sock").exists(), "embedded Redis still running after Ctrl-C"
+    assert any((state / "redis").glob("appendonly*")), "no append-only file under the state directory"
+
+    second = start_up(config, port)
+    try:
+        testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook up to restart")
+        assert redis.Redis.from_url(socket_url).get("deployhook:test:marker") == b"kept"
+    finally:
+        assert stop_up(second) == 0
+
+
+def test_healthz_reports_unreachable_redis() -> None:
+    client = create_app({"REDIS_URL": f"redis://127.0.0.1:{testbed.free_port()}/0"}).test_client()
+    response = client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json is not None and response.json["status"] == "error"
+    assert "unreachable" in response.json["redis"]
+
+
+def test_healthz_ok_on_real_redis(redis_url: str) -> None:
+    response = create_app({"REDIS_URL": redis_url}).test_client().get("/healthz")
+    assert response.status_code == 200
+    assert response.json == {"status": "ok", "redis": "ok"}

