@@ -15,7 +15,7 @@ from typing import Any
 
 from . import commands, defaults
 from .commands import Redact
-from .errors import DeployError
+from .errors import CommandFailed, DeployError
 from .schema import DeployConfig, EnvironmentConfig
 
 
@@ -55,13 +55,18 @@ class ComposeProject:
                 f"environments.{self.environment.name}.compose_file: {self.file} does not exist; "
                 "compose_file is relative to the repository root (see --repo-dir)"
             )
-        result = commands.run(
-            self.args("config", "--format", "json"),
-            cwd=self.file.parent,
-            env=self.process_env(),
-            timeout=defaults.COMPOSE_TIMEOUT,
-            redact=redact,
-        )
+        try:
+            result = commands.run(
+                self.args("config", "--format", "json"),
+                cwd=self.file.parent,
+                env=self.process_env(),
+                timeout=defaults.COMPOSE_TIMEOUT,
+                redact=redact,
+            )
+        except CommandFailed as exc:
+            raise DeployError(
+                f"environments.{self.environment.name}: Compose cannot resolve {self.file}: {exc}"
+            ) from exc
         return ResolvedCompose.from_json(self.environment.name, self.file, json.loads(result.stdout))
 
 

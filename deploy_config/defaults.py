@@ -35,3 +35,6 @@ PRODUCTION_ENVIRONMENT = "production"
 
 COMPOSE_TIMEOUT = 60.0
 """Seconds a `docker compose config` resolution may take."""
+
+DEFAULT_PUBLIC_ENV = ("ENVIRONMENT", "LOG_LEVEL", "DB_HOST", "DB_USER", "DB_NAME")
+"""env-file variables shown as they are: masking 'brandishbot' everywhere would garble output."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from itertools import combinations
+from pathlib import Path, PurePosixPath
+from typing import Any, NamedTuple
 
 from .commands import Redact
 from .compose import ComposeProject, ResolvedCompose
@@ -85,21 +86,44 @@ def _host_ports(service: Mapping[str, Any]) -> Iterator[tuple[int, str, str]]:
             yield number, str(port.get("protocol") or "tcp"), str(port.get("host_ip") or "")
 
 
+class _PortClaim(NamedTuple):
+    port: int
+    protocol: str
+    host_ip: str
+    env: str
+    service: str
+
+    def collides(self, other: _PortClaim) -> bool:
+        same_ip = (
+            self.host_ip == other.host_ip or self.host_ip in _UNSPECIFIED_IPS or (other.host_ip in _UNSPECIFIED_IPS)
+        )
+        return self.env != other.env and (self.port, self.protocol) == (other.port, other.protocol) and same_ip
+
+
 def check_host_ports(config: DeployConfig, stacks: Stacks) -> list[str]:
-    claims: list[tuple[int, str, str, str, str]] = []
-    for env, stack in stacks.items():
-        for service_name, service in stack.services.items():
-            claims += [(port, proto, ip, env, service_name) for port, proto, ip in _host_ports(service)]
-    violations = []
-    for i, (port, proto, ip, env, service_name) in enumerate(claims):
-        for other_port, other_proto, other_ip, other_env, other_service in claims[i + 1 :]:
-            same_ip = ip == other_ip or ip in _UNSPECIFIED_IPS or other_ip in _UNSPECIFIED_IPS
-            if env != other_env and (port, proto) == (other_port, other_proto) and same_ip:
-                violations.append(
-                    f"host port {port}/{proto} is published by both {env} (service {service_name}) "
-                    f"and {other_env} (service {other_service}); give each environment its own port"
-                )
-    return violations
+    claims = [
+        _PortClaim(port, proto, ip, env, service_name)
+        for env, stack in stacks.items()
+        for service_name, service in stack.services.items()
+        for port, proto, ip in _host_ports(service)
+    ]
+    return [
+        f"host port {a.port}/{a.protocol} is published by both {a.env} (service {a.service}) "
+        f"and {b.env} (service {b.service}); give each environment its own port"
+        for a, b in combinations(claims, 2)
+        if a.collides(b)
+    ]
+
+
+def _shared_network_mode(mode: str) -> str | None:
+    """Why a network_mode reaches outside the environment, or None."""
+    if mode == "host":
+        return "which shares the host's network namespace with every environment"
+    if mode == "bridge":
+        return "Docker's default bridge network, shared by every container on the host"
+    if mode.startswith("container:"):
+        return "which shares another container's network namespace"
+    return None
 
 
 def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
@@ -109,11 +133,11 @@ def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
         for key, network in stack.networks.items():
             owners[str(network.get("name") or key)].append(env)
         for service_name, service in stack.services.items():
-            mode = str(service.get("network_mode") or "")
-            if mode == "host" or mode.startswith("container:"):
+            problem = _shared_network_mode(str(service.get("network_mode") or ""))
+            if problem:
                 violations.append(
-                    f"{env}: service {service_name} uses network_mode: {mode}, which shares a network "
-                    "namespace outside the environment; attach it to the environment's own network"
+                    f"{env}: service {service_name} uses network_mode: {service['network_mode']}, {problem}; "
+                    "attach it to the environment's own network"
                 )
     for network, envs in _shared(owners):
         violations.append(
@@ -123,30 +147,36 @@ def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
     return violations
 
 
+def _bind_mounts(stack: ResolvedCompose) -> Iterator[tuple[PurePosixPath, bool]]:
+    """(host path, writable) for every bind mount of the stack's services."""
+    for service in stack.services.values():
+        for mount in service.get("volumes") or []:
+            if mount.get("type") == "bind":
+                yield PurePosixPath(mount["source"]), not mount.get("read_only")
+
+
+def _overlap(a: PurePosixPath, b: PurePosixPath) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+
+
 def check_volumes(config: DeployConfig, stacks: Stacks) -> list[str]:
     named: dict[str, list[str]] = defaultdict(list)
-    binds: dict[str, list[str]] = defaultdict(list)
-    writers: set[str] = set()
     for env, stack in stacks.items():
         for key, volume in stack.volumes.items():
             named[str(volume.get("name") or key)].append(env)
-        for service in stack.services.values():
-            for mount in service.get("volumes") or []:
-                if mount.get("type") == "bind":
-                    binds[mount["source"]].append(env)
-                    if not mount.get("read_only"):
-                        writers.add(mount["source"])
     violations = [
         f"Docker volume {volume!r} is used by both {_join(envs)}: their data would be shared; "
         "give each environment its own volume (the seed's pgdata-staging / pgdata-production)"
         for volume, envs in _shared(named)
     ]
-    violations += [
-        f"host path {path!r} is bind-mounted by both {_join(envs)} and writable by at least one; "
-        "mount it read-only or use a separate path per environment"
-        for path, envs in _shared(binds)
-        if path in writers
-    ]
+    mounts = sorted({(env, path, writable) for env, stack in stacks.items() for path, writable in _bind_mounts(stack)})
+    for (env, path, writable), (other, other_path, other_writable) in combinations(mounts, 2):
+        if env != other and (writable or other_writable) and _overlap(path, other_path):
+            writer = env if writable else other
+            violations.append(
+                f"host path {str(path)!r} in {env} overlaps {str(other_path)!r} in {other}, and {writer} mounts it "
+                "writable: one environment could change the other's files; use separate paths or mount read-only"
+            )
     return violations
 
 
@@ -240,7 +270,8 @@ def check_expected_limits(config: DeployConfig, stacks: Stacks) -> list[str]:
                 continue
             cpus, memory = service_limits(service)
             if expected.cpus is not None and cpus != expected.cpus:
-                violations.append(f"{field}.cpus: expected {expected.cpus:g}, the compose file sets {cpus}")
+                actual_cpus = f"{cpus:g}" if cpus is not None else "none"
+                violations.append(f"{field}.cpus: expected {expected.cpus:g}, the compose file sets {actual_cpus}")
             if expected.memory is not None and memory != expected.memory:
                 actual = _mib(memory) if memory is not None else "none"
                 violations.append(f"{field}.memory: expected {_mib(expected.memory)}, the compose file sets {actual}")

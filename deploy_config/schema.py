@@ -227,6 +227,8 @@ class DeployConfig(Model):
     state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
     env_file: Path
     """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
+    public_env: tuple[EnvVarName, ...] = defaults.DEFAULT_PUBLIC_ENV
+    """env-file variables whose values are not secret; every other value is masked in output."""
     tags: TagScheme = TagScheme()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .errors import ConfigError
+from .schema import DeployConfig
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
 # Values this short are too common to redact without mangling ordinary output.
@@ -31,6 +33,10 @@ def parse_env_file(text: str, source: str = ".env") -> dict[str, str]:
 def _unquote(value: str) -> str:
     if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
         return value[1:-1]
+    # A quoted value followed by an inline comment: KEY="value"  # comment
+    quoted = re.match(r"""^(['"])(.*?)\1\s+#""", value)
+    if quoted:
+        return quoted.group(2)
     # An unquoted value ends at an inline comment.
     return re.split(r"\s+#", value, maxsplit=1)[0]
 
@@ -56,10 +62,19 @@ class Redactor:
         self._values = sorted(values, key=len, reverse=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = ()) -> Redactor:
-        return cls([*env.values(), *extra])
+    def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = (), public: Iterable[str] = ()) -> Redactor:
+        """Mask every value of env except those of the public keys, plus the extra values."""
+        shown = set(public)
+        return cls([*(value for key, value in env.items() if key not in shown), *extra])
 
     def __call__(self, text: str) -> str:
         for value in self._values:
             text = text.replace(value, MASK)
         return text
+
+
+def config_redactor(config: DeployConfig) -> Redactor:
+    """A redactor for everything secret the config points at: the env file and the webhook secret."""
+    env = read_env_file(config.env_file) if config.env_file.is_file() else {}
+    webhook_secret = os.environ.get(config.webhook.secret_env, "")
+    return Redactor.from_env(env, extra=[webhook_secret], public=config.public_env)

@@ -13,7 +13,7 @@ import click
 
 from deploy_config import DeployConfig, DeployError, defaults, load_config
 from deploy_config.isolation import RuleResult, lint, resolve_stacks
-from deploy_config.secrets import Redactor, read_env_file
+from deploy_config.secrets import config_redactor
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,14 +50,16 @@ def config_group() -> None:
     type=click.Path(file_okay=False, exists=True, path_type=Path),
     help="Checkout holding the compose files (default: repository.checkout, else the config file's directory).",
 )
-def config_check(config_file: Path, repo_dir: Path | None) -> int:
+@click.pass_context
+def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -> None:
     """Validate the config and lint the environments' isolation.
 
     Exits 0 when every rule holds, 1 when one is violated, 2 when the config is invalid.
     """
     config = load_config(config_file)
     repo_dir = repo_dir or config.repository.checkout or config_file.resolve().parent
-    warnings, redact = _secret_warnings(config)
+    warnings = _secret_warnings(config)
+    redact = config_redactor(config)
     stacks = resolve_stacks(config, repo_dir, redact)
     results = lint(config, stacks)
 
@@ -75,9 +77,8 @@ def config_check(config_file: Path, repo_dir: Path | None) -> int:
             f"Isolation lint failed: {len(failed)} of {len(results)} rules violated "
             f"({', '.join(result.rule.name for result in failed)})"
         )
-        return 1
+        ctx.exit(1)
     click.echo(f"Isolation lint passed: all {len(results)} rules hold.")
-    return 0
 
 
 def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:
@@ -87,23 +88,17 @@ def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:
         click.echo(f"          - {redact(violation)}")
 
 
-def _secret_warnings(config: DeployConfig) -> tuple[list[str], Redactor]:
-    """Warnings about missing secrets, and a redactor for the secrets that are present."""
+def _secret_warnings(config: DeployConfig) -> list[str]:
+    """What is missing for the service to run: the env file and the webhook secret."""
     warnings = []
-    secrets: list[str] = []
-    if config.env_file.is_file():
-        secrets += read_env_file(config.env_file).values()
-    else:
+    if not config.env_file.is_file():
         warnings.append(
             f"env file {config.env_file} does not exist; compose files were resolved without it "
             "(create it on the server from .env.example)"
         )
-    secret_env = config.webhook.secret_env
-    if os.environ.get(secret_env):
-        secrets.append(os.environ[secret_env])
-    else:
-        warnings.append(f"{secret_env} is not set; the service will refuse every webhook until it is")
-    return warnings, Redactor(secrets)
+    if not os.environ.get(config.webhook.secret_env):
+        warnings.append(f"{config.webhook.secret_env} is not set; the service will refuse every webhook until it is")
+    return warnings
 
 
 @cli.command("up")

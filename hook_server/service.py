@@ -88,7 +88,17 @@ class EmbeddedRedis:
 
 def web_command(bind: str) -> list[str]:
     """gunicorn serving the app factory, as the Procfile's web: line does."""
-    return [sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "hook_server:create_app()"]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        bind,
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "hook_server:create_app()",
+    ]
 
 
 def run_up(state_dir: Path, bind: str, config_file: Path) -> int:

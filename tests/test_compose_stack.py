@@ -44,7 +44,12 @@ def build_sample_images(client: docker.DockerClient, checkout: Path, sha: str, e
     tags = []
     for name, dockerfile in zip(testbed.SAMPLE_IMAGES, ("Dockerfile", "Dockerfile.discord"), strict=True):
         image, _ = client.images.build(
-            path=str(checkout), dockerfile=dockerfile, tag=f"{name}:{sha}", buildargs={"GIT_SHA": sha}, rm=True, forcerm=True
+            path=str(checkout),
+            dockerfile=dockerfile,
+            tag=f"{name}:{sha}",
+            buildargs={"GIT_SHA": sha},
+            rm=True,
+            forcerm=True,
         )
         image.tag(name, f"latest-{env}")
         tags.append(f"{name}:{sha}")
@@ -83,8 +88,10 @@ def test_staging_stack_serves_healthz_and_tears_down_clean(
 
     health = get_json(project.environment.health_url)
     assert health == {"status": "ok", "version": sha, "environment": "staging"}
-    containers = {c.labels["com.docker.compose.service"]: c for c in docker_client.containers.list(
-        filters={"label": f"com.docker.compose.project={name}"})}
+    containers = {
+        c.labels["com.docker.compose.service"]: c
+        for c in docker_client.containers.list(filters={"label": f"com.docker.compose.project={name}"})
+    }
     assert sorted(containers) == ["app", "db", "discord"]
     # The seed's staging limits reached the running containers.
     assert containers["app"].attrs["HostConfig"]["Memory"] == 512 * 1024**2
@@ -93,8 +100,9 @@ def test_staging_stack_serves_healthz_and_tears_down_clean(
 
     # The backup path that the pipeline will take: pg_dump through `compose exec -T db`.
     dump = commands.run(
-        project.args("exec", "-T", "db", "pg_dump", "-U", testbed.SAMPLE_ENV["DB_USER"], "-d",
-                     testbed.SAMPLE_ENV["DB_NAME"]),
+        project.args(
+            "exec", "-T", "db", "pg_dump", "-U", testbed.SAMPLE_ENV["DB_USER"], "-d", testbed.SAMPLE_ENV["DB_NAME"]
+        ),
         env=project.process_env(),
         timeout=60,
     )

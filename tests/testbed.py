@@ -121,7 +121,7 @@ def _has_interpreter(path: Path) -> bool:
     data = path.read_bytes()[:4096]
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return True
-    phoff, = struct.unpack_from("<Q", data, 0x20)
+    (phoff,) = struct.unpack_from("<Q", data, 0x20)
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
     return 3 in types
@@ -177,9 +177,7 @@ class GitRemote:
     def add_sample_app(self, branch: str = "main", message: str = "Add the sample app") -> str:
         """Commit the sample app (plus the static busybox its Dockerfiles copy) on branch."""
         files: dict[str, str | bytes] = {
-            str(path.relative_to(SAMPLE_APP)): path.read_bytes()
-            for path in SAMPLE_APP.rglob("*")
-            if path.is_file()
+            str(path.relative_to(SAMPLE_APP)): path.read_bytes() for path in SAMPLE_APP.rglob("*") if path.is_file()
         }
         files["busybox"] = static_busybox().read_bytes()
         return self.commit(files, message, branch, executable=("busybox", "app/entrypoint.sh", "discord/bot.sh"))
@@ -217,7 +215,9 @@ def compose_unavailable_reason() -> str | None:
 
 def ensure_postgres_image() -> str:
     """Build the local PostgreSQL 15 image unless it already exists (the script checks)."""
-    result = subprocess.run([str(FIXTURES / "postgres" / "build-image"), POSTGRES_IMAGE], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(FIXTURES / "postgres" / "build-image"), POSTGRES_IMAGE], capture_output=True, text=True
+    )
     if result.returncode != 0:
         pytest.fail(f"building {POSTGRES_IMAGE} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     return POSTGRES_IMAGE
@@ -241,7 +241,10 @@ def sample_config(
 ) -> dict[str, object]:
     """A deploy config (as YAML data) for the sample app, with per-test projects and host ports."""
     projects = projects or {"staging": unique_name() + "-staging", "production": unique_name() + "-production"}
-    ports = ports or {"staging": {"APP_PORT": free_port(), "DB_PORT": free_port()}, "production": {"APP_PORT": free_port()}}
+    ports = ports or {
+        "staging": {"APP_PORT": free_port(), "DB_PORT": free_port()},
+        "production": {"APP_PORT": free_port()},
+    }
     images = [{"name": "sample-app"}, {"name": "sample-app-discord", "service": "discord"}]
     environments = {}
     for env in ("staging", "production"):

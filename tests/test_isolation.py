@@ -1,0 +1,775 @@
+"""`deployhook config check`: Compose resolves each environment's file, the lint reports per rule.
+
+The seed's own layout must pass; every rule has a compose pair (or a deploy.yml) that
+breaks exactly that rule and no other. The CLI runs for real, in-process through its
+entry point and once as the installed `deployhook` executable; Compose runs for real too
+(`docker compose config` needs no daemon).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import testbed
+import yaml
+
+from deploy_config import DeployConfig
+from deploy_config.compose import ResolvedCompose
+from deploy_config.isolation import (
+    RULES,
+    check_host_ports,
+    check_networks,
+    check_volumes,
+    lint,
+    service_limits,
+)
+from deploy_config.secrets import MASK
+from hook_server.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = REPO_ROOT / "examples" / "deploy.yml"
+RULE_NAMES = tuple(rule.name for rule in RULES)
+ENVIRONMENTS = ("staging", "production")
+# Fixed host ports: nothing is started, so they only need to differ between environments.
+PORTS = {"staging": {"APP_PORT": 18081, "DB_PORT": 15433}, "production": {"APP_PORT": 18080}}
+PROJECTS = {"staging": "sampleapp-staging", "production": "sampleapp-production"}
+# The checkout's directory name: Compose's default project name when deploy.yml sets none.
+CHECKOUT_NAME = "sampleapp"
+SECRETS = tuple(testbed.SAMPLE_ENV[key] for key in ("DB_PASSWORD", "DISCORD_TOKEN", "API_KEY"))
+WEBHOOK_SECRET = "webhook-secret-9a8b7c6d5e4f"
+
+RULE_LINE = re.compile(r"^  (?P<status>PASS|FAIL)  (?P<rule>\S+)\s")
+VIOLATION_LINE = re.compile(r"^ {10}- (?P<text>.*)$")
+
+
+def compose_name(env: str) -> str:
+    return f"docker-compose.{env}.yml"
+
+
+# --- running the CLI ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleReport:
+    status: str
+    violations: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One run of `deployhook config check`: exit code and output."""
+
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def rules(self) -> dict[str, RuleReport]:
+        """The `Isolation:` section: each rule's PASS/FAIL and the violations listed under it."""
+        reports: dict[str, RuleReport] = {}
+        current: RuleReport | None = None
+        for line in self.stdout.splitlines():
+            if rule := RULE_LINE.match(line):
+                current = reports[rule["rule"]] = RuleReport(rule["status"])
+            elif (violation := VIOLATION_LINE.match(line)) and current is not None:
+                current.violations.append(violation["text"])
+        return reports
+
+    def statuses(self) -> dict[str, str]:
+        return {name: report.status for name, report in self.rules().items()}
+
+
+CheckRunner = Callable[..., Check]
+
+
+@pytest.fixture
+def config_check(compose_cli: None, capsys: pytest.CaptureFixture[str]) -> CheckRunner:
+    """Run `deployhook config check --config PATH [ARGS]` in-process, through the entry point."""
+
+    def run(config: Path, *args: str) -> Check:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["config", "check", "--config", str(config), *args])
+        captured = capsys.readouterr()
+        code = exited.value.code
+        assert isinstance(code, int), f"exit status {code!r} is not an int"
+        return Check(code, captured.out, captured.err)
+
+    return run
+
+
+def deployhook_executable() -> Path:
+    """The installed console script, beside the interpreter running the tests."""
+    beside = Path(sys.executable).with_name("deployhook")
+    found = beside if beside.is_file() else Path(shutil.which("deployhook") or "deployhook")
+    assert found.is_file(), "the deployhook console script is not installed (pip install -e .)"
+    return found
+
+
+def run_deployhook(*args: str) -> Check:
+    proc = subprocess.run(
+        [str(deployhook_executable()), *args], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT
+    )
+    return Check(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_all_pass(check: Check) -> None:
+    assert check.code == 0, check.output
+    assert check.statuses() == dict.fromkeys(RULE_NAMES, "PASS"), check.output
+    assert f"Isolation lint passed: all {len(RULES)} rules hold." in check.stdout
+    assert "Traceback" not in check.output
+
+
+def assert_only_rule_fails(check: Check, rule: str) -> list[str]:
+    """Exit 1, `rule` FAILs and every other rule PASSes; returns the rule's violations."""
+    assert check.code == 1, check.output
+    expected = {name: "FAIL" if name == rule else "PASS" for name in RULE_NAMES}
+    assert check.statuses() == expected, check.output
+    assert f"Isolation lint failed: 1 of {len(RULES)} rules violated ({rule})" in check.stdout
+    violations = check.rules()[rule].violations
+    assert violations, check.output
+    return violations
+
+
+def assert_no_secrets(check: Check, *extra: str) -> None:
+    for secret in (*SECRETS, *extra):
+        assert secret not in check.output
+
+
+# --- the seed's layout, copied into a temporary checkout ----------------------------------
+
+
+@dataclass
+class Layout:
+    """The seed's two compose files side by side in one checkout, and a deploy.yml for them."""
+
+    root: Path
+    checkout: Path
+    compose: dict[str, dict[str, Any]]
+    config: dict[str, Any]
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "deploy.yml"
+
+    def environment(self, env: str) -> dict[str, Any]:
+        return self.config["environments"][env]  # type: ignore[no-any-return]
+
+    def service(self, env: str, name: str) -> dict[str, Any]:
+        return self.compose[env]["services"][name]  # type: ignore[no-any-return]
+
+    def write_config(self) -> Path:
+        return testbed.write_yaml(self.config_path, self.config)
+
+    def write(self) -> Path:
+        """Write the (mutated) compose files and deploy.yml; returns deploy.yml's path."""
+        for env, model in self.compose.items():
+            testbed.write_yaml(self.checkout / compose_name(env), model)
+        return self.write_config()
+
+
+@pytest.fixture
+def layout(tmp_path: Path, env_file: Path) -> Layout:
+    """The seed's compose files copied unchanged into tmp_path/sampleapp; deploy.yml beside it."""
+    checkout = tmp_path / CHECKOUT_NAME
+    checkout.mkdir()
+    for env in ENVIRONMENTS:
+        shutil.copy(testbed.SAMPLE_APP / compose_name(env), checkout / compose_name(env))
+    config = testbed.sample_config(
+        str(tmp_path / "remote.git"),
+        env_file=env_file,
+        state_dir=tmp_path / "state",
+        checkout=checkout,
+        projects=PROJECTS,
+        ports=PORTS,
+    )
+    # A JSON round trip unshares the images list that sample_config gives both environments.
+    config = json.loads(json.dumps(config))
+    compose = {env: yaml.safe_load((checkout / compose_name(env)).read_text()) for env in ENVIRONMENTS}
+    return Layout(tmp_path, checkout, compose, config)
+
+
+def set_environment(service: dict[str, Any], name: str, value: str | None) -> None:
+    """Set (or, with None, remove) NAME in a service's list-form `environment:`."""
+    entries = [entry for entry in service["environment"] if entry.split("=", 1)[0] != name]
+    service["environment"] = entries if value is None else [*entries, f"{name}={value}"]
+
+
+def limits(layout: Layout, env: str, service: str) -> dict[str, Any]:
+    return layout.service(env, service)["deploy"]["resources"]["limits"]  # type: ignore[no-any-return]
+
+
+# --- one mutation per violation: each breaks exactly one rule ------------------------------
+
+
+def no_projects(layout: Layout) -> None:
+    """The seed trap: both files in one directory and no project: Compose names both after it."""
+    for env in ENVIRONMENTS:
+        del layout.environment(env)["project"]
+
+
+def same_explicit_project(layout: Layout) -> None:
+    for env in ENVIRONMENTS:
+        layout.environment(env)["project"] = "sampleapp-shared"
+
+
+def production_app_on_staging_port(layout: Layout) -> None:
+    layout.service("production", "app")["ports"] = [f"{PORTS['staging']['APP_PORT']}:8080"]
+
+
+def shared_external_network(layout: Layout) -> None:
+    for env in ENVIRONMENTS:
+        layout.compose[env]["networks"]["shared"] = {"external": True, "name": "shared-net"}
+        layout.service(env, "app")["networks"].append("shared")
+
+
+def production_app_on_host_network(layout: Layout) -> None:
+    app = layout.service("production", "app")
+    del app["networks"]
+    app["network_mode"] = "host"
+
+
+def shared_named_volume(layout: Layout) -> None:
+    for env in ENVIRONMENTS:
+        layout.compose[env]["volumes"][f"pgdata-{env}"]["name"] = "sampleapp-pgdata"
+
+
+def shared_writable_bind(layout: Layout) -> None:
+    """./uploads in two files of one directory is one host path."""
+    for env in ENVIRONMENTS:
+        layout.service(env, "app")["volumes"] = ["./uploads:/uploads"]
+
+
+def same_container_name(layout: Layout) -> None:
+    for env in ENVIRONMENTS:
+        layout.service(env, "app")["container_name"] = "sample-app"
+
+
+def production_db_published(layout: Layout) -> None:
+    layout.service("production", "db")["ports"] = ["5432:5432"]
+
+
+def production_discord_unlimited(layout: Layout) -> None:
+    del layout.service("production", "discord")["deploy"]
+
+
+def production_app_less_memory(layout: Layout) -> None:
+    limits(layout, "production", "app")["memory"] = "256M"
+
+
+def production_discord_fewer_cpus(layout: Layout) -> None:
+    limits(layout, "production", "discord")["cpus"] = "0.25"
+
+
+def staging_expects_more_memory(layout: Layout) -> None:
+    layout.environment("staging")["expected_limits"] = {"app": {"cpus": 1.0, "memory": "1G"}}
+
+
+def production_expects_more_cpus(layout: Layout) -> None:
+    layout.environment("production")["expected_limits"] = {"discord": {"cpus": 2.0}}
+
+
+def expected_limits_of_missing_service(layout: Layout) -> None:
+    layout.environment("production")["expected_limits"] = {"worker": {"cpus": 1.0}}
+
+
+def production_app_says_staging(layout: Layout) -> None:
+    set_environment(layout.service("production", "app"), "ENVIRONMENT", "staging")
+
+
+def staging_discord_without_environment(layout: Layout) -> None:
+    set_environment(layout.service("staging", "discord"), "ENVIRONMENT", None)
+
+
+def production_runs_latest(layout: Layout) -> None:
+    layout.service("production", "app")["image"] = "sample-app:latest"
+
+
+def staging_discord_without_build(layout: Layout) -> None:
+    del layout.service("staging", "discord")["build"]
+
+
+Mutation = Callable[[Layout], None]
+
+VIOLATIONS: list[Any] = [
+    pytest.param(
+        "project-names", no_projects, f"share the compose project {CHECKOUT_NAME!r}", id="project-names:default"
+    ),
+    pytest.param(
+        "project-names",
+        same_explicit_project,
+        "environments production and staging share the compose project 'sampleapp-shared'",
+        id="project-names:explicit",
+    ),
+    pytest.param(
+        "host-ports",
+        production_app_on_staging_port,
+        "host port 18081/tcp is published by both staging (service app) and production (service app)",
+        id="host-ports",
+    ),
+    pytest.param(
+        "networks",
+        shared_external_network,
+        "Docker network 'shared-net' is used by both production and staging",
+        id="networks:external",
+    ),
+    pytest.param(
+        "networks",
+        production_app_on_host_network,
+        "production: service app uses network_mode: host",
+        id="networks:host-mode",
+    ),
+    pytest.param(
+        "volumes",
+        shared_named_volume,
+        "Docker volume 'sampleapp-pgdata' is used by both production and staging",
+        id="volumes:named",
+    ),
+    pytest.param(
+        "volumes",
+        shared_writable_bind,
+        f"/{CHECKOUT_NAME}/uploads' in production overlaps",
+        id="volumes:bind",
+    ),
+    pytest.param(
+        "container-names",
+        same_container_name,
+        "container_name 'sample-app' is fixed in both production and staging",
+        id="container-names",
+    ),
+    pytest.param(
+        "production-db-port",
+        production_db_published,
+        "production: database service 'db' publishes host port(s) 5432/tcp",
+        id="production-db-port",
+    ),
+    pytest.param(
+        "production-limits",
+        production_discord_unlimited,
+        "production: service discord has no cpus or memory limit",
+        id="production-limits:missing",
+    ),
+    pytest.param(
+        "production-limits",
+        production_app_less_memory,
+        "production: service app memory limit 256 MiB is lower than staging's 512 MiB",
+        id="production-limits:memory",
+    ),
+    pytest.param(
+        "production-limits",
+        production_discord_fewer_cpus,
+        "production: service discord cpus limit 0.25 is lower than staging's 0.5",
+        id="production-limits:cpus",
+    ),
+    pytest.param(
+        "expected-limits",
+        staging_expects_more_memory,
+        "environments.staging.expected_limits.app.memory: expected 1024 MiB, the compose file sets 512 MiB",
+        id="expected-limits:memory",
+    ),
+    pytest.param(
+        "expected-limits",
+        production_expects_more_cpus,
+        "environments.production.expected_limits.discord.cpus: expected 2, the compose file sets 1",
+        id="expected-limits:cpus",
+    ),
+    pytest.param(
+        "expected-limits",
+        expected_limits_of_missing_service,
+        "environments.production.expected_limits.worker: service 'worker' is not in docker-compose.production.yml",
+        id="expected-limits:no-service",
+    ),
+    pytest.param(
+        "environment-variable",
+        production_app_says_staging,
+        "production: service app sets ENVIRONMENT=staging, expected production",
+        id="environment-variable:wrong",
+    ),
+    pytest.param(
+        "environment-variable",
+        staging_discord_without_environment,
+        "staging: service discord does not set ENVIRONMENT (expected staging)",
+        id="environment-variable:missing",
+    ),
+    pytest.param(
+        "images",
+        production_runs_latest,
+        "production: no service in docker-compose.production.yml runs sample-app:latest-production "
+        "(app runs sample-app:latest)",
+        id="images:tag",
+    ),
+    pytest.param(
+        "images",
+        staging_discord_without_build,
+        "staging: image sample-app-discord is built from service 'discord', which has no build: section "
+        "in docker-compose.staging.yml",
+        id="images:no-build",
+    ),
+]
+
+
+def test_every_rule_has_a_violating_case() -> None:
+    assert {case.values[0] for case in VIOLATIONS} == set(RULE_NAMES)
+
+
+# --- the seed's layout passes ---------------------------------------------------------------
+
+
+def test_example_config_passes(config_check: CheckRunner) -> None:
+    check = config_check(EXAMPLE_CONFIG)
+    assert_all_pass(check)
+    assert "project sampleapp-staging" in check.stdout
+    assert "project sampleapp-production" in check.stdout
+
+
+def test_seed_layout_passes(config_check: CheckRunner, layout: Layout) -> None:
+    """The fixture's compose files, copied byte for byte, with a deploy.yml setting both projects."""
+    check = config_check(layout.write_config())
+    assert_all_pass(check)
+    for env in ENVIRONMENTS:
+        assert str(layout.checkout / compose_name(env)) in check.stdout
+
+
+def test_seed_layout_passes_after_a_yaml_round_trip(config_check: CheckRunner, layout: Layout) -> None:
+    """The variants below are written by yaml.safe_dump; unmutated, that alone changes nothing."""
+    assert_all_pass(config_check(layout.write()))
+
+
+def test_seed_layout_with_its_expected_limits_passes(config_check: CheckRunner, layout: Layout) -> None:
+    layout.environment("staging")["expected_limits"] = {"app": {"cpus": 1, "memory": "512M"}}
+    layout.environment("production")["expected_limits"] = {"db": {"cpus": 1.0, "memory": "1024M"}}
+    assert_all_pass(config_check(layout.write_config()))
+
+
+def test_read_only_bind_of_one_host_path_passes(config_check: CheckRunner, layout: Layout) -> None:
+    for env in ENVIRONMENTS:
+        layout.service(env, "app")["volumes"] = ["./config:/config:ro"]
+    assert_all_pass(config_check(layout.write()))
+
+
+# --- each rule broken on its own ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rule", "mutate", "fragment"), VIOLATIONS)
+def test_variant_breaks_exactly_one_rule(
+    config_check: CheckRunner, layout: Layout, rule: str, mutate: Mutation, fragment: str
+) -> None:
+    mutate(layout)
+    check = config_check(layout.write())
+    violations = assert_only_rule_fails(check, rule)
+    assert any(fragment in violation for violation in violations), violations
+    assert "Traceback" not in check.output
+    assert_no_secrets(check)
+
+
+def test_default_project_names_are_reported_per_environment(config_check: CheckRunner, layout: Layout) -> None:
+    """Without project:, both environments get Compose's default, the checkout's directory name."""
+    no_projects(layout)
+    check = config_check(layout.write())
+    violations = assert_only_rule_fails(check, "project-names")
+    assert len(violations) == 3, violations
+    for env in ENVIRONMENTS:
+        assert f"project {CHECKOUT_NAME}" in check.stdout
+        assert any(v.startswith(f"environments.{env}.project is not set") for v in violations), violations
+    assert any("`down` in one would remove the other's containers" in v for v in violations)
+
+
+def test_several_violations_are_all_listed(config_check: CheckRunner, layout: Layout) -> None:
+    same_container_name(layout)
+    production_db_published(layout)
+    production_runs_latest(layout)
+    check = config_check(layout.write())
+    assert check.code == 1, check.output
+    failed = sorted(name for name, status in check.statuses().items() if status == "FAIL")
+    assert failed == ["container-names", "images", "production-db-port"]
+    assert f"3 of {len(RULES)} rules violated (container-names, production-db-port, images)" in check.stdout
+
+
+# --- where the compose files are read from --------------------------------------------------
+
+
+def test_repo_dir_overrides_the_configured_checkout(config_check: CheckRunner, layout: Layout, tmp_path: Path) -> None:
+    config = layout.write_config()
+    broken = tmp_path / "other-checkout"
+    broken.mkdir()
+    for env in ENVIRONMENTS:
+        shutil.copy(layout.checkout / compose_name(env), broken / compose_name(env))
+    production_db_published(layout)
+    testbed.write_yaml(broken / compose_name("production"), layout.compose["production"])
+
+    assert_all_pass(config_check(config))
+    check = config_check(config, "--repo-dir", str(broken))
+    assert_only_rule_fails(check, "production-db-port")
+    assert str(broken / compose_name("production")) in check.stdout
+
+
+def test_compose_files_default_to_the_config_files_directory(config_check: CheckRunner, layout: Layout) -> None:
+    del layout.config["repository"]["checkout"]
+    same_container_name(layout)
+    layout.write()
+    config = testbed.write_yaml(layout.checkout / "deploy.yml", layout.config)
+    assert_only_rule_fails(config_check(config), "container-names")
+
+
+# --- the installed executable ---------------------------------------------------------------
+
+
+def test_executable_exit_codes(compose_cli: None, layout: Layout) -> None:
+    passed = run_deployhook("config", "check", "--config", str(EXAMPLE_CONFIG))
+    assert_all_pass(passed)
+
+    shared_external_network(layout)
+    failed = run_deployhook("config", "check", "--config", str(layout.write()))
+    violations = assert_only_rule_fails(failed, "networks")
+    assert "Docker network 'shared-net' is used by both production and staging" in violations[0]
+    assert_no_secrets(failed)
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def test_passing_output_holds_no_secret(
+    config_check: CheckRunner, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    check = config_check(layout.write_config())
+    assert_all_pass(check)
+    assert "Warning" not in check.output
+    assert_no_secrets(check, WEBHOOK_SECRET)
+
+
+def test_violations_quoting_secrets_are_masked(
+    config_check: CheckRunner, layout: Layout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compose interpolates secrets into values that violations quote; the output masks them."""
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", WEBHOOK_SECRET)
+    set_environment(layout.service("production", "app"), "ENVIRONMENT", "${DB_PASSWORD}")
+    set_environment(layout.service("staging", "discord"), "ENVIRONMENT", "${DISCORD_TOKEN}-${DB_PASSWORD}")
+    layout.service("production", "app")["image"] = "sample-app:${API_KEY}"
+    check = config_check(layout.write())
+
+    assert check.code == 1, check.output
+    rules = check.rules()
+    assert rules["environment-variable"].violations == [
+        f"staging: service discord sets ENVIRONMENT={MASK}-{MASK}, expected staging",
+        f"production: service app sets ENVIRONMENT={MASK}, expected production",
+    ]
+    assert f"(app runs sample-app:{MASK})" in rules["images"].violations[0]
+    assert_no_secrets(check, WEBHOOK_SECRET)
+
+
+def test_compose_error_quoting_a_secret_is_masked(config_check: CheckRunner, layout: Layout) -> None:
+    layout.service("production", "app")["ports"] = ["${DB_PASSWORD}:8080"]
+    check = config_check(layout.write())
+    assert check.code == 1, check.output
+    assert f"Invalid hostPort: {MASK}" in check.stderr
+    assert_no_secrets(check)
+
+
+# --- compose files Compose cannot resolve -----------------------------------------------------
+
+
+def test_compose_yaml_error_names_the_file(config_check: CheckRunner, layout: Layout) -> None:
+    config = layout.write_config()
+    broken = layout.checkout / compose_name("production")
+    broken.write_text("services:\n  app: [unclosed\n")
+    check = config_check(config)
+    assert check.code == 1, check.output
+    assert check.stderr.startswith(f"Error: environments.production: Compose cannot resolve {broken}")
+    assert "yaml: line" in check.stderr
+    assert "Isolation:" not in check.stdout
+    assert "Traceback" not in check.output
+
+
+def test_missing_compose_file_names_it(config_check: CheckRunner, layout: Layout) -> None:
+    config = layout.write_config()
+    missing = layout.checkout / compose_name("staging")
+    missing.unlink()
+    check = config_check(config)
+    assert check.code == 1, check.output
+    assert check.stderr.strip() == (
+        f"Error: environments.staging.compose_file: {missing} does not exist; "
+        "compose_file is relative to the repository root (see --repo-dir)"
+    )
+    assert "Traceback" not in check.output
+
+
+# --- the rules on hand-built models ---------------------------------------------------------
+
+
+@pytest.fixture
+def deploy_config(tmp_path: Path) -> DeployConfig:
+    data = testbed.sample_config(
+        "https://example.com/app.git",
+        env_file=tmp_path / "app.env",
+        state_dir=tmp_path / "state",
+        projects=PROJECTS,
+        ports=PORTS,
+    )
+    return DeployConfig.model_validate(data)
+
+
+def stack(env: str, services: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> ResolvedCompose:
+    return ResolvedCompose(env, Path(compose_name(env)), PROJECTS[env], services, **sections)
+
+
+def published(port: str, host_ip: str = "", protocol: str = "tcp") -> dict[str, Any]:
+    """One entry of a resolved service's ports:, as `docker compose config` writes it."""
+    entry: dict[str, Any] = {"mode": "ingress", "target": 8080, "published": port, "protocol": protocol}
+    if host_ip:
+        entry["host_ip"] = host_ip
+    return entry
+
+
+def port_pair(staging: dict[str, Any], production: dict[str, Any]) -> dict[str, ResolvedCompose]:
+    return {
+        "staging": stack("staging", {"app": {"ports": [staging]}}),
+        "production": stack("production", {"app": {"ports": [production]}}),
+    }
+
+
+def test_port_range_collides_with_a_port_inside_it(deploy_config: DeployConfig) -> None:
+    violations = check_host_ports(deploy_config, port_pair(published("18000-18002"), published("18001")))
+    assert len(violations) == 1
+    assert violations[0].startswith("host port 18001/tcp is published by both staging (service app) and production")
+
+
+def test_port_range_ends_are_inclusive(deploy_config: DeployConfig) -> None:
+    assert check_host_ports(deploy_config, port_pair(published("18000-18002"), published("18002")))
+    assert not check_host_ports(deploy_config, port_pair(published("18000-18002"), published("18003")))
+
+
+@pytest.mark.parametrize(
+    ("staging_ip", "production_ip", "collides"),
+    [
+        ("127.0.0.1", "127.0.0.2", False),
+        ("127.0.0.1", "127.0.0.1", True),
+        ("127.0.0.1", "", True),
+        ("0.0.0.0", "127.0.0.2", True),
+        ("::", "127.0.0.1", True),
+    ],
+)
+def test_host_ip_decides_a_port_collision(
+    deploy_config: DeployConfig, staging_ip: str, production_ip: str, collides: bool
+) -> None:
+    stacks = port_pair(published("18000", staging_ip), published("18000", production_ip))
+    assert bool(check_host_ports(deploy_config, stacks)) is collides
+
+
+def test_ports_of_other_protocols_or_ephemeral_do_not_collide(deploy_config: DeployConfig) -> None:
+    assert not check_host_ports(deploy_config, port_pair(published("18000"), published("18000", protocol="udp")))
+    ephemeral = {"mode": "ingress", "target": 8080, "protocol": "tcp"}
+    assert not check_host_ports(deploy_config, port_pair(ephemeral, ephemeral))
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("host", "which shares the host's network namespace with every environment"),
+        ("bridge", "Docker's default bridge network, shared by every container on the host"),
+        ("container:shared-sidecar", "which shares another container's network namespace"),
+        ("service:app", None),
+        ("none", None),
+    ],
+)
+def test_network_modes(deploy_config: DeployConfig, mode: str, reason: str | None) -> None:
+    stacks = {
+        "staging": stack("staging", {"app": {}}),
+        "production": stack("production", {"app": {}, "worker": {"network_mode": mode}}),
+    }
+    expected = [
+        f"production: service worker uses network_mode: {mode}, {reason}; attach it to the environment's own network"
+    ]
+    assert check_networks(deploy_config, stacks) == (expected if reason else [])
+
+
+def bind(source: str, read_only: bool = False) -> dict[str, Any]:
+    mount: dict[str, Any] = {"type": "bind", "source": source, "target": "/data"}
+    if read_only:
+        mount["read_only"] = True
+    return mount
+
+
+@pytest.mark.parametrize(
+    ("staging_ro", "production_ro", "violates"),
+    [(True, True, False), (True, False, True), (False, True, True), (False, False, True)],
+)
+def test_shared_bind_mount_is_a_violation_when_writable_by_either(
+    deploy_config: DeployConfig, staging_ro: bool, production_ro: bool, violates: bool
+) -> None:
+    stacks = {
+        "staging": stack("staging", {"app": {"volumes": [bind("/srv/data", staging_ro)]}}),
+        "production": stack("production", {"app": {"volumes": [bind("/srv/data", production_ro)]}}),
+    }
+    assert bool(check_volumes(deploy_config, stacks)) is violates
+
+
+@pytest.mark.parametrize(
+    ("staging_path", "production_path"),
+    [("/srv/app", "/srv/app/uploads"), ("/srv/app/uploads", "/srv/app")],
+)
+def test_nested_bind_paths_overlap(deploy_config: DeployConfig, staging_path: str, production_path: str) -> None:
+    stacks = {
+        "staging": stack("staging", {"app": {"volumes": [bind(staging_path)]}}),
+        "production": stack("production", {"app": {"volumes": [bind(production_path, read_only=True)]}}),
+    }
+    assert check_volumes(deploy_config, stacks) == [
+        f"host path '{production_path}' in production overlaps '{staging_path}' in staging, and staging mounts it "
+        "writable: one environment could change the other's files; use separate paths or mount read-only"
+    ]
+
+
+def test_sibling_bind_paths_do_not_overlap(deploy_config: DeployConfig) -> None:
+    stacks = {
+        "staging": stack("staging", {"app": {"volumes": [bind("/srv/app-staging")]}}),
+        "production": stack("production", {"app": {"volumes": [bind("/srv/app")]}}),
+    }
+    assert check_volumes(deploy_config, stacks) == []
+
+
+def test_distinct_bind_paths_do_not_collide(deploy_config: DeployConfig) -> None:
+    stacks = {
+        "staging": stack("staging", {"app": {"volumes": [bind("/srv/staging")]}}),
+        "production": stack("production", {"app": {"volumes": [bind("/srv/production")]}}),
+    }
+    assert check_volumes(deploy_config, stacks) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "expected"),
+    [
+        ({"deploy": {"resources": {"limits": {"cpus": 2, "memory": "1073741824"}}}}, (2.0, 1024**3)),
+        ({"cpus": 0.5, "mem_limit": "268435456"}, (0.5, 256 * 1024**2)),
+        ({"deploy": {"resources": {"limits": {"cpus": 1}}}, "mem_limit": "512M"}, (1.0, 512 * 1024**2)),
+        ({"deploy": {"resources": {"reservations": {"cpus": 1, "memory": "1G"}}}}, (None, None)),
+        ({}, (None, None)),
+    ],
+)
+def test_service_limits(service: dict[str, Any], expected: tuple[float | None, int | None]) -> None:
+    assert service_limits(service) == expected
+
+
+def test_lint_reports_every_rule_in_order(deploy_config: DeployConfig) -> None:
+    """Stacks without services: only the rules that require a service (db, the images) fail."""
+    stacks = {env: stack(env, {}) for env in ENVIRONMENTS}
+    results = lint(deploy_config, stacks)
+    assert [result.rule.name for result in results] == list(RULE_NAMES)
+    failed = {result.rule.name: result.violations for result in results if not result.passed}
+    assert list(failed) == ["production-db-port", "images"]
+    assert failed["production-db-port"] == (
+        "production: database service 'db' (environments.production.database.service) "
+        "is not in docker-compose.production.yml",
+    )
+    assert len(failed["images"]) == 4  # two images in each of two environments
