@@ -38,3 +38,12 @@ COMPOSE_TIMEOUT = 60.0
 
 DEFAULT_PUBLIC_ENV = ("ENVIRONMENT", "LOG_LEVEL", "DB_HOST", "DB_USER", "DB_NAME")
 """env-file variables shown as they are: masking 'brandishbot' everywhere would garble output."""
+
+DEFAULT_API_TOKEN_ENV = "DEPLOYHOOK_API_TOKEN"
+"""Name of the environment variable that holds the manual API's bearer token."""
+
+DEFAULT_DEPLOY_TIMEOUT = 1800.0
+"""Seconds one deployment may run in all."""
+
+DEFAULT_LOCK_LEASE = 30.0
+"""Seconds an environment lock lives without renewal; a live worker renews it every third of that."""

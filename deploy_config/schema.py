@@ -124,6 +124,11 @@ class WebhookConfig(Model):
     """Deliveries larger than this are refused with 413."""
 
 
+class ApiConfig(Model):
+    token_env: EnvVarName = defaults.DEFAULT_API_TOKEN_ENV
+    """Name of the environment variable holding the bearer token the manual API and actions require."""
+
+
 class ImageConfig(Model):
     name: ImageName
     """Image repository name; built as <name>:<sha> and run as <name>:latest-<env>."""
@@ -209,6 +214,12 @@ class EnvironmentConfig(Model):
     """Per compose service, the limits its containers must run with."""
     compose_env: dict[EnvVarName, str] = {}
     """Extra, non-secret variables for Compose's interpolation (e.g. host ports)."""
+    cancel_running: bool = False
+    """Stop a running deployment at its next step boundary when a newer one is queued."""
+    promote_from: str | None = None
+    """Only deploy shas that succeeded there first (production: staging, unless set to null)."""
+    deploy_timeout: PositiveSeconds = defaults.DEFAULT_DEPLOY_TIMEOUT
+    """Seconds a whole deployment may take before the worker stops it."""
 
     @property
     def is_production(self) -> bool:
@@ -224,6 +235,13 @@ class DeployConfig(Model):
     """The file this config was read from (set by the loader)."""
     repository: RepositoryConfig
     webhook: WebhookConfig = WebhookConfig()
+    api: ApiConfig = ApiConfig()
+    public_url: HttpUrl | None = None
+    """Base URL of this service as others reach it, for status links (default: the request's host)."""
+    poll_interval: PositiveSeconds | None = None
+    """Seconds between checks of the deploy branches with git ls-remote; off (None) by default."""
+    lock_lease: PositiveSeconds = defaults.DEFAULT_LOCK_LEASE
+    """Seconds an environment's deploy lock outlives a worker that stops renewing it."""
     state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
     env_file: Path
     """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
@@ -240,6 +258,10 @@ class DeployConfig(Model):
         envs = data.get("environments") if isinstance(data, dict) else None
         if isinstance(envs, dict):
             named = {key: {**value, "name": key} if isinstance(value, dict) else value for key, value in envs.items()}
+            production = named.get(defaults.PRODUCTION_ENVIRONMENT)
+            # The seed's workflow: test on staging first, then promote the same sha.
+            if isinstance(production, dict) and "promote_from" not in production and "staging" in named:
+                production["promote_from"] = "staging"
             data = {**data, "environments": named}
         return data
 
@@ -257,6 +279,12 @@ class DeployConfig(Model):
                     "a push must map to exactly one environment"
                 )
             seen[env.branch] = env.name
+        for env in envs.values():
+            if env.promote_from is not None and (env.promote_from not in envs or env.promote_from == env.name):
+                raise ValueError(
+                    f"environments.{env.name}.promote_from: {env.promote_from!r} is not another environment "
+                    f"(expected one of: {', '.join(name for name in envs if name != env.name)}, or null)"
+                )
         return envs
 
     def environment_for_branch(self, branch: str) -> EnvironmentConfig | None:

@@ -30,7 +30,8 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
-    "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, compose_env"
+    "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, "
+    "compose_env, cancel_running, promote_from, deploy_timeout"
 )
 
 
@@ -371,8 +372,8 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
         ),
         pytest.param(
             set_at("webhok", {}),
-            "webhok: unknown field; expected one of: "
-            "repository, webhook, state_dir, env_file, public_env, tags, environments",
+            "webhok: unknown field; expected one of: repository, webhook, api, public_url, poll_interval, "
+            "lock_lease, state_dir, env_file, public_env, tags, environments",
             id="unknown-top-level-field",
         ),
         pytest.param(

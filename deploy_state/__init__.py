@@ -1,0 +1,23 @@
+"""deploy_state: deployments, their logs, locks and queues, kept in Redis (the system of record).
+
+Both the web process (hook_server) and the workers use this package; it never imports
+Docker code. No Redis key string appears outside keys.py.
+"""
+
+from .locks import EnvironmentLock, LeaseKeeper
+from .models import FINAL_STATUSES, Deployment, Status, Step, Trigger
+from .queues import queue_for, queue_name
+from .store import DeploymentStore
+
+__all__ = [
+    "FINAL_STATUSES",
+    "Deployment",
+    "DeploymentStore",
+    "EnvironmentLock",
+    "LeaseKeeper",
+    "Status",
+    "Step",
+    "Trigger",
+    "queue_for",
+    "queue_name",
+]

@@ -1,0 +1,73 @@
+"""Every Redis key deployhook uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "deployhook"
+
+
+def sequence() -> str:
+    return f"{PREFIX}:deployment-seq"
+
+
+def deployment(deployment_id: str) -> str:
+    return f"{PREFIX}:deployment:{deployment_id}"
+
+
+def log(deployment_id: str) -> str:
+    return f"{PREFIX}:deployment:{deployment_id}:log"
+
+
+def index_all() -> str:
+    return f"{PREFIX}:deployments"
+
+
+def index_environment(env: str) -> str:
+    return f"{PREFIX}:env:{env}:deployments"
+
+
+def index_status(status: str) -> str:
+    return f"{PREFIX}:status:{status}:deployments"
+
+
+def queued(env: str) -> str:
+    return f"{PREFIX}:env:{env}:queued"
+
+
+def running(env: str) -> str:
+    return f"{PREFIX}:env:{env}:running"
+
+
+def succeeded_shas(env: str) -> str:
+    return f"{PREFIX}:env:{env}:succeeded-shas"
+
+
+def head(env: str) -> str:
+    return f"{PREFIX}:env:{env}:head"
+
+
+def cancel_requested(deployment_id: str) -> str:
+    return f"{PREFIX}:deployment:{deployment_id}:cancel"
+
+
+def lock(env: str) -> str:
+    return f"{PREFIX}:env:{env}:lock"
+
+
+def delivery(source: str, delivery_id: str) -> str:
+    return f"{PREFIX}:delivery:{source}:{delivery_id}"
+
+
+def delivery_claim(source: str, delivery_id: str) -> str:
+    return f"{PREFIX}:delivery:{source}:{delivery_id}:claim"
+
+
+def audit() -> str:
+    return f"{PREFIX}:audit"
+
+
+def rejected_count(reason: str) -> str:
+    return f"{PREFIX}:rejected:{reason}"
+
+
+def rejected_log_window(window: int) -> str:
+    return f"{PREFIX}:rejected-logged:{window}"

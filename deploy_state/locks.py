@@ -1,0 +1,70 @@
+"""The per-environment deploy lock: a Redis key with a lease that a live worker renews.
+
+A worker that dies stops renewing, so its lock expires after one lease and the
+environment can deploy again; nothing has to notice the death.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from redis import Redis, RedisError
+
+from . import keys
+
+log = logging.getLogger(__name__)
+
+_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+class EnvironmentLock:
+    """At most one deployment runs per environment: whoever holds this lock."""
+
+    def __init__(self, connection: Redis, environment: str, token: str, lease: float) -> None:
+        self.conn = connection
+        self.environment = environment
+        self.token = token
+        self.lease_ms = int(lease * 1000)
+        self.key = keys.lock(environment)
+
+    def acquire(self) -> bool:
+        return bool(self.conn.set(self.key, self.token, nx=True, px=self.lease_ms))
+
+    def renew(self) -> bool:
+        return bool(self.conn.eval(_RENEW, 1, self.key, self.token, self.lease_ms))
+
+    def release(self) -> bool:
+        return bool(self.conn.eval(_RELEASE, 1, self.key, self.token))
+
+    def holder(self) -> str | None:
+        value = self.conn.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
+
+
+class LeaseKeeper(threading.Thread):
+    """Renews a held lock every third of its lease until stopped; notes if the lock was lost."""
+
+    def __init__(self, lock: EnvironmentLock) -> None:
+        super().__init__(name=f"lease-{lock.environment}", daemon=True)
+        self.lock = lock
+        self.lost = threading.Event()
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        interval = self.lock.lease_ms / 3000
+        while not self._stop_event.wait(interval):
+            try:
+                if not self.lock.renew():
+                    log.error("lock on %s was lost (lease expired); stopping renewal", self.lock.environment)
+                    self.lost.set()
+                    return
+            except RedisError as exc:
+                # Redis may be restarting: keep trying until the lease would have run out.
+                log.warning("could not renew the lock on %s: %s", self.lock.environment, exc)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join()

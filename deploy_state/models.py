@@ -1,0 +1,85 @@
+"""The deployment record and its parts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any
+
+
+class Status(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
+    CANCELLED = "cancelled"
+    BLOCKED = "blocked"
+
+
+FINAL_STATUSES = frozenset(
+    {Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK, Status.SUPERSEDED, Status.CANCELLED, Status.BLOCKED}
+)
+
+
+class Trigger(StrEnum):
+    WEBHOOK = "webhook"
+    POLL = "poll"
+    MANUAL = "manual"
+    ROLLBACK = "rollback"
+    REDEPLOY = "redeploy"
+
+
+@dataclass
+class Step:
+    name: str
+    status: str = "running"
+    started_at: float | None = None
+    finished_at: float | None = None
+    message: str = ""
+
+
+@dataclass
+class Deployment:
+    id: str
+    environment: str
+    sha: str
+    ref: str = ""
+    repository: str = ""
+    pusher: str = ""
+    message: str = ""
+    commit_url: str = ""
+    trigger: str = Trigger.WEBHOOK
+    source: str = ""
+    """Where the request came from: github, gitea, gitlab, poll, or the API token's name."""
+    status: str = Status.QUEUED
+    reason: str = ""
+    """Why it was requested (manual), blocked, failed or rolled back."""
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    steps: list[Step] = field(default_factory=list)
+    superseded_by: str | None = None
+    delivery_id: str = ""
+    force: bool = False
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_hash(cls, data: Mapping[bytes | str, bytes | str]) -> Deployment:
+        known = {f.name for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for raw_key, raw_value in data.items():
+            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            if key in known:
+                values[key] = json.loads(raw_value)
+        values["steps"] = [Step(**step) for step in values.get("steps") or []]
+        return cls(**values)

@@ -1,0 +1,251 @@
+"""DeploymentStore: every read and write of deployment records, logs and the audit trail."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from redis import Redis
+from redis.client import Pipeline
+
+from deploy_config import DeployError
+
+from . import keys
+from .models import FINAL_STATUSES, Deployment, Status, Step
+
+AUDIT_MAXLEN = 100_000
+"""Audit entries kept (approximately); older ones are trimmed so Redis cannot grow without bound."""
+
+DELIVERY_TTL = 30 * 24 * 3600
+"""Seconds a delivery id is remembered; GitHub lets one redeliver for about that long."""
+
+_LIST_BATCH = 200
+
+
+class DeploymentNotFound(DeployError):
+    exit_code = 1
+
+    def __init__(self, deployment_id: str) -> None:
+        super().__init__(f"no deployment with id {deployment_id!r}; list them with GET /api/deployments")
+
+
+def _text(value: object) -> str:
+    """A Redis reply as text (replies are bytes unless the connection decodes them)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _encode(fields: Mapping[str, Any]) -> dict[Any, Any]:
+    """Record fields as a Redis hash mapping: every value JSON, so types survive the round trip."""
+    return {key: json.dumps(value) for key, value in fields.items()}
+
+
+class DeploymentStore:
+    """The repository of deployments, on an explicitly passed Redis connection."""
+
+    def __init__(self, connection: Redis) -> None:
+        self.conn = connection
+
+    # --- records -------------------------------------------------------------------
+
+    def new(self, environment: str, sha: str, **fields: Any) -> Deployment:
+        """A new record with the next id; not saved until add() runs."""
+        deployment_id = str(self.conn.incr(keys.sequence()))
+        return Deployment(id=deployment_id, environment=environment, sha=sha, created_at=time.time(), **fields)
+
+    def add(self, deployment: Deployment, pipe: Pipeline) -> None:
+        """Queue the writes that save a new record and its indexes on a (transactional) pipeline."""
+        score = {deployment.id: int(deployment.id)}
+        pipe.hset(keys.deployment(deployment.id), mapping=_encode(deployment.to_dict()))
+        pipe.zadd(keys.index_all(), score)
+        pipe.zadd(keys.index_environment(deployment.environment), score)
+        pipe.zadd(keys.index_status(deployment.status), score)
+        if deployment.status == Status.QUEUED:
+            pipe.zadd(keys.queued(deployment.environment), score)
+
+    def create(self, deployment: Deployment) -> Deployment:
+        with self.conn.pipeline(transaction=True) as pipe:
+            self.add(deployment, pipe)
+            pipe.execute()
+        return deployment
+
+    def get(self, deployment_id: str) -> Deployment | None:
+        data = self.conn.hgetall(keys.deployment(deployment_id))
+        return Deployment.from_hash(data) if data else None
+
+    def require(self, deployment_id: str) -> Deployment:
+        deployment = self.get(deployment_id)
+        if deployment is None:
+            raise DeploymentNotFound(deployment_id)
+        return deployment
+
+    def update(self, deployment_id: str, **fields: Any) -> None:
+        """Set fields other than status (use set_status for that: it keeps the indexes right)."""
+        assert "status" not in fields, "use set_status() to change a deployment's status"
+        self.conn.hset(keys.deployment(deployment_id), mapping=_encode(fields))
+
+    def set_status(self, deployment: Deployment, status: Status, **fields: Any) -> Deployment:
+        """Move a deployment to a new status, keeping every index in step, and return it updated."""
+        now = time.time()
+        if status == Status.RUNNING:
+            fields.setdefault("started_at", now)
+        if status in FINAL_STATUSES:
+            fields.setdefault("finished_at", now)
+        env, score = deployment.environment, {deployment.id: int(deployment.id)}
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                keys.deployment(deployment.id),
+                mapping=_encode({"status": str(status), **fields}),
+            )
+            pipe.zrem(keys.index_status(deployment.status), deployment.id)
+            pipe.zadd(keys.index_status(status), score)
+            if status != Status.QUEUED:
+                pipe.zrem(keys.queued(env), deployment.id)
+            if status == Status.RUNNING:
+                pipe.set(keys.running(env), deployment.id)
+            if status == Status.SUCCEEDED:
+                pipe.sadd(keys.succeeded_shas(env), deployment.sha)
+            pipe.execute()
+        if status in FINAL_STATUSES:
+            self._clear_running(env, deployment.id)
+        return self.require(deployment.id)
+
+    def _clear_running(self, env: str, deployment_id: str) -> None:
+        # Compare-and-delete: only the deployment that set the pointer clears it.
+        self.conn.eval(
+            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
+            1,
+            keys.running(env),
+            deployment_id,
+        )
+
+    def running(self, env: str) -> str | None:
+        value = self.conn.get(keys.running(env))
+        return None if value is None else _text(value)
+
+    def queued_ids(self, env: str) -> list[str]:
+        """Queued deployments of env, oldest first."""
+        return [_text(value) for value in self.conn.zrange(keys.queued(env), 0, -1)]
+
+    def newest_queued(self, env: str) -> str | None:
+        newest = self.conn.zrevrange(keys.queued(env), 0, 0)
+        return _text(newest[0]) if newest else None
+
+    def has_succeeded(self, env: str, sha: str) -> bool:
+        return bool(self.conn.sismember(keys.succeeded_shas(env), sha))
+
+    def last_succeeded(self, env: str, before: str | None = None) -> Deployment | None:
+        """The newest succeeded deployment of env (older than `before`, when given)."""
+        items, _ = self.page(environment=env, status=Status.SUCCEEDED, limit=1, cursor=before)
+        return items[0] if items else None
+
+    def page(
+        self, environment: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Deployment], str | None]:
+        """Newest first; pass the returned cursor to get the next page (None when there is none)."""
+        if status:
+            index = keys.index_status(status)
+        elif environment:
+            index = keys.index_environment(environment)
+        else:
+            index = keys.index_all()
+        upper = f"({int(cursor)}" if cursor else "+inf"
+        found: list[Deployment] = []
+        while len(found) <= limit:
+            ids = self.conn.zrevrangebyscore(index, upper, "-inf", start=0, num=_LIST_BATCH)
+            if not ids:
+                break
+            for deployment in self._get_many(_text(i) for i in ids):
+                if environment is None or deployment.environment == environment:
+                    found.append(deployment)
+            upper = f"({int(_text(ids[-1]))}"
+        page = found[:limit]
+        next_cursor = page[-1].id if len(found) > limit and page else None
+        return page, next_cursor
+
+    def _get_many(self, ids: Iterable[str]) -> list[Deployment]:
+        with self.conn.pipeline(transaction=False) as pipe:
+            for deployment_id in ids:
+                pipe.hgetall(keys.deployment(deployment_id))
+            return [Deployment.from_hash(data) for data in pipe.execute() if data]
+
+    # --- intake: deliveries and branch heads ------------------------------------------
+
+    @staticmethod
+    def intake_keys(environment: str, source: str, delivery_id: str) -> list[str]:
+        """The keys an intake transaction must WATCH: the branch head and the delivery."""
+        watched = [keys.head(environment)]
+        if delivery_id:
+            watched.append(keys.delivery(source, delivery_id))
+        return watched
+
+    def delivered(self, pipe: Pipeline, source: str, delivery_id: str) -> Deployment | None:
+        """The deployment an earlier delivery with this id made."""
+        known = pipe.get(keys.delivery(source, delivery_id))
+        return None if known is None else self.get(_text(known))
+
+    def head_deployment(self, pipe: Pipeline, environment: str, sha: str) -> Deployment | None:
+        """The deployment made for the branch head `sha`, if that is the head last seen."""
+        head = pipe.get(keys.head(environment))
+        if head is None:
+            return None
+        seen = json.loads(head)
+        return self.get(seen["deployment_id"]) if seen["sha"] == sha else None
+
+    def mark_delivery(self, pipe: Pipeline, source: str, delivery_id: str, deployment_id: str) -> None:
+        pipe.set(keys.delivery(source, delivery_id), deployment_id, ex=DELIVERY_TTL)
+
+    def mark_head(self, pipe: Pipeline, deployment: Deployment) -> None:
+        head = {"sha": deployment.sha, "deployment_id": deployment.id}
+        pipe.set(keys.head(deployment.environment), json.dumps(head))
+
+    # --- steps -----------------------------------------------------------------------
+
+    def start_step(self, deployment: Deployment, name: str) -> Step:
+        step = Step(name=name, status="running", started_at=time.time())
+        deployment.steps.append(step)
+        self.update(deployment.id, steps=[vars(s) for s in deployment.steps])
+        return step
+
+    def finish_step(self, deployment: Deployment, step: Step, status: str, message: str = "") -> None:
+        step.status, step.finished_at, step.message = status, time.time(), message
+        self.update(deployment.id, steps=[vars(s) for s in deployment.steps])
+
+    # --- cancellation --------------------------------------------------------------------
+
+    def request_cancel(self, deployment_id: str, by: str) -> None:
+        self.conn.set(keys.cancel_requested(deployment_id), by, ex=24 * 3600)
+
+    def cancel_requested(self, deployment_id: str) -> str | None:
+        value = self.conn.get(keys.cancel_requested(deployment_id))
+        return None if value is None else _text(value)
+
+    # --- logs ------------------------------------------------------------------------------
+
+    def append_log(self, deployment_id: str, line: str) -> str:
+        fields: dict[Any, Any] = {"t": f"{time.time():.3f}", "line": line}
+        return _text(self.conn.xadd(keys.log(deployment_id), fields))
+
+    def read_log(self, deployment_id: str, since: str | None = None, count: int | None = None) -> list[dict[str, str]]:
+        """Log entries after `since` (an entry id), oldest first: {id, t, line}."""
+        start = f"({since}" if since else "-"
+        entries: Any = self.conn.xrange(keys.log(deployment_id), min=start, max="+", count=count)
+        return [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries]
+
+    # --- audit trail -------------------------------------------------------------------------
+
+    def audit(self, action: str, actor: str, outcome: str, pipe: Pipeline | None = None, **details: str) -> None:
+        """Append one entry to the audit trail (who did what, when, with what outcome)."""
+        entry: dict[Any, Any] = {"t": f"{time.time():.3f}", "action": action, "actor": actor, "outcome": outcome}
+        entry.update(details)
+        (pipe or self.conn).xadd(keys.audit(), entry, maxlen=AUDIT_MAXLEN, approximate=True)
+
+    def audit_entries(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest audit entries, newest first."""
+        entries: Any = self.conn.xrevrange(keys.audit(), count=count)
+        return [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries]
+
+
+def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
+    return {_text(key): _text(value) for key, value in fields.items()}
