@@ -8,22 +8,33 @@ from typing import Any
 
 from flask import Flask
 
-from deploy_config import defaults
+from deploy_config import DeployConfig, defaults, load_config
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
-    """Application factory: defaults, then the environment, or the test mapping in tests."""
+    """Application factory: defaults, then the environment, or the test mapping in tests.
+
+    DEPLOY_CONFIG may hold a loaded DeployConfig; otherwise DEPLOYHOOK_CONFIG names the file.
+    """
     app = Flask(__name__)
     app.config.from_mapping(
         REDIS_URL=os.environ.get("REDIS_URL", ""),
         DEPLOYHOOK_CONFIG=os.environ.get(defaults.CONFIG_ENVVAR, defaults.DEFAULT_CONFIG_PATH),
+        DEPLOY_JOB="workers.jobs.deploy",
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
+    config: DeployConfig = app.config.get("DEPLOY_CONFIG") or load_config(app.config["DEPLOYHOOK_CONFIG"])
+    # Werkzeug refuses larger bodies with 413 before reading them (chunked ones at the limit).
+    app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
 
-    from . import health
+    from . import api, extensions, health, responses, webhooks
 
+    extensions.init_app(app, config)
+    responses.init_app(app)
     app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(api.bp)
     return app
 
 

@@ -16,6 +16,7 @@ from types import FrameType
 import redis
 
 from deploy_config import DeployError, commands
+from deploy_state.connection import embedded_socket
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def run_up(state_dir: Path, bind: str, config_file: Path) -> int:
     embedded = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
-        embedded = EmbeddedRedis(state_dir / "redis")
+        embedded = EmbeddedRedis(embedded_socket(state_dir).parent)
         redis_url = embedded.start()
         log.info("embedded Redis on %s, data in %s", embedded.socket, embedded.data_dir)
     env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file)}

@@ -9,6 +9,11 @@ import docker
 import pytest
 import redis
 import testbed
+from flask import Flask
+from flask.testing import FlaskClient
+
+from deploy_config import DeployConfig, load_config
+from hook_server import create_app
 
 
 @pytest.fixture(scope="session")
@@ -63,6 +68,37 @@ def postgres_image(docker_client: docker.DockerClient) -> str:
 def env_file(tmp_path: Path) -> Path:
     """The seed's shared .env with test values."""
     return testbed.write_env_file(tmp_path / "app.env")
+
+
+@pytest.fixture
+def config_file(tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path) -> Path:
+    """deploy.yml for the sample app on the test's git remote, with per-test projects and ports."""
+    data = testbed.sample_config(git_remote.url, env_file=env_file, state_dir=tmp_path / "state")
+    return testbed.write_yaml(tmp_path / "deploy.yml", data)
+
+
+@pytest.fixture
+def deploy_config(config_file: Path) -> DeployConfig:
+    return load_config(config_file)
+
+
+@pytest.fixture
+def secrets(monkeypatch: pytest.MonkeyPatch) -> testbed.Secrets:
+    """The webhook secret and API token, set in the environment as the service reads them."""
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", testbed.WEBHOOK_SECRET)
+    monkeypatch.setenv("DEPLOYHOOK_API_TOKEN", testbed.API_TOKEN)
+    return testbed.Secrets(testbed.WEBHOOK_SECRET, testbed.API_TOKEN)
+
+
+@pytest.fixture
+def app(deploy_config: DeployConfig, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets) -> Flask:
+    """The real app factory on the session's Redis (flushed per test), with the test's config."""
+    return create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": redis_url, "TESTING": True})
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
 
 
 _DOCKER_FIXTURES = {"docker_client", "compose_cli", "postgres_image"}

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import redis
 import testbed
+from flask.testing import FlaskClient
 
+from deploy_config import DeployConfig
 from hook_server import create_app
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
@@ -37,13 +39,9 @@ def stop_up(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait(timeout=30)
 
 
-def test_up_serves_on_embedded_redis_and_keeps_data_across_restarts(
-    tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path
-) -> None:
+def test_up_serves_on_embedded_redis_and_keeps_data_across_restarts(tmp_path: Path, config_file: Path) -> None:
     state = tmp_path / "state"
-    config = testbed.write_yaml(
-        tmp_path / "deploy.yml", testbed.sample_config(git_remote.url, env_file=env_file, state_dir=state)
-    )
+    config = config_file
     socket_url = f"unix://{state / 'redis' / 'redis.sock'}"
     port = testbed.free_port()
 
@@ -65,15 +63,16 @@ def test_up_serves_on_embedded_redis_and_keeps_data_across_restarts(
         assert stop_up(second) == 0
 
 
-def test_healthz_reports_unreachable_redis() -> None:
-    client = create_app({"REDIS_URL": f"redis://127.0.0.1:{testbed.free_port()}/0"}).test_client()
+def test_healthz_reports_unreachable_redis(deploy_config: DeployConfig) -> None:
+    unreachable = f"redis://127.0.0.1:{testbed.free_port()}/0"
+    client = create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": unreachable}).test_client()
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json is not None and response.json["status"] == "error"
     assert "unreachable" in response.json["redis"]
 
 
-def test_healthz_ok_on_real_redis(redis_url: str) -> None:
-    response = create_app({"REDIS_URL": redis_url}).test_client().get("/healthz")
+def test_healthz_ok_on_real_redis(client: FlaskClient) -> None:
+    response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "redis": "ok"}

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import git
@@ -27,6 +28,15 @@ SAMPLE_APP = FIXTURES / "sample_app"
 POSTGRES_IMAGE = "deployhook-test/postgres:15"
 SAMPLE_IMAGES = ("sample-app", "sample-app-discord")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+WEBHOOK_SECRET = "webhook-secret-for-tests-5e1f"
+API_TOKEN = "api-token-for-tests-9c2d"
+
+
+@dataclass(frozen=True)
+class Secrets:
+    webhook: str
+    api_token: str
+
 
 # The seed's shared .env, with test values. The password is long and odd so that a
 # test can grep output for it and be sure it never leaks.

@@ -1,0 +1,34 @@
+"""Asking the repository what a branch or ref points at (git ls-remote)."""
+
+from __future__ import annotations
+
+import git
+
+from deploy_config import DeployError
+
+
+def ls_remote(url: str, *refs: str) -> dict[str, str]:
+    """{ref name: sha} for the refs (branches, tags, full refs) the remote has."""
+    try:
+        output = git.cmd.Git().ls_remote(url, *refs)
+    except git.GitCommandError as exc:
+        stderr = str(exc.stderr).strip().strip("'").strip()
+        raise DeployError(f"cannot read refs from {url}: {stderr or exc}") from None
+    found: dict[str, str] = {}
+    for line in str(output).splitlines():
+        sha, _, name = line.partition("\t")
+        if name:
+            found[name] = sha
+    return found
+
+
+def resolve_ref(url: str, ref: str) -> str:
+    """The sha a branch, tag or full ref points at; DeployError when the remote has no such ref."""
+    candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
+    found = ls_remote(url, *candidates)
+    for candidate in candidates:
+        # An annotated tag's commit is listed as <tag>^{}.
+        sha = found.get(f"{candidate}^{{}}") or found.get(candidate)
+        if sha:
+            return sha
+    raise DeployError(f"ref {ref!r} does not exist in {url}")

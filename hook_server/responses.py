@@ -1,0 +1,34 @@
+"""JSON replies shared by the hooks and the API: every error is {"error": "<what to do>"}."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, request
+from werkzeug.exceptions import HTTPException
+
+from .extensions import deploy_config
+
+Reply = tuple[dict[str, Any], int]
+
+
+def error(status: int, message: str) -> Reply:
+    return {"error": message}, status
+
+
+def status_url(deployment_id: str) -> str:
+    base = deploy_config().public_url or request.host_url
+    return f"{base.rstrip('/')}/api/deployments/{deployment_id}"
+
+
+def init_app(app: Flask) -> None:
+    """Errors Flask raises itself (404, 405, 413, ...) as JSON too."""
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Reply:
+        messages = {
+            413: f"body too large: the limit is {deploy_config().webhook.max_body_bytes} bytes "
+            "(webhook.max_body_bytes in deploy.yml)",
+        }
+        code = exc.code or 500
+        return error(code, messages.get(code, exc.description or exc.name))

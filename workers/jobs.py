@@ -1,0 +1,161 @@
+"""The RQ job every deployment runs: lock, coalesce, run the pipeline, record the outcome.
+
+RQ retries are never attached: a half-finished deployment must not silently run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+
+from redis import Redis
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+
+from deploy_config import DeployConfig, DeployError, load_config
+from deploy_config.secrets import config_redactor
+from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status
+
+from .context import Cancelled, DeploymentContext
+
+log = logging.getLogger(__name__)
+
+Pipeline = Callable[[DeploymentContext], Status]
+"""Runs a deployment's steps; returns SUCCEEDED or ROLLED_BACK, raises DeployError on failure."""
+
+LOCK_POLL_INTERVAL = 0.5
+"""Seconds between attempts to take a busy environment lock."""
+
+
+def deploy(deployment_id: str) -> str:
+    """Entry point enqueued by the web process as 'workers.jobs.deploy'."""
+    from .pipeline import run
+
+    return run_deployment(deployment_id, run)
+
+
+def run_deployment(
+    deployment_id: str, pipeline: Pipeline, connection: Redis | None = None, config: DeployConfig | None = None
+) -> str:
+    """Run one deployment under its environment's lock; returns the final status."""
+    conn = connection if connection is not None else _job_connection()
+    config = config or load_config()
+    store = DeploymentStore(conn)
+    deployment = store.require(deployment_id)
+    if deployment.is_final:
+        log.info("deployment %s is already %s; nothing to do", deployment.id, deployment.status)
+        return deployment.status
+    lock = EnvironmentLock(conn, deployment.environment, _lock_token(deployment), config.lock_lease)
+    if not _wait_for_lock(lock, store, deployment):
+        return store.require(deployment_id).status
+    keeper = LeaseKeeper(lock)
+    keeper.start()
+    try:
+        recover_lost(store, deployment.environment)
+        newer = _newer_queued(store, deployment)
+        if newer is not None:
+            return _supersede(store, deployment, newer).status
+        return _run(store, config, store.set_status(deployment, Status.RUNNING), pipeline)
+    finally:
+        keeper.stop()
+        lock.release()
+
+
+def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, pipeline: Pipeline) -> Status:
+    env = config.environments[deployment.environment]
+    context = DeploymentContext(config, env, store, deployment, config_redactor(config))
+    log.info("deployment %s: %s@%s running", deployment.id, env.name, deployment.sha[:12])
+    try:
+        status = pipeline(context)
+        store.set_status(deployment, status)
+    except Cancelled as cancelled:
+        context.log(str(cancelled))
+        status = Status(_supersede(store, deployment, cancelled.by).status)
+    except DeployError as exc:
+        status = _fail(store, context, str(exc))
+    except JobTimeoutException:
+        status = _fail(
+            store, context, f"timed out after {env.deploy_timeout:g}s (environments.{env.name}.deploy_timeout)"
+        )
+    except Exception as exc:
+        log.exception("deployment %s failed with an unexpected error", deployment.id)
+        status = _fail(store, context, f"internal error: {exc!r}; the worker's log has the traceback")
+    log.info("deployment %s: %s", deployment.id, status)
+    return status
+
+
+def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> Status:
+    reason = context.redact(reason)
+    context.log(f"deployment failed: {reason}")
+    return Status(store.set_status(context.deployment, Status.FAILED, reason=reason).status)
+
+
+def _supersede(store: DeploymentStore, deployment: Deployment, by: str) -> Deployment:
+    log.info("deployment %s superseded by %s", deployment.id, by)
+    return store.set_status(deployment, Status.SUPERSEDED, superseded_by=by, reason=f"superseded by deployment {by}")
+
+
+def _newer_queued(store: DeploymentStore, deployment: Deployment) -> str | None:
+    """The newest queued deployment of the same environment, if it is newer than this one."""
+    newest = store.newest_queued(deployment.environment)
+    return newest if newest is not None and int(newest) > int(deployment.id) else None
+
+
+def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment) -> bool:
+    """Take the environment lock; False if, while waiting, this deployment was superseded or ended."""
+    while not lock.acquire():
+        current = store.require(deployment.id)
+        if current.is_final:
+            return False
+        newer = _newer_queued(store, current)
+        if newer is not None:
+            _supersede(store, current, newer)
+            return False
+        time.sleep(LOCK_POLL_INTERVAL)
+    return True
+
+
+def recover_lost(store: DeploymentStore, environment: str) -> Deployment | None:
+    """Mark failed a deployment left 'running' by a worker that died; call only while holding the lock."""
+    running_id = store.running(environment)
+    lost = store.get(running_id) if running_id else None
+    if lost is None or lost.status != Status.RUNNING:
+        return None
+    step = next((s.name for s in reversed(lost.steps) if s.status == "running"), "start")
+    reason = f"worker lost during {step}"
+    for s in lost.steps:
+        if s.status == "running":
+            store.finish_step(lost, s, "failed", reason)
+    store.append_log(lost.id, f"deployment failed: {reason}")
+    log.warning("deployment %s: %s", lost.id, reason)
+    return store.set_status(lost, Status.FAILED, reason=reason)
+
+
+def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[Deployment]:
+    """At worker start: fail every deployment whose worker died, where no live worker holds the lock."""
+    store = DeploymentStore(connection)
+    recovered = []
+    for env in config.environments:
+        lock = EnvironmentLock(connection, env, f"recovery@{socket.gethostname()}:{os.getpid()}", config.lock_lease)
+        if lock.acquire():
+            try:
+                lost = recover_lost(store, env)
+                if lost is not None:
+                    recovered.append(lost)
+            finally:
+                lock.release()
+    return recovered
+
+
+def _lock_token(deployment: Deployment) -> str:
+    return f"deployment-{deployment.id}@{socket.gethostname()}:{os.getpid()}"
+
+
+def _job_connection() -> Redis:
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("run_deployment() outside an RQ job needs an explicit connection")
+    return job.connection
