@@ -147,7 +147,9 @@ def cancel(deployment_id: str) -> Reply:
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
     if deployment.status != Status.QUEUED:
-        return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {deployment.status}")
+        return error(
+            409, f"only queued deployments can be cancelled; deployment {deployment_id} is {deployment.status}"
+        )
     cancelled = store().set_status(deployment, Status.CANCELLED, reason="cancelled through the API")
     store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
     return cancelled.to_dict(), 200

@@ -15,7 +15,7 @@ from types import FrameType
 
 import redis
 
-from deploy_config import DeployError, commands
+from deploy_config import DeployConfig, DeployError, commands
 from deploy_state.connection import embedded_socket
 
 log = logging.getLogger(__name__)
@@ -90,24 +90,31 @@ class EmbeddedRedis:
 def web_command(bind: str) -> list[str]:
     """gunicorn serving the app factory, as the Procfile's web: line does."""
     return [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        bind,
-        "--workers",
-        "2",
-        "--no-control-socket",
+        sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "--no-control-socket",
         "hook_server:create_app()",
-    ]
+    ]  # fmt: skip
 
 
-def run_up(state_dir: Path, bind: str, config_file: Path) -> int:
-    """Run Redis (unless REDIS_URL is set) and the web server until one exits or we are stopped."""
+def deployhook_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hook_server.cli", *args]
+
+
+def child_commands(config: DeployConfig, bind: str) -> list[list[str]]:
+    """The processes of the service: web, one worker per environment (so staging never
+    delays a production deploy), and the poller when poll_interval is set."""
+    commands_ = [web_command(bind)]
+    commands_ += [deployhook_command("worker", "--env", env) for env in config.environments]
+    if config.poll_interval is not None:
+        commands_.append(deployhook_command("poll"))
+    return commands_
+
+
+def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
+    """Run Redis (unless REDIS_URL is set) and the service's processes until one exits or we are stopped."""
     embedded = None
     redis_url = os.environ.get("REDIS_URL")
     if not redis_url:
-        embedded = EmbeddedRedis(embedded_socket(state_dir).parent)
+        embedded = EmbeddedRedis(embedded_socket(config.state_dir).parent)
         redis_url = embedded.start()
         log.info("embedded Redis on %s, data in %s", embedded.socket, embedded.data_dir)
     env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file)}
@@ -120,7 +127,7 @@ def run_up(state_dir: Path, bind: str, config_file: Path) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[subprocess.Popen[bytes]] = []
     try:
-        children.append(commands.spawn(web_command(bind), env=env))
+        children += [commands.spawn(command, env=env) for command in child_commands(config, bind)]
         log.info("deployhook listening on http://%s", bind)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)

@@ -1,0 +1,55 @@
+"""The polling fallback for servers GitHub cannot reach: watch the deploy branches with ls-remote.
+
+A moved branch head becomes a deployment (trigger `poll`) through the same Intake as a
+webhook, which records the head it saw: webhook and poller never deploy one sha twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from redis import Redis, RedisError
+
+from deploy_config import DeployConfig, DeployError
+from deploy_state import Trigger
+
+from .intake import DeployRequest, Intake, IntakeResult
+from .refs import ls_remote
+
+log = logging.getLogger(__name__)
+
+
+def poll_once(config: DeployConfig, connection: Redis, job: str | None = None) -> list[IntakeResult]:
+    """Check every environment's branch once; returns the intake results (created or not)."""
+    intake = Intake(config, connection, job=job) if job else Intake(config, connection)
+    heads = ls_remote(config.repository.url, *(f"refs/heads/{env.branch}" for env in config.environments.values()))
+    results = []
+    for env in config.environments.values():
+        sha = heads.get(f"refs/heads/{env.branch}")
+        if sha is None:
+            continue  # the branch does not exist (yet): nothing to deploy
+        request = DeployRequest(
+            environment=env.name,
+            sha=sha,
+            trigger=Trigger.POLL,
+            source="poll",
+            actor="poll",
+            ref=f"refs/heads/{env.branch}",
+            repository=config.repository.full_name,
+        )
+        result = intake.submit(request)
+        if result.created:
+            log.info("poll: %s moved to %s; deployment %s", env.branch, sha[:12], result.deployment.id)
+        results.append(result)
+    return results
+
+
+def poll_forever(config: DeployConfig, connection: Redis, interval: float, stop: threading.Event) -> None:
+    """Poll every `interval` seconds until `stop` is set; errors are logged and polling goes on."""
+    while not stop.is_set():
+        try:
+            poll_once(config, connection)
+        except (DeployError, RedisError) as exc:
+            log.warning("poll failed, will retry in %gs: %s", interval, exc)
+        stop.wait(interval)
