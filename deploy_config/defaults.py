@@ -47,3 +47,18 @@ DEFAULT_DEPLOY_TIMEOUT = 1800.0
 
 DEFAULT_LOCK_LEASE = 30.0
 """Seconds an environment lock lives without renewal; a live worker renews it every third of that."""
+
+DEFAULT_ROLLOUT_TIMEOUT = 300.0
+"""Seconds `docker compose up` may take."""
+
+DEFAULT_BACKUP_TIMEOUT = 1800.0
+"""Seconds a database dump may take."""
+
+DEFAULT_HOOK_TIMEOUT = 300.0
+"""Seconds a smoke, pre_deploy or post_deploy command may take."""
+
+DEFAULT_KEEP_RELEASES = 5
+"""Releases whose images are kept per environment, as in the seed's troubleshooting section."""
+
+DEFAULT_MIN_FREE_SPACE = 2 * 1024**3
+"""Bytes that must be free before a deploy; the seed's troubleshooting calls out full disks."""

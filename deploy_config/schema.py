@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -175,6 +175,21 @@ class ServiceLimits(Model):
         return None if value is None else parse_memory(value)
 
 
+class CommandHook(Model):
+    command: tuple[str, ...] = Field(min_length=1)
+    """An argument list, run in the worktree; never a shell string."""
+    timeout: PositiveSeconds = defaults.DEFAULT_HOOK_TIMEOUT
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _argument_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError(
+                f"must be a list of arguments, not a shell string: write [{', '.join(repr(w) for w in value.split())}]"
+            )
+        return value
+
+
 class TagScheme(Model):
     release: str = defaults.DEFAULT_RELEASE_TAG
     """Tag of a commit's build; must contain {sha}."""
@@ -220,6 +235,20 @@ class EnvironmentConfig(Model):
     """Only deploy shas that succeeded there first (production: staging, unless set to null)."""
     deploy_timeout: PositiveSeconds = defaults.DEFAULT_DEPLOY_TIMEOUT
     """Seconds a whole deployment may take before the worker stops it."""
+    rollout_timeout: PositiveSeconds = defaults.DEFAULT_ROLLOUT_TIMEOUT
+    """Seconds `docker compose up` may take."""
+    backup_timeout: PositiveSeconds = defaults.DEFAULT_BACKUP_TIMEOUT
+    """Seconds the database dump may take."""
+    smoke: CommandHook | None = None
+    """Run after the health gate with TARGET_URL set (the seed's `make test-staging`); failure rolls back."""
+    pre_deploy: CommandHook | None = None
+    """Run before the rollout; failure stops the deploy before anything is touched."""
+    post_deploy: CommandHook | None = None
+    """Run after verification; failure rolls back."""
+    verify_failure: Literal["error", "warn"] | None = None
+    """What a failed isolation check does: error (roll back) or warn. Default: error for production."""
+    keep_releases: int = Field(default=defaults.DEFAULT_KEEP_RELEASES, ge=1)
+    """Releases whose images are kept for this environment; older unused ones are removed."""
 
     @property
     def is_production(self) -> bool:
@@ -228,6 +257,16 @@ class EnvironmentConfig(Model):
     @property
     def backup_required(self) -> bool:
         return self.is_production if self.backups.required is None else self.backups.required
+
+    @property
+    def verify_is_error(self) -> bool:
+        return self.is_production if self.verify_failure is None else self.verify_failure == "error"
+
+    @property
+    def base_url(self) -> str:
+        """scheme://host:port of the health URL: where the environment's app answers."""
+        parts = urlsplit(self.health_url)
+        return f"{parts.scheme}://{parts.netloc}"
 
 
 class DeployConfig(Model):
@@ -240,6 +279,8 @@ class DeployConfig(Model):
     """Base URL of this service as others reach it, for status links (default: the request's host)."""
     poll_interval: PositiveSeconds | None = None
     """Seconds between checks of the deploy branches with git ls-remote; off (None) by default."""
+    min_free_space: int = defaults.DEFAULT_MIN_FREE_SPACE
+    """Bytes that must be free for backups and Docker's data root before a deploy starts (e.g. 2G)."""
     lock_lease: PositiveSeconds = defaults.DEFAULT_LOCK_LEASE
     """Seconds an environment's deploy lock outlives a worker that stops renewing it."""
     state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
@@ -251,6 +292,11 @@ class DeployConfig(Model):
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 
     _resolve_paths = field_validator("state_dir", "env_file")(_resolve_path)
+
+    @field_validator("min_free_space", mode="before")
+    @classmethod
+    def _parse_space(cls, value: Any) -> Any:
+        return parse_memory(value)
 
     @model_validator(mode="before")
     @classmethod

@@ -65,6 +65,17 @@ class Deployment:
     superseded_by: str | None = None
     delivery_id: str = ""
     force: bool = False
+    images: dict[str, str] = field(default_factory=dict)
+    """Image name -> id of what this deployment built or reused."""
+    previous_images: dict[str, str] = field(default_factory=dict)
+    """Image name -> id that latest-<env> pointed at before the rollout (the rollback target)."""
+    previous_sha: str = ""
+    backup: str = ""
+    """The backup file taken before the rollout."""
+    health: dict[str, float] = field(default_factory=dict)
+    """failed_probes and seconds_to_healthy from the health gate."""
+    checks: list[dict[str, str]] = field(default_factory=list)
+    """Isolation checks run against the live containers: name, status, message."""
 
     @property
     def is_final(self) -> bool:

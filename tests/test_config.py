@@ -31,7 +31,8 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
     "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, "
-    "compose_env, cancel_running, promote_from, deploy_timeout"
+    "compose_env, cancel_running, promote_from, deploy_timeout, rollout_timeout, backup_timeout, smoke, pre_deploy, "
+    "post_deploy, verify_failure, keep_releases"
 )
 
 
@@ -373,7 +374,7 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
         pytest.param(
             set_at("webhok", {}),
             "webhok: unknown field; expected one of: repository, webhook, api, public_url, poll_interval, "
-            "lock_lease, state_dir, env_file, public_env, tags, environments",
+            "min_free_space, lock_lease, state_dir, env_file, public_env, tags, environments",
             id="unknown-top-level-field",
         ),
         pytest.param(
