@@ -49,3 +49,35 @@ class CommandFailed(DeployError):
         if tail:
             message += "\n" + tail
         super().__init__(message)
+
+
+class PreflightFailed(DeployError):
+    """Something the deploy needs is missing; nothing was touched."""
+
+
+class CheckoutFailed(DeployError):
+    """The pushed commit cannot be checked out (unreachable, not on the branch, remote down)."""
+
+
+class BuildFailed(DeployError):
+    """An image did not build; nothing was touched."""
+
+
+class BackupFailed(DeployError):
+    """The database dump failed or did not verify; no file was kept under a final name."""
+
+
+class RolloutFailed(DeployError):
+    """`docker compose up` failed or a hook command failed after the rollout began."""
+
+
+class HealthCheckFailed(DeployError):
+    """The health URL did not answer healthy, with the deployed version, in time."""
+
+
+class VerifyFailed(DeployError):
+    """A live isolation check failed where the environment treats that as an error."""
+
+
+class RollbackFailed(DeployError):
+    """Going back to the previous release failed too: the environment is degraded."""

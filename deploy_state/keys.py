@@ -71,3 +71,7 @@ def rejected_count(reason: str) -> str:
 
 def rejected_log_window(window: int) -> str:
     return f"{PREFIX}:rejected-logged:{window}"
+
+
+def degraded(env: str) -> str:
+    return f"{PREFIX}:env:{env}:degraded"

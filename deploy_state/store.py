@@ -212,6 +212,19 @@ class DeploymentStore:
         step.status, step.finished_at, step.message = status, time.time(), message
         self.update(deployment.id, steps=[vars(s) for s in deployment.steps])
 
+    # --- environment health ------------------------------------------------------------
+
+    def mark_degraded(self, env: str, message: str) -> None:
+        """A rollback failed: the environment runs neither the new nor the previous release cleanly."""
+        self.conn.set(keys.degraded(env), message)
+
+    def clear_degraded(self, env: str) -> None:
+        self.conn.delete(keys.degraded(env))
+
+    def degraded(self, env: str) -> str | None:
+        value = self.conn.get(keys.degraded(env))
+        return None if value is None else _text(value)
+
     # --- cancellation --------------------------------------------------------------------
 
     def request_cancel(self, deployment_id: str, by: str) -> None:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
 
 from deploy_config import DeployConfig, EnvironmentConfig
+from deploy_config.compose import ComposeProject, ResolvedCompose
 from deploy_config.secrets import Redactor
 from deploy_state import Deployment, DeploymentStore, Step
 
@@ -26,6 +31,10 @@ class StepSkipped(Exception):
     """Raised inside a step that has nothing to do; its message says why."""
 
 
+class StepWarning(Exception):
+    """Raised inside a step that failed in a way this environment tolerates: recorded, not fatal."""
+
+
 @dataclass
 class DeploymentContext:
     config: DeployConfig
@@ -33,6 +42,29 @@ class DeploymentContext:
     store: DeploymentStore
     deployment: Deployment
     redact: Redactor
+    # Filled in by the steps as the pipeline goes.
+    worktree: Path | None = None
+    compose: ComposeProject | None = None
+    resolved: ResolvedCompose | None = None
+    _docker: docker.DockerClient | None = field(default=None, repr=False)
+
+    @property
+    def docker(self) -> docker.DockerClient:
+        """A client of the Docker engine, made on first use (preflight checks that it answers)."""
+        if self._docker is None:
+            self._docker = docker.from_env()
+        return self._docker
+
+    @property
+    def project(self) -> ComposeProject:
+        assert self.compose is not None, "checkout sets the compose project"
+        return self.compose
+
+    def save(self, **fields: Any) -> None:
+        """Record fields on the deployment, in Redis and on the local copy."""
+        self.store.update(self.deployment.id, **fields)
+        for name, value in fields.items():
+            setattr(self.deployment, name, value)
 
     def log(self, line: str) -> None:
         """Append a line to the deployment's log, with every known secret masked."""
@@ -55,6 +87,9 @@ class DeploymentContext:
         except StepSkipped as skipped:
             self.store.finish_step(self.deployment, step, "skipped", self.redact(str(skipped)))
             self.log(f"--> {name} skipped: {skipped}")
+        except StepWarning as warning:
+            self.store.finish_step(self.deployment, step, "warning", self.redact(str(warning)))
+            self.log(f"--> {name}: warning: {warning}")
         except BaseException as exc:
             self.store.finish_step(self.deployment, step, "failed", self.redact(str(exc)))
             self.log(f"--> {name} failed: {exc}")

@@ -1,15 +1,62 @@
-"""The deploy pipeline: the seed's runbook, one step module each, run in order."""
+"""The deploy pipeline: the seed's runbook, one step module each, run in order.
+
+Nothing is touched before the rollout: a failure up to the backup leaves the running
+containers, the latest-<env> tags and the database as they were. From the rollout on,
+a failure rolls back, and a newer push no longer interrupts (never mid-rollout).
+"""
 
 from __future__ import annotations
 
-from deploy_config import DeployError
+from deploy_config.errors import DeployError
 from deploy_state import Status
 
+from .backup import backup
+from .build import build
+from .checkout import checkout
+from .cleanup import cleanup
 from .context import DeploymentContext
+from .healthcheck import health_gate
+from .hooks import run_hook
+from .preflight import preflight
+from .rollback import rollback
+from .rollout import rollout
+from .verify import verify
 
 
-def run(context: DeploymentContext) -> Status:
-    """Run every step of the deployment; returns SUCCEEDED or ROLLED_BACK."""
-    # The steps (checkout, build, backup, rollout, health gate, verify, rollback) land
-    # with the pipeline issue; until then a deployment fails here, before touching anything.
-    raise DeployError("the deploy pipeline is not available in this version of deployhook yet")
+def run(ctx: DeploymentContext) -> Status:
+    """Run every step of the deployment; returns SUCCEEDED or ROLLED_BACK, raises DeployError on failure."""
+    with ctx.step("preflight"):
+        preflight(ctx)
+    with ctx.step("checkout"):
+        checkout(ctx)
+    with ctx.step("build"):
+        build(ctx)
+    if ctx.env.pre_deploy is not None:
+        with ctx.step("pre_deploy"):
+            run_hook(ctx, "pre_deploy", ctx.env.pre_deploy)
+    with ctx.step("backup"):
+        backup(ctx)
+    ctx.check_cancelled()  # the last boundary where a newer push may stop this one
+    try:
+        _roll_out(ctx)
+    except DeployError as cause:
+        return rollback(ctx, cause)
+    ctx.store.clear_degraded(ctx.env.name)
+    with ctx.step("cleanup", cancellable=False):
+        cleanup(ctx)
+    return Status.SUCCEEDED
+
+
+def _roll_out(ctx: DeploymentContext) -> None:
+    with ctx.step("rollout", cancellable=False):
+        rollout(ctx)
+    with ctx.step("health", cancellable=False):
+        ctx.save(health=health_gate(ctx))
+    if ctx.env.smoke is not None:
+        with ctx.step("smoke", cancellable=False):
+            run_hook(ctx, "smoke", ctx.env.smoke)
+    with ctx.step("verify", cancellable=False):
+        verify(ctx)
+    if ctx.env.post_deploy is not None:
+        with ctx.step("post_deploy", cancellable=False):
+            run_hook(ctx, "post_deploy", ctx.env.post_deploy)

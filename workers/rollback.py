@@ -1,0 +1,60 @@
+"""Step 7, rollback: when anything after the rollout fails, put the previous release back.
+
+The database is never restored automatically: the record names the backup taken
+before the rollout and the command that restores it.
+"""
+
+from __future__ import annotations
+
+from deploy_config.errors import DeployError, RollbackFailed
+from deploy_state import Status
+
+from .context import DeploymentContext
+from .healthcheck import health_gate
+from .rollout import compose_up, point_current_tags
+from .verify import project_containers
+
+
+def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
+    """Re-point latest-<env> at the previous images, bring them up, gate on health; ROLLED_BACK or raise."""
+    previous, sha = ctx.deployment.previous_images, ctx.deployment.previous_sha
+    if not previous:
+        raise DeployError(
+            f"{cause}; this was the first deploy of {ctx.env.name}, so there is no previous release to roll back to"
+        )
+    try:
+        with ctx.step("rollback", cancellable=False):
+            ctx.log(f"rolling back to {sha[:12] or 'the previous images'} because: {cause}")
+            point_current_tags(ctx, previous)
+            compose_up(ctx)
+            if sha:
+                health_gate(ctx, sha)
+    except DeployError as exc:
+        running = describe_running(ctx)
+        ctx.store.mark_degraded(ctx.env.name, f"rollback of deployment {ctx.deployment.id} failed; running: {running}")
+        raise RollbackFailed(
+            f"{cause}; the rollback to {sha[:12] or 'the previous images'} failed too: {exc}; "
+            f"{ctx.env.name} is degraded; running now: {running}"
+        ) from None
+    ctx.save(reason=f"{cause}; rolled back: {sha[:12] or 'the previous release'} is serving again{_restore_hint(ctx)}")
+    return Status.ROLLED_BACK
+
+
+def _restore_hint(ctx: DeploymentContext) -> str:
+    if not ctx.deployment.backup:
+        return ""
+    return (
+        f"; the database was not restored (backup {ctx.deployment.backup}; to restore it: "
+        f"deployhook backups restore {ctx.env.name} {ctx.deployment.backup} --yes)"
+    )
+
+
+def describe_running(ctx: DeploymentContext) -> str:
+    try:
+        containers = project_containers(ctx, ctx.env.project or "")
+    except Exception as exc:  # noqa: BLE001 - a description, best effort, even when Docker is down
+        return f"unknown ({exc})"
+    if not containers:
+        return "no containers"
+    return ", ".join(f"{c.name} ({c.image.tags[0] if c.image and c.image.tags else c.image}: {c.status})"
+                     for c in containers)  # fmt: skip

@@ -1,0 +1,47 @@
+"""Step 4, rollout: point <image>:latest-<env> at the new build, then `docker compose up -d`."""
+
+from __future__ import annotations
+
+import docker
+
+from deploy_config import commands
+from deploy_config.errors import CommandFailed, RolloutFailed
+
+from .context import DeploymentContext
+
+
+def rollout(ctx: DeploymentContext) -> None:
+    """Remember what latest-<env> pointed at (the rollback target), re-point it, bring the stack up."""
+    previous = {image.name: image_id for image in ctx.env.images if (image_id := current_image(ctx, image.name))}
+    last = ctx.store.last_succeeded(ctx.env.name, before=ctx.deployment.id)
+    ctx.save(previous_images=previous, previous_sha=last.sha if last else "")
+    point_current_tags(ctx, ctx.deployment.images)
+    compose_up(ctx)
+
+
+def current_image(ctx: DeploymentContext, name: str) -> str | None:
+    """The id <name>:latest-<env> points at, or None before the first deploy."""
+    try:
+        return str(ctx.docker.images.get(f"{name}:{ctx.config.tags.current_tag(ctx.env.name)}").id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def point_current_tags(ctx: DeploymentContext, images: dict[str, str]) -> None:
+    tag = ctx.config.tags.current_tag(ctx.env.name)
+    for name, image_id in images.items():
+        ctx.docker.images.get(image_id).tag(name, tag)
+        ctx.log(f"{name}:{tag} -> {image_id[:19]}")
+
+
+def compose_up(ctx: DeploymentContext) -> None:
+    """`docker compose up -d --remove-orphans`, waiting for healthchecks when the services define them."""
+    assert ctx.resolved is not None
+    wait = any(service.get("healthcheck") for service in ctx.resolved.services.values())
+    timeout = ctx.env.rollout_timeout
+    extra = ["--wait", "--wait-timeout", str(int(timeout))] if wait else []
+    args = ctx.project.args("up", "-d", "--remove-orphans", *extra)
+    try:
+        commands.stream(args, ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact)
+    except CommandFailed as exc:
+        raise RolloutFailed(f"docker compose up failed: {exc}") from None

@@ -1,0 +1,129 @@
+"""Step 6, verify: the seed's verification checklist, run against the live containers.
+
+Each check is recorded on the deployment. A failure rolls back, or is a warning, as
+the environment's verify_failure says (error for production by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from docker.models.containers import Container
+
+from deploy_config.errors import VerifyFailed
+from deploy_config.isolation import service_limits
+
+from .context import DeploymentContext, StepWarning
+
+PROJECT_LABEL = "com.docker.compose.project"
+SERVICE_LABEL = "com.docker.compose.service"
+
+Check = Callable[[DeploymentContext, list[Container]], list[str]]
+
+
+def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
+    """Run every check; record the results; raise (or warn) when one fails."""
+    containers = project_containers(ctx, ctx.project.environment.project or "")
+    if not containers:
+        raise VerifyFailed(f"no running containers of project {ctx.env.project!r} after the rollout")
+    results = []
+    for name, check in CHECKS:
+        problems = check(ctx, containers)
+        results.append({"name": name, "status": "failed" if problems else "passed", "message": "; ".join(problems)})
+        ctx.log(f"verify {name}: {'FAILED: ' + '; '.join(problems) if problems else 'ok'}")
+    ctx.save(checks=results)
+    failed = [r for r in results if r["status"] == "failed"]
+    if failed:
+        summary = "; ".join(f"{r['name']}: {r['message']}" for r in failed)
+        if ctx.env.verify_is_error:
+            raise VerifyFailed(f"isolation checks failed: {summary}")
+        raise StepWarning(f"isolation checks failed (verify_failure: warn): {summary}")
+    return results
+
+
+def project_containers(ctx: DeploymentContext, project: str) -> list[Container]:
+    return list(ctx.docker.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}))
+
+
+def _service(container: Container) -> str:
+    return str(container.labels.get(SERVICE_LABEL, container.name))
+
+
+def _network_names(ctx: DeploymentContext) -> set[str]:
+    assert ctx.resolved is not None
+    return {str(net.get("name") or key) for key, net in ctx.resolved.networks.items()}
+
+
+def check_networks(ctx: DeploymentContext, containers: list[Container]) -> list[str]:
+    """Our containers are only on our networks, and nobody else's containers are on them."""
+    ours = _network_names(ctx)
+    problems = []
+    for container in containers:
+        attached = set(container.attrs["NetworkSettings"]["Networks"])
+        if attached - ours:
+            problems.append(f"{container.name} is attached to {', '.join(sorted(attached - ours))}")
+    own_ids = {c.id for c in containers}
+    for name in sorted(ours):
+        for network in ctx.docker.networks.list(names=[name]):
+            network.reload()
+            strangers = [info.get("Name", cid) for cid, info in (network.attrs.get("Containers") or {}).items()
+                         if cid not in own_ids]  # fmt: skip
+            if strangers:
+                problems.append(f"network {name} also has {', '.join(sorted(strangers))}")
+    return problems
+
+
+def check_database_port(ctx: DeploymentContext, containers: list[Container]) -> list[str]:
+    """Production's database publishes no host port."""
+    if not ctx.env.is_production or ctx.env.database is None:
+        return []
+    problems = []
+    for container in containers:
+        if _service(container) != ctx.env.database.service:
+            continue
+        ports: dict[str, Any] = container.attrs["NetworkSettings"].get("Ports") or {}
+        published = sorted(f"{b['HostIp'] or '*'}:{b['HostPort']}" for bs in ports.values() if bs for b in bs)
+        if published:
+            problems.append(f"{container.name} publishes {', '.join(published)}")
+    return problems
+
+
+def check_limits(ctx: DeploymentContext, containers: list[Container]) -> list[str]:
+    """Memory and CPU limits on each container are those of the compose file (and of deploy.yml)."""
+    assert ctx.resolved is not None
+    problems = []
+    for container in containers:
+        service = _service(container)
+        cpus, memory = service_limits(ctx.resolved.services.get(service, {}))
+        expected = ctx.env.expected_limits.get(service)
+        if expected is not None:
+            cpus, memory = expected.cpus or cpus, expected.memory or memory
+        host = container.attrs["HostConfig"]
+        actual_memory, actual_cpus = host.get("Memory") or None, (host.get("NanoCpus") or 0) / 1e9 or None
+        if memory is not None and actual_memory != memory:
+            problems.append(f"{container.name} runs with memory {actual_memory}, expected {memory}")
+        if cpus is not None and actual_cpus != cpus:
+            problems.append(f"{container.name} runs with cpus {actual_cpus}, expected {cpus:g}")
+    return problems
+
+
+def check_environment(ctx: DeploymentContext, containers: list[Container]) -> list[str]:
+    """ENVIRONMENT inside every container but the database's is the environment's name."""
+    database = ctx.env.database.service if ctx.env.database else None
+    problems = []
+    for container in containers:
+        if _service(container) == database:
+            continue
+        env = dict(item.partition("=")[::2] for item in container.attrs["Config"].get("Env") or [])
+        if env.get("ENVIRONMENT") != ctx.env.name:
+            problems.append(f"{container.name} has ENVIRONMENT={env.get('ENVIRONMENT')!r}, expected {ctx.env.name}")
+    return problems
+
+
+CHECKS: tuple[tuple[str, Check], ...] = (
+    ("networks", check_networks),
+    ("database-port", check_database_port),
+    ("limits", check_limits),
+    ("environment", check_environment),
+)
