@@ -113,6 +113,9 @@ def _started(
     finally:
         if timer:
             timer.cancel()
+        for pipe in (proc.stdout, proc.stderr):
+            if pipe is not None:
+                pipe.close()
         proc.wait()
 
 

@@ -62,3 +62,6 @@ DEFAULT_KEEP_RELEASES = 5
 
 DEFAULT_MIN_FREE_SPACE = 2 * 1024**3
 """Bytes that must be free before a deploy; the seed's troubleshooting calls out full disks."""
+
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
+"""Set on every git command: a service must never wait at a password prompt nobody will answer."""

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .schema import DeployConfig
@@ -78,3 +79,11 @@ def config_redactor(config: DeployConfig) -> Redactor:
     env = read_env_file(config.env_file) if config.env_file.is_file() else {}
     webhook_secret = os.environ.get(config.webhook.secret_env, "")
     return Redactor.from_env(env, extra=[webhook_secret], public=config.public_env)
+
+
+def display_url(url: str) -> str:
+    """The URL without the user and password it may carry (https://user:token@host/...), for messages."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))

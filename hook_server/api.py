@@ -89,6 +89,7 @@ def create_deployment() -> Reply:
         force = data.get("force", False)
         if not isinstance(force, bool):
             return error(400, "'force' must be true or false")
+        reason = _string(data, "reason")
         ref = ref or (f"refs/heads/{env.branch}" if not sha else "")
         if not sha:
             sha = resolve_ref(deploy_config().repository.url, ref)
@@ -103,7 +104,7 @@ def create_deployment() -> Reply:
             actor=ACTOR,
             ref=ref,
             repository=deploy_config().repository.full_name,
-            reason=_string(data, "reason"),
+            reason=reason,
             force=force,
         )
     )

@@ -52,4 +52,6 @@ def poll_forever(config: DeployConfig, connection: Redis, interval: float, stop:
             poll_once(config, connection)
         except (DeployError, RedisError) as exc:
             log.warning("poll failed, will retry in %gs: %s", interval, exc)
+        except Exception:  # noqa: BLE001 - a poller that dies stops every deploy: log it and go on
+            log.exception("poll failed unexpectedly, will retry in %gs", interval)
         stop.wait(interval)

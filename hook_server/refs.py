@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import git
 
-from deploy_config import DeployError
+from deploy_config import DeployError, defaults
+from deploy_config.secrets import display_url
+
+GIT_TIMEOUT = 30
+"""Seconds a `git ls-remote` may take: a hung remote must not hang a request or the poller."""
 
 
 def ls_remote(url: str, *refs: str) -> dict[str, str]:
     """{ref name: sha} for the refs (branches, tags, full refs) the remote has."""
     try:
-        output = git.cmd.Git().ls_remote(url, *refs)
+        output = git.cmd.Git().ls_remote(url, *refs, kill_after_timeout=GIT_TIMEOUT, env=defaults.GIT_ENV)
     except git.GitCommandError as exc:
         stderr = str(exc.stderr).strip().strip("'").strip()
-        raise DeployError(f"cannot read refs from {url}: {stderr or exc}") from None
+        raise DeployError(f"cannot read refs from {display_url(url)}: {stderr or exc}") from None
+    except git.CommandError as exc:  # git itself is missing (GitCommandNotFound)
+        raise DeployError(f"cannot read refs from {display_url(url)}: cannot run git: {exc}") from None
     found: dict[str, str] = {}
     for line in str(output).splitlines():
         sha, _, name = line.partition("\t")
@@ -25,10 +31,11 @@ def ls_remote(url: str, *refs: str) -> dict[str, str]:
 def resolve_ref(url: str, ref: str) -> str:
     """The sha a branch, tag or full ref points at; DeployError when the remote has no such ref."""
     candidates = [ref] if ref.startswith("refs/") else [f"refs/heads/{ref}", f"refs/tags/{ref}"]
-    found = ls_remote(url, *candidates)
+    # ls-remote lists an annotated tag's peeled entry (<tag>^{}) only when a pattern names it.
+    found = ls_remote(url, *candidates, *(f"{candidate}^{{}}" for candidate in candidates))
     for candidate in candidates:
         # An annotated tag's commit is listed as <tag>^{}.
         sha = found.get(f"{candidate}^{{}}") or found.get(candidate)
         if sha:
             return sha
-    raise DeployError(f"ref {ref!r} does not exist in {url}")
+    raise DeployError(f"ref {ref!r} does not exist in {display_url(url)}")

@@ -13,10 +13,15 @@ from pathlib import Path
 
 import git
 
+from deploy_config import defaults
 from deploy_config.compose import ComposeProject
 from deploy_config.errors import CheckoutFailed, DeployError
+from deploy_config.secrets import display_url
 
 from .context import DeploymentContext
+
+FETCH_TIMEOUT = 600
+"""Seconds a fetch may take before it is killed."""
 
 
 def checkout(ctx: DeploymentContext) -> Path:
@@ -53,14 +58,17 @@ def _fetched_mirror(ctx: DeploymentContext, path: Path) -> git.Repo:
     url = ctx.config.repository.url
     try:
         if not (path / "HEAD").exists():
-            ctx.log(f"cloning a mirror of {url}")
-            return git.Repo.clone_from(url, path, mirror=True)
+            ctx.log(f"cloning a mirror of {display_url(url)}")
+            return git.Repo.clone_from(url, path, mirror=True, env=defaults.GIT_ENV)
         mirror = git.Repo(path)
         mirror.git.remote("set-url", "origin", url)
-        mirror.git.fetch("--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*")
+        mirror.git.fetch(
+            "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", env=defaults.GIT_ENV,
+            kill_after_timeout=FETCH_TIMEOUT,
+        )  # fmt: skip
         return mirror
     except git.GitCommandError as exc:
-        raise CheckoutFailed(f"cannot fetch {url}: {_git_error(exc)}") from None
+        raise CheckoutFailed(f"cannot fetch {display_url(url)}: {_git_error(exc)}") from None
 
 
 def _require_on_branch(mirror: git.Repo, sha: str, branch: str) -> None:

@@ -6,6 +6,8 @@ before the rollout and the command that restores it.
 
 from __future__ import annotations
 
+from docker.models.containers import Container
+
 from deploy_config.errors import DeployError, RollbackFailed
 from deploy_state import Status
 
@@ -56,5 +58,11 @@ def describe_running(ctx: DeploymentContext) -> str:
         return f"unknown ({exc})"
     if not containers:
         return "no containers"
-    return ", ".join(f"{c.name} ({c.image.tags[0] if c.image and c.image.tags else c.image}: {c.status})"
-                     for c in containers)  # fmt: skip
+    return ", ".join(f"{c.name} ({_image_name(c)}: {c.status})" for c in containers)
+
+
+def _image_name(container: Container) -> str:
+    image = container.image
+    if image is None:
+        return "image removed"
+    return str(image.tags[0]) if image.tags else str(image.short_id)
