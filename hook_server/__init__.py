@@ -25,7 +25,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.from_mapping(test_config)
     config: DeployConfig = app.config.get("DEPLOY_CONFIG") or load_config(app.config["DEPLOYHOOK_CONFIG"])
-    # Werkzeug refuses larger bodies with 413 before reading them (chunked ones at the limit).
+    # Werkzeug refuses a larger Content-Length with 413 before reading; chunked bodies it cuts
+    # off at the limit, which webhooks._body() turns into a 413 too.
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
 
     from . import api, extensions, health, responses, webhooks

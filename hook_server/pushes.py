@@ -49,6 +49,8 @@ def decode_body(body: bytes, content_type: str) -> Mapping[str, Any]:
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PayloadError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("body is not valid JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise PayloadError("payload must be a JSON object")
     return data
@@ -66,7 +68,7 @@ def _field(data: Mapping[str, Any], name: str, kind: type, path: str = "", optio
 
 def _sha(data: Mapping[str, Any], name: str) -> str:
     value = str(_field(data, name, str)).lower()
-    if not SHA.match(value):
+    if not SHA.fullmatch(value):
         raise PayloadError(f"payload field '{name}' must be a full commit sha (40 or 64 hex digits)")
     return value
 

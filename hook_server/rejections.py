@@ -36,7 +36,10 @@ def record_rejection(reason: str, detail: str) -> None:
         return
     if logged <= LOGGED_PER_MINUTE:
         log.warning("rejected delivery from %s on %s (%s): %s", source, request.path, reason, detail)
-        store().audit("webhook", source, "rejected", reason=reason, detail=detail, path=request.path)
+        try:
+            store().audit("webhook", source, "rejected", reason=reason, detail=detail, path=request.path)
+        except RedisError:
+            log.warning("rejected delivery not audited: Redis unavailable")
     elif logged == LOGGED_PER_MINUTE + 1:
         log.warning("more than %d rejected deliveries this minute; counting the rest silently", LOGGED_PER_MINUTE)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask, request
+from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
 from .extensions import deploy_config
@@ -25,10 +26,16 @@ def init_app(app: Flask) -> None:
     """Errors Flask raises itself (404, 405, 413, ...) as JSON too."""
 
     @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Reply:
+    def http_error(exc: HTTPException) -> tuple[dict[str, Any], int, list[tuple[str, str]]]:
         messages = {
             413: f"body too large: the limit is {deploy_config().webhook.max_body_bytes} bytes "
             "(webhook.max_body_bytes in deploy.yml)",
         }
         code = exc.code or 500
-        return error(code, messages.get(code, exc.description or exc.name))
+        # Keep headers such as Allow (405), but the body is ours: JSON.
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]
+        return {"error": messages.get(code, exc.description or exc.name)}, code, headers
+
+    @app.errorhandler(RedisError)
+    def store_unavailable(exc: RedisError) -> Reply:
+        return error(503, "deployment store (Redis) unavailable; nothing was changed, try again")

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+
+_HEX_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+"""A hex SHA-256 digest. Checked before comparing: compare_digest raises TypeError on non-ASCII text."""
 
 
 class BadSignature(Exception):
@@ -22,7 +26,7 @@ def verify_github(secret: bytes, body: bytes, header: str | None) -> None:
     if not header:
         raise BadSignature("missing X-Hub-Signature-256 header")
     algorithm, _, digest = header.partition("=")
-    if algorithm != "sha256" or len(digest) != 64:
+    if algorithm != "sha256" or not _HEX_DIGEST.fullmatch(digest):
         raise BadSignature("malformed X-Hub-Signature-256 header (expected sha256=<64 hex digits>)")
     if not hmac.compare_digest(_hmac_hex(secret, body), digest.lower()):
         raise BadSignature("signature does not match the body and the configured secret")
@@ -32,7 +36,7 @@ def verify_gitea(secret: bytes, body: bytes, header: str | None) -> None:
     """X-Gitea-Signature (or X-Forgejo-Signature): the bare hex HMAC-SHA256 of the raw body."""
     if not header:
         raise BadSignature("missing X-Gitea-Signature header")
-    if len(header) != 64:
+    if not _HEX_DIGEST.fullmatch(header):
         raise BadSignature("malformed X-Gitea-Signature header (expected 64 hex digits)")
     if not hmac.compare_digest(_hmac_hex(secret, body), header.lower()):
         raise BadSignature("signature does not match the body and the configured secret")

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, request
 from redis import RedisError
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from deploy_state import Trigger
 
@@ -35,13 +36,14 @@ def _secret() -> bytes | None:
 
 def _authentic(verify: Callable[[bytes, bytes], None]) -> Reply | None:
     """None when the delivery is authentic; else the error reply (401, or 503 without a secret)."""
+    body = _body()  # the size cap comes first: 413 before anything else is looked at
     secret = _secret()
     if secret is None:
         name = deploy_config().webhook.secret_env
         log.error("webhook refused: %s is not set", name)
         return error(503, f"the webhook secret is not configured on the server: set {name}")
     try:
-        verify(secret, request.get_data(cache=True))
+        verify(secret, body)
     except signatures.BadSignature as exc:
         record_rejection("signature", str(exc))
         return error(401, str(exc))
@@ -91,6 +93,16 @@ def gitlab() -> Reply:
     return _handle(pushes.gitlab_push, "gitlab", delivery)
 
 
+def _body() -> bytes:
+    """The raw body; 413 past webhook.max_body_bytes, whether sent with Content-Length or chunked."""
+    data = request.get_data(cache=True)  # Werkzeug refuses a Content-Length over the cap itself
+    if request.content_length is None and len(data) >= deploy_config().webhook.max_body_bytes:
+        # A chunked body is cut off at the cap without an error: refuse it if anything follows.
+        if request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    return data
+
+
 def _header(name: str) -> str | None:
     return request.headers.get(name)
 
@@ -109,7 +121,7 @@ def _ignored(reason: str) -> Reply:
 
 def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id: str) -> Reply:
     try:
-        push = parse(pushes.decode_body(request.get_data(cache=True), request.content_type or ""))
+        push = parse(pushes.decode_body(_body(), request.content_type or ""))
     except PayloadError as exc:
         return error(400, str(exc))
     config = deploy_config()

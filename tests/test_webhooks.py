@@ -1,0 +1,859 @@
+"""POST /hooks/github, /hooks/gitea and /hooks/gitlab: authentic pushes become exactly one queued deployment.
+
+Everything runs for real: the Flask app from the factory on the session's Redis, RQ queues
+read back from Redis, and once a gunicorn server over real HTTP (body cap, chunked bodies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+import redis
+import rq
+import testbed
+from flask import Flask
+from flask.testing import FlaskClient
+from rq.job import Job
+from werkzeug.test import TestResponse
+
+from deploy_config import DeployConfig, load_config
+from deploy_state import DeploymentStore, Status, keys
+from hook_server import create_app, rejections, signatures
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REPOSITORY = "example/sample-app"
+SECRET = testbed.WEBHOOK_SECRET
+STALE_SECRET = "an-old-secret-rotated-away-3c4d"
+SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
+MAX_BODY = 1024
+SHA = hashlib.sha1(b"first commit").hexdigest()
+OTHER_SHA = hashlib.sha1(b"second commit").hexdigest()
+ZERO_SHA = "0" * 40
+DEPLOY_JOB = "workers.jobs.deploy"
+GITHUB_VECTOR = (
+    "It's a Secret to Everybody",
+    b"Hello, World!",
+    "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    """X-Hub-Signature-256 for body: `sha256=` and the hex HMAC-SHA256."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def encode(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+def push_payload(branch: str = "staging", sha: str = SHA, **overrides: Any) -> dict[str, Any]:
+    """A GitHub push event (the fields deployhook reads, and a few it does not)."""
+    payload: dict[str, Any] = {
+        "ref": f"refs/heads/{branch}",
+        "before": OTHER_SHA,
+        "after": sha,
+        "created": False,
+        "deleted": False,
+        "forced": False,
+        "repository": {"full_name": REPOSITORY, "name": "sample-app", "private": True},
+        "pusher": {"name": "octocat", "email": "octocat@example.com"},
+        "head_commit": {
+            "id": sha,
+            "message": "Fix the greeting",
+            "url": f"https://github.com/{REPOSITORY}/commit/{sha}",
+        },
+    }
+    payload.update(overrides)
+    return payload
+
+
+def deliver(
+    client: FlaskClient,
+    payload: Mapping[str, Any] | bytes,
+    event: str = "push",
+    delivery: str | None = None,
+    secret: str | None = SECRET,
+    headers: Mapping[str, str] | None = None,
+    content_type: str = "application/json",
+) -> TestResponse:
+    """POST a GitHub delivery, signed with secret (unsigned when secret is None)."""
+    body = payload if isinstance(payload, bytes) else encode(payload)
+    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "Content-Type": content_type}
+    if secret is not None:
+        sent["X-Hub-Signature-256"] = sign(body, secret)
+    sent.update(headers or {})
+    return client.post("/hooks/github", data=body, headers=sent)
+
+
+def json_of(response: TestResponse) -> dict[str, Any]:
+    data = response.get_json(silent=True)
+    assert isinstance(data, dict), f"not a JSON object: {response.status} {response.get_data(as_text=True)!r}"
+    return data
+
+
+def queue(conn: redis.Redis, env: str = "staging") -> rq.Queue:
+    return rq.Queue(f"deploy-{env}", connection=conn)
+
+
+def assert_nothing_recorded(conn: redis.Redis) -> None:
+    """No deployment record and no RQ job anywhere."""
+    assert DeploymentStore(conn).page() == ([], None)
+    for env in ("staging", "production"):
+        assert queue(conn, env).count == 0, f"a job was enqueued on deploy-{env}"
+
+
+def rejected(app: Flask) -> dict[str, int]:
+    with app.app_context():
+        return rejections.rejection_counts()
+
+
+def rejection_audits(conn: redis.Redis) -> list[dict[str, str]]:
+    return [e for e in DeploymentStore(conn).audit_entries(count=1000) if e["outcome"] == "rejected"]
+
+
+@pytest.fixture
+def small_config_file(tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path) -> Path:
+    """deploy.yml with webhook.max_body_bytes = MAX_BODY."""
+    data = testbed.sample_config(git_remote.url, env_file=env_file, state_dir=tmp_path / "state")
+    data["webhook"] = {"max_body_bytes": MAX_BODY}
+    return testbed.write_yaml(tmp_path / "deploy-small.yml", data)
+
+
+@pytest.fixture
+def small_app(small_config_file: Path, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets) -> Flask:
+    config = load_config(small_config_file)
+    assert config.webhook.max_body_bytes == MAX_BODY
+    return create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url})
+
+
+@pytest.fixture
+def down_app(deploy_config: DeployConfig, secrets: testbed.Secrets) -> Flask:
+    """The app on a Redis URL where nothing listens."""
+    unreachable = f"redis://127.0.0.1:{testbed.free_port()}/0"
+    return create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": unreachable})
+
+
+# --- signatures --------------------------------------------------------------------------------
+
+
+def test_github_published_test_vector_verifies() -> None:
+    secret, payload, signature = GITHUB_VECTOR
+    signatures.verify_github(secret.encode(), payload, signature)
+    assert sign(payload, secret) == signature
+    with pytest.raises(signatures.BadSignature):
+        signatures.verify_github(b"another secret", payload, signature)
+    with pytest.raises(signatures.BadSignature):
+        signatures.verify_github(secret.encode(), payload + b" ", signature)
+
+
+def _reserialised(body: bytes) -> str:
+    """A signature over the same JSON, re-serialised with other spacing and key order."""
+    return sign(json.dumps(json.loads(body), indent=2, sort_keys=True).encode())
+
+
+BAD_SIGNATURES: dict[str, tuple[Callable[[bytes], str | None], str]] = {
+    "missing": (lambda body: None, "missing"),
+    "empty": (lambda body: "", "missing"),
+    "sha1-prefix": (lambda body: "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest(), "malformed"),
+    "uppercase-prefix": (lambda body: "SHA256=" + sign(body).removeprefix("sha256="), "malformed"),
+    "no-prefix": (lambda body: sign(body).removeprefix("sha256="), "malformed"),
+    "too-short": (lambda body: sign(body)[:-1], "malformed"),
+    "too-long": (lambda body: sign(body) + "0", "malformed"),
+    "non-hex": (lambda body: "sha256=" + "g" * 64, "malformed"),
+    "non-ascii": (lambda body: "sha256=" + "\u00e9" * 64, "malformed"),
+    "stale-secret": (lambda body: sign(body, STALE_SECRET), "does not match"),
+    "reserialised-body": (_reserialised, "does not match"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SIGNATURES, ids=list(BAD_SIGNATURES))
+def test_bad_signature_is_401_and_records_nothing(
+    app: Flask, client: FlaskClient, redis_conn: redis.Redis, case: str
+) -> None:
+    make_header, reason = BAD_SIGNATURES[case]
+    body = encode(push_payload())
+    header = make_header(body)
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1", "Content-Type": "application/json"}
+    if header is not None:
+        headers["X-Hub-Signature-256"] = header
+    response = client.post("/hooks/github", data=body, headers=headers)
+
+    assert response.status_code == 401
+    error = json_of(response)["error"]
+    assert reason in error and len(error) < 100
+    assert_nothing_recorded(redis_conn)
+    assert redis_conn.get(keys.delivery("github", "d-1")) is None
+    assert rejected(app) == {"signature": 1}
+    [audit] = rejection_audits(redis_conn)
+    assert audit["reason"] == "signature" and audit["path"] == "/hooks/github"
+    assert [e["outcome"] for e in DeploymentStore(redis_conn).audit_entries()] == ["rejected"]
+
+
+def test_signature_over_the_exact_bytes_sent_is_accepted(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    """Any serialisation verifies when signed as sent (nothing re-serialises); upper-case hex too."""
+    body = json.dumps(push_payload(), indent=3, sort_keys=True).encode()
+    upper_hex = "sha256=" + sign(body).removeprefix("sha256=").upper()
+    response = deliver(client, body, headers={"X-Hub-Signature-256": upper_hex})
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert queue(redis_conn).count == 1
+
+
+# --- body cap ------------------------------------------------------------------------------------
+
+
+def oversized_push() -> bytes:
+    body = encode(push_payload(head_commit={"id": SHA, "message": "x" * (3 * MAX_BODY), "url": ""}))
+    assert len(body) > MAX_BODY
+    return body
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_body_over_the_cap_is_413_and_records_nothing(small_app: Flask, redis_conn: redis.Redis, signed: bool) -> None:
+    """The size cap comes first: an oversized body is refused before it is read, signed or not."""
+    response = deliver(small_app.test_client(), oversized_push(), secret=SECRET if signed else None)
+
+    assert response.status_code == 413
+    assert "1024" in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+    assert rejected(small_app) == {}
+
+
+def push_at_the_cap() -> bytes:
+    """A valid push of exactly MAX_BODY bytes (JSON allows trailing whitespace)."""
+    body = encode(push_payload())
+    assert len(body) < MAX_BODY
+    return body + b" " * (MAX_BODY - len(body))
+
+
+def test_body_at_the_cap_is_accepted(small_app: Flask, redis_conn: redis.Redis) -> None:
+    response = deliver(small_app.test_client(), push_at_the_cap())
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert queue(redis_conn).count == 1
+
+
+def post_chunked(client: FlaskClient, body: bytes) -> TestResponse:
+    """POST body as a server that de-chunks a Transfer-Encoding: chunked request hands it to the app."""
+    return client.post(
+        "/hooks/github",
+        input_stream=io.BytesIO(body),
+        headers={
+            "Transfer-Encoding": "chunked",
+            "Content-Type": "application/json",
+            "X-GitHub-Event": "push",
+            "X-Hub-Signature-256": sign(body),
+        },
+        environ_overrides={"wsgi.input_terminated": True},
+    )
+
+
+@pytest.mark.parametrize(("size", "status"), [("at-cap", 202), ("over-cap", 413)])
+def test_chunked_body_is_capped(small_app: Flask, redis_conn: redis.Redis, size: str, status: int) -> None:
+    """Werkzeug stops reading a chunked body at the cap without an error; the receiver must still refuse it."""
+    body = push_at_the_cap() if size == "at-cap" else push_at_the_cap() + b" "
+    response = post_chunked(small_app.test_client(), body)
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert queue(redis_conn).count == (1 if status == 202 else 0)
+    assert rejected(small_app) == {}
+
+
+# --- content types and events -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/x-www-form-urlencoded"])
+def test_json_and_form_encoded_deliveries(client: FlaskClient, redis_conn: redis.Redis, content_type: str) -> None:
+    payload = push_payload()
+    if content_type == "application/json":
+        body = encode(payload)
+    else:
+        body = urlencode({"payload": json.dumps(payload)}).encode()
+    response = deliver(client, body, delivery="form-or-json", content_type=content_type)
+
+    assert response.status_code == 202, response.get_data(as_text=True)
+    deployment = DeploymentStore(redis_conn).require(json_of(response)["deployment_id"])
+    assert (deployment.sha, deployment.message, deployment.pusher) == (SHA, "Fix the greeting", "octocat")
+    assert queue(redis_conn).count == 1
+
+
+def test_form_encoded_delivery_without_payload_field_is_400(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    body = urlencode({"data": json.dumps(push_payload())}).encode()
+    response = deliver(client, body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 400
+    assert "payload" in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+def test_ping_lists_the_served_environments(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver(client, {"zen": "Keep it logically awesome.", "hook_id": 1}, event="ping")
+    assert response.status_code == 200
+    assert json_of(response) == {"ok": True, "environments": {"staging": "staging", "production": "production"}}
+    assert_nothing_recorded(redis_conn)
+
+
+def test_ping_needs_a_valid_signature(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver(client, {"zen": "hi"}, event="ping", secret=STALE_SECRET)
+    assert response.status_code == 401
+    assert "environments" not in json_of(response)
+
+
+def test_other_events_are_ignored(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver(client, {"action": "opened", "issue": {"number": 1}}, event="issues")
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": "event issues is not handled"}
+    assert_nothing_recorded(redis_conn)
+    [audit] = DeploymentStore(redis_conn).audit_entries()
+    assert (audit["outcome"], audit["reason"]) == ("ignored", "event issues is not handled")
+
+
+# --- push scope ----------------------------------------------------------------------------------------
+
+
+def test_push_for_another_repository_is_403(app: Flask, client: FlaskClient, redis_conn: redis.Redis) -> None:
+    payload = push_payload(repository={"full_name": "mallory/sample-app"})
+    response = deliver(client, payload)
+    assert response.status_code == 403
+    assert REPOSITORY in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+    assert rejected(app) == {"repository": 1}
+
+
+IGNORED_PUSHES: dict[str, tuple[dict[str, Any], str]] = {
+    "tag": (push_payload(ref="refs/tags/v1"), "refs/tags/v1 is not a branch (tag pushes deploy nothing)"),
+    "branch-deleted": (push_payload(after=ZERO_SHA, deleted=True, head_commit=None), "branch staging was deleted"),
+    "after-zeros-only": (push_payload(after=ZERO_SHA, head_commit=None), "branch staging was deleted"),
+    "unmapped-branch": (push_payload(branch="feature"), "branch feature deploys no environment"),
+}
+
+
+@pytest.mark.parametrize("case", IGNORED_PUSHES, ids=list(IGNORED_PUSHES))
+def test_pushes_that_deploy_nothing_are_ignored(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
+    payload, reason = IGNORED_PUSHES[case]
+    response = deliver(client, payload)
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": reason}
+    assert_nothing_recorded(redis_conn)
+
+
+def test_mapped_push_records_and_enqueues_one_deployment(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver(client, push_payload(), delivery="delivery-1")
+
+    assert response.status_code == 202
+    body = json_of(response)
+    deployment_id = body["deployment_id"]
+    assert body == {
+        "deployment_id": deployment_id,
+        "environment": "staging",
+        "sha": SHA,
+        "status": "queued",
+        "status_url": f"http://localhost/api/deployments/{deployment_id}",
+    }
+    deployment = DeploymentStore(redis_conn).require(deployment_id)
+    assert deployment.environment == "staging" and deployment.sha == SHA
+    assert deployment.status == Status.QUEUED
+    assert deployment.ref == "refs/heads/staging" and deployment.repository == REPOSITORY
+    assert deployment.pusher == "octocat"
+    assert deployment.message == "Fix the greeting"
+    assert deployment.commit_url == f"https://github.com/{REPOSITORY}/commit/{SHA}"
+    assert (deployment.trigger, deployment.source, deployment.delivery_id) == ("webhook", "github", "delivery-1")
+
+    staging = queue(redis_conn)
+    assert staging.job_ids == [f"deployment-{deployment_id}"]
+    job = Job.fetch(f"deployment-{deployment_id}", connection=redis_conn)
+    assert job.func_name == DEPLOY_JOB
+    assert list(job.args) == [deployment_id]
+    assert queue(redis_conn, "production").count == 0
+
+
+def test_redelivery_returns_the_same_deployment(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    first = deliver(client, push_payload(), delivery="delivery-1")
+    again = deliver(client, push_payload(), delivery="delivery-1")
+
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert json_of(again)["deployment_id"] == json_of(first)["deployment_id"]
+    assert "duplicate" in json_of(again)
+    assert queue(redis_conn).count == 1
+    assert len(DeploymentStore(redis_conn).page()[0]) == 1
+
+
+def test_same_branch_head_under_another_delivery_enqueues_nothing(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    first = deliver(client, push_payload(), delivery="delivery-1")
+    second = deliver(client, push_payload(), delivery="delivery-2")
+
+    assert (first.status_code, second.status_code) == (202, 200)
+    assert "duplicate" in json_of(second)
+    assert json_of(second)["deployment_id"] == json_of(first)["deployment_id"]
+    assert queue(redis_conn).count == 1
+    # A new head on the branch is a new deployment.
+    third = deliver(client, push_payload(sha=OTHER_SHA), delivery="delivery-3")
+    assert third.status_code == 202
+    assert queue(redis_conn).count == 2
+
+
+def test_production_push_of_an_untested_sha_is_blocked(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver(client, push_payload(branch="production"))
+
+    assert response.status_code == 202
+    body = json_of(response)
+    assert body["status"] == "blocked" and "staging" in body["reason"]
+    deployment = DeploymentStore(redis_conn).require(body["deployment_id"])
+    assert deployment.status == Status.BLOCKED and "staging" in deployment.reason
+    assert queue(redis_conn, "production").count == 0
+    assert queue(redis_conn, "staging").count == 0
+
+
+def test_production_push_of_a_sha_that_succeeded_on_staging_is_queued(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    staged = deliver(client, push_payload(branch="staging"))
+    store.set_status(store.require(json_of(staged)["deployment_id"]), Status.SUCCEEDED)
+
+    response = deliver(client, push_payload(branch="production"))
+    assert response.status_code == 202
+    assert json_of(response)["status"] == "queued"
+    assert queue(redis_conn, "production").job_ids == [f"deployment-{json_of(response)['deployment_id']}"]
+
+
+# --- malformed payloads -----------------------------------------------------------------------------
+
+
+MALFORMED_BODIES = {
+    "not-json": b"{not json",
+    "empty": b"",
+    "truncated": encode(push_payload())[:-5],
+    "not-utf8": b'{"ref": "\xff\xfe"}',
+    "array": b"[1, 2, 3]",
+    "string": b'"refs/heads/staging"',
+    "deeply-nested": b"[" * 100_000 + b"]" * 100_000,
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_BODIES, ids=list(MALFORMED_BODIES))
+def test_malformed_body_with_a_valid_signature_is_400(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
+    response = deliver(client, MALFORMED_BODIES[case])
+    assert response.status_code == 400
+    assert json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+WRONG_TYPES: dict[str, tuple[dict[str, Any], str]] = {
+    "ref-number": ({"ref": 7}, "ref"),
+    "ref-null": ({"ref": None}, "ref"),
+    "after-not-a-sha": ({"after": "main"}, "after"),
+    "after-short-sha": ({"after": SHA[:12]}, "after"),
+    "after-number": ({"after": 1234567}, "after"),
+    "after-trailing-newline": ({"after": SHA + "\n"}, "after"),
+    "repository-string": ({"repository": REPOSITORY}, "repository"),
+    "repository-full-name-number": ({"repository": {"full_name": 42}}, "repository.full_name"),
+    "pusher-string": ({"pusher": "octocat"}, "pusher"),
+    "head-commit-list": ({"head_commit": [SHA]}, "head_commit"),
+    "head-commit-message-number": ({"head_commit": {"id": SHA, "message": 3}}, "head_commit.message"),
+    "head-commit-url-list": ({"head_commit": {"id": SHA, "url": ["x"]}}, "head_commit.url"),
+    "deleted-string": ({"deleted": "false"}, "deleted"),
+}
+
+
+@pytest.mark.parametrize("case", WRONG_TYPES, ids=list(WRONG_TYPES))
+def test_wrong_field_types_are_400_naming_the_field(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
+    overrides, field = WRONG_TYPES[case]
+    response = deliver(client, push_payload(**overrides))
+    assert response.status_code == 400
+    assert f"'{field}'" in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+# --- Redis unavailable, secret unset --------------------------------------------------------------------
+
+
+def test_redis_down_is_503_and_the_delivery_can_be_redelivered(
+    down_app: Flask, client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    down = deliver(down_app.test_client(), push_payload(), delivery="delivery-while-down")
+    assert down.status_code == 503
+    assert "redeliver" in json_of(down)["error"]
+
+    again = deliver(client, push_payload(), delivery="delivery-while-down")
+    assert again.status_code == 202, again.get_data(as_text=True)
+    assert queue(redis_conn).job_ids == [f"deployment-{json_of(again)['deployment_id']}"]
+    assert redis_conn.get(keys.delivery("github", "delivery-while-down")) == json_of(again)["deployment_id"].encode()
+
+
+def test_redis_down_still_refuses_forgeries_and_answers_ignored_events(down_app: Flask) -> None:
+    forged = deliver(down_app.test_client(), push_payload(), secret=STALE_SECRET)
+    assert forged.status_code == 401
+    ignored = deliver(down_app.test_client(), {"action": "opened"}, event="issues")
+    assert ignored.status_code == 202
+
+
+@pytest.mark.parametrize("path", ["/hooks/github", "/hooks/gitea", "/hooks/gitlab"])
+def test_unset_secret_is_503_naming_the_variable(
+    client: FlaskClient, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    monkeypatch.delenv(SECRET_ENV)
+    body = encode(push_payload())
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-Gitea-Event": "push",
+        "X-Gitlab-Event": "Push Hook",
+        "X-Hub-Signature-256": sign(body),
+        "X-Gitea-Signature": sign(body).removeprefix("sha256="),
+        "X-Gitlab-Token": SECRET,
+    }
+    response = client.post(path, data=body, headers=headers, content_type="application/json")
+    assert response.status_code == 503
+    assert SECRET_ENV in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+def test_empty_secret_counts_as_unset(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An empty secret would make every HMAC keyed on b'' verify: it must refuse, not accept."""
+    monkeypatch.setenv(SECRET_ENV, "")
+    body = encode(push_payload())
+    response = client.post(
+        "/hooks/github",
+        data=body,
+        headers={"X-GitHub-Event": "push", "X-Hub-Signature-256": sign(body, "")},
+        content_type="application/json",
+    )
+    assert response.status_code == 503
+
+
+# --- Gitea / Forgejo ----------------------------------------------------------------------------------------
+
+
+def gitea_payload(sha: str = SHA) -> dict[str, Any]:
+    payload = push_payload(sha=sha)
+    payload["pusher"] = {"id": 1, "login": "gitea-user", "username": "gitea-user", "email": "g@example.com"}
+    payload.pop("head_commit")
+    payload["commits"] = [{"id": sha, "message": "Gitea commit\n", "url": f"https://gitea.example/c/{sha}"}]
+    payload["head_commit"] = payload["commits"][0]
+    return payload
+
+
+def deliver_gitea(
+    client: FlaskClient, payload: Mapping[str, Any], signature_header: str = "X-Gitea-Signature", **kw: str
+) -> TestResponse:
+    body = encode(payload)
+    signature = kw.get("signature", sign(body, kw.get("secret", SECRET)).removeprefix("sha256="))
+    headers = {"X-Gitea-Event": "push", "X-Gitea-Delivery": kw.get("delivery", str(uuid.uuid4()))}
+    headers[signature_header] = signature
+    return client.post("/hooks/gitea", data=body, headers=headers, content_type="application/json")
+
+
+@pytest.mark.parametrize("header", ["X-Gitea-Signature", "X-Forgejo-Signature"])
+def test_gitea_push_is_queued(client: FlaskClient, redis_conn: redis.Redis, header: str) -> None:
+    response = deliver_gitea(client, gitea_payload(), signature_header=header, delivery="gitea-1")
+    assert response.status_code == 202, response.get_data(as_text=True)
+    deployment = DeploymentStore(redis_conn).require(json_of(response)["deployment_id"])
+    assert (deployment.source, deployment.pusher, deployment.delivery_id) == ("gitea", "gitea-user", "gitea-1")
+    assert deployment.message == "Gitea commit\n"
+    assert queue(redis_conn).job_ids == [f"deployment-{deployment.id}"]
+
+
+def test_gitea_other_events_are_ignored(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    body = encode({"action": "opened"})
+    headers = {"X-Forgejo-Event": "issues", "X-Forgejo-Signature": sign(body).removeprefix("sha256=")}
+    response = client.post("/hooks/gitea", data=body, headers=headers, content_type="application/json")
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": "event issues is not handled"}
+    assert_nothing_recorded(redis_conn)
+
+
+GITEA_BAD = {
+    "stale-secret": {"secret": STALE_SECRET},
+    "github-style-prefix": {"signature": "sha256=" + "0" * 64},
+    "non-hex": {"signature": "z" * 64},
+    "empty": {"signature": ""},
+}
+
+
+@pytest.mark.parametrize("case", GITEA_BAD, ids=list(GITEA_BAD))
+def test_gitea_bad_signature_is_401(app: Flask, client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
+    response = deliver_gitea(client, gitea_payload(), **GITEA_BAD[case])
+    assert response.status_code == 401
+    assert json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+    assert rejected(app) == {"signature": 1}
+
+
+# --- GitLab -------------------------------------------------------------------------------------------------
+
+
+def gitlab_payload(sha: str = SHA, ref: str = "refs/heads/staging") -> dict[str, Any]:
+    return {
+        "object_kind": "push",
+        "ref": ref,
+        "before": OTHER_SHA,
+        "after": sha,
+        "user_username": "gitlab-user",
+        "project": {"path_with_namespace": REPOSITORY, "name": "sample-app"},
+        "commits": [
+            {"id": sha, "message": "The head commit", "url": f"https://gitlab.example/c/{sha}"},
+            {"id": OTHER_SHA, "message": "Not the head", "url": f"https://gitlab.example/c/{OTHER_SHA}"},
+        ],
+    }
+
+
+def deliver_gitlab(
+    client: FlaskClient,
+    payload: Mapping[str, Any],
+    event: str = "Push Hook",
+    token: str | None = SECRET,
+    uuid_: str | None = None,
+) -> TestResponse:
+    headers = {"X-Gitlab-Event": event, "X-Gitlab-Event-UUID": uuid_ or str(uuid.uuid4())}
+    if token is not None:
+        headers["X-Gitlab-Token"] = token
+    return client.post("/hooks/gitlab", data=encode(payload), headers=headers, content_type="application/json")
+
+
+def test_gitlab_push_is_queued_with_the_matching_commit(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver_gitlab(client, gitlab_payload(), uuid_="gl-1")
+    assert response.status_code == 202, response.get_data(as_text=True)
+    deployment = DeploymentStore(redis_conn).require(json_of(response)["deployment_id"])
+    assert deployment.message == "The head commit"
+    assert deployment.commit_url == f"https://gitlab.example/c/{SHA}"
+    assert (deployment.source, deployment.pusher, deployment.delivery_id) == ("gitlab", "gitlab-user", "gl-1")
+    assert queue(redis_conn).job_ids == [f"deployment-{deployment.id}"]
+
+    again = deliver_gitlab(client, gitlab_payload(), uuid_="gl-1")
+    assert again.status_code == 200 and json_of(again)["deployment_id"] == deployment.id
+    assert queue(redis_conn).count == 1
+
+
+@pytest.mark.parametrize("token", [None, "", STALE_SECRET, SECRET + "x", SECRET[:-1]], ids=repr)
+def test_gitlab_wrong_token_is_401(app: Flask, client: FlaskClient, redis_conn: redis.Redis, token: str | None) -> None:
+    response = deliver_gitlab(client, gitlab_payload(), token=token)
+    assert response.status_code == 401
+    assert json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+    assert rejected(app) == {"signature": 1}
+
+
+def test_gitlab_tag_push_is_ignored(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver_gitlab(client, gitlab_payload(ref="refs/tags/v1"), event="Tag Push Hook")
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": "tag pushes deploy nothing"}
+    assert_nothing_recorded(redis_conn)
+
+
+def test_gitlab_other_events_are_ignored(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver_gitlab(client, {"object_kind": "merge_request"}, event="Merge Request Hook")
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": "event Merge Request Hook is not handled"}
+    assert_nothing_recorded(redis_conn)
+
+
+def test_gitlab_branch_deletion_is_ignored(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver_gitlab(client, {**gitlab_payload(sha=ZERO_SHA), "commits": []})
+    assert response.status_code == 202
+    assert json_of(response) == {"ignored": "branch staging was deleted"}
+    assert_nothing_recorded(redis_conn)
+
+
+def test_gitlab_push_for_another_project_is_403(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    payload = {**gitlab_payload(), "project": {"path_with_namespace": "mallory/sample-app"}}
+    response = deliver_gitlab(client, payload)
+    assert response.status_code == 403
+    assert_nothing_recorded(redis_conn)
+
+
+def test_gitlab_wrong_types_are_400(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    response = deliver_gitlab(client, {**gitlab_payload(), "commits": {"id": SHA}})
+    assert response.status_code == 400
+    assert "'commits'" in json_of(response)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+# --- rejection logging, secrets ---------------------------------------------------------------------------
+
+
+def test_rejection_logging_is_rate_limited(app: Flask, client: FlaskClient, redis_conn: redis.Redis) -> None:
+    # The quota is per wall-clock minute: start well inside one so all 60 fall in the same window.
+    into_minute = time.time() % 60
+    if into_minute > 55:
+        time.sleep(60.2 - into_minute)
+    statuses = [deliver(client, push_payload(), secret=None).status_code for _ in range(60)]
+
+    assert statuses == [401] * 60
+    assert rejected(app) == {"signature": 60}
+    assert len(rejection_audits(redis_conn)) == rejections.LOGGED_PER_MINUTE
+    assert_nothing_recorded(redis_conn)
+
+
+def test_no_secret_in_responses_logs_or_audit(
+    client: FlaskClient, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    responses = [
+        deliver(client, push_payload(), delivery="ok"),
+        deliver(client, push_payload(), delivery="ok"),
+        deliver(client, push_payload(), secret=STALE_SECRET),
+        deliver(client, push_payload(), secret=None),
+        deliver(client, push_payload(), headers={"X-Hub-Signature-256": "sha256=" + SECRET}),
+        deliver(client, {"zen": "hi"}, event="ping"),
+        deliver(client, {"action": "opened"}, event="issues"),
+        deliver(client, b"{not json"),
+        deliver(client, push_payload(repository={"full_name": "mallory/x"})),
+        deliver(client, push_payload(branch="production")),
+        deliver_gitea(client, gitea_payload(sha=OTHER_SHA)),
+        deliver_gitea(client, gitea_payload(), secret=STALE_SECRET),
+        deliver_gitlab(client, gitlab_payload(), token=SECRET + "-stale"),
+        deliver_gitlab(client, gitlab_payload(), token=SECRET[:-1]),
+        deliver_gitlab(client, gitlab_payload()),
+    ]
+    monkeypatch.delenv(SECRET_ENV)
+    responses.append(deliver(client, push_payload()))
+
+    assert {r.status_code for r in responses} == {200, 202, 400, 401, 403, 503}
+    for response in responses:
+        assert SECRET not in response.get_data(as_text=True)
+        assert SECRET not in str(response.headers)
+    audit = DeploymentStore(redis_conn).audit_entries(count=1000)
+    assert len(audit) >= 10
+    assert SECRET not in json.dumps(audit)
+    assert SECRET not in caplog.text
+
+
+# --- a real gunicorn server -----------------------------------------------------------------------------------
+
+
+def _healthz(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def gunicorn_port(small_config_file: Path, redis_url: str, redis_conn: redis.Redis) -> Iterator[int]:
+    """gunicorn serving the app factory (2 workers) with webhook.max_body_bytes = MAX_BODY."""
+    port = testbed.free_port()
+    env = {
+        **os.environ,
+        "DEPLOYHOOK_CONFIG": str(small_config_file),
+        "REDIS_URL": redis_url,
+        SECRET_ENV: SECRET,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "2",
+        "--no-control-socket",
+        "hook_server:create_app()",
+    ]
+    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
+            return _healthz(port)
+
+        testbed.wait_for(up, timeout=30, what="gunicorn to answer /healthz")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def raw_request(port: int, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """Send one request over a plain socket in a single write; read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head + body)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    status_line, _, rest = received.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload
+
+
+def _request_head(port: int, body: bytes, extra: str) -> bytes:
+    return (
+        f"POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"X-GitHub-Event: push\r\nX-GitHub-Delivery: {uuid.uuid4()}\r\nX-Hub-Signature-256: {sign(body)}\r\n"
+        f"Connection: close\r\n{extra}\r\n"
+    ).encode()
+
+
+def test_gunicorn_accepts_a_signed_push(gunicorn_port: int, redis_conn: redis.Redis) -> None:
+    body = encode(push_payload())
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn_port, timeout=10)
+    try:
+        conn.request(
+            "POST",
+            "/hooks/github",
+            body=body,
+            headers={
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": "over-http",
+                "X-Hub-Signature-256": sign(body),
+            },
+        )
+        response = conn.getresponse()
+        status, data = response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+    assert status == 202, data
+    assert data["status_url"] == f"http://127.0.0.1:{gunicorn_port}/api/deployments/{data['deployment_id']}"
+    assert queue(redis_conn).job_ids == [f"deployment-{data['deployment_id']}"]
+    assert Job.fetch(f"deployment-{data['deployment_id']}", connection=redis_conn).func_name == DEPLOY_JOB
+
+
+def chunked(body: bytes, size: int = 300) -> bytes:
+    """body in Transfer-Encoding: chunked framing."""
+    pieces = [body[i : i + size] for i in range(0, len(body), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
+
+
+def test_gunicorn_refuses_an_oversized_body_with_content_length(gunicorn_port: int, redis_conn: redis.Redis) -> None:
+    body = oversized_push()
+    head = _request_head(gunicorn_port, body, f"Content-Length: {len(body)}\r\n")
+    status, payload = raw_request(gunicorn_port, head, body)
+    assert status == 413
+    assert "1024" in json.loads(payload)["error"]
+    assert_nothing_recorded(redis_conn)
+
+
+def test_gunicorn_refuses_an_oversized_chunked_body(gunicorn_port: int, redis_conn: redis.Redis) -> None:
+    """Werkzeug cuts a chunked body off at the cap silently; the receiver must answer 413, not 401."""
+    body = oversized_push()
+    head = _request_head(gunicorn_port, body, "Transfer-Encoding: chunked\r\n")
+    status, payload = raw_request(gunicorn_port, head, chunked(body))
+    assert status == 413
+    assert "1024" in json.loads(payload)["error"]
+    assert_nothing_recorded(redis_conn)
+    assert redis_conn.keys(keys.rejected_count("*")) == []
+
+
+def test_gunicorn_accepts_a_chunked_body_at_the_cap(gunicorn_port: int, redis_conn: redis.Redis) -> None:
+    body = push_at_the_cap()
+    head = _request_head(gunicorn_port, body, "Transfer-Encoding: chunked\r\n")
+    status, payload = raw_request(gunicorn_port, head, chunked(body))
+    assert status == 202, payload
+    assert queue(redis_conn).count == 1
