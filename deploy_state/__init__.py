@@ -7,7 +7,7 @@ Docker code. No Redis key string appears outside keys.py.
 from .locks import EnvironmentLock, LeaseKeeper
 from .models import FINAL_STATUSES, Deployment, Status, Step, Trigger
 from .queues import queue_for, queue_name
-from .store import DeploymentStore
+from .store import DeploymentStore, StatusConflict
 
 __all__ = [
     "FINAL_STATUSES",
@@ -16,6 +16,7 @@ __all__ = [
     "EnvironmentLock",
     "LeaseKeeper",
     "Status",
+    "StatusConflict",
     "Step",
     "Trigger",
     "queue_for",

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from redis import Redis
+from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from deploy_config import DeployError
@@ -29,6 +29,14 @@ class DeploymentNotFound(DeployError):
 
     def __init__(self, deployment_id: str) -> None:
         super().__init__(f"no deployment with id {deployment_id!r}; list them with GET /api/deployments")
+
+
+class StatusConflict(DeployError):
+    exit_code = 1
+
+    def __init__(self, deployment_id: str, current: str, expected: str) -> None:
+        super().__init__(f"deployment {deployment_id} is {current}, no longer {expected}; nothing was changed")
+        self.current = current
 
 
 def _text(value: object) -> str:
@@ -85,28 +93,44 @@ class DeploymentStore:
         assert "status" not in fields, "use set_status() to change a deployment's status"
         self.conn.hset(keys.deployment(deployment_id), mapping=_encode(fields))
 
-    def set_status(self, deployment: Deployment, status: Status, **fields: Any) -> Deployment:
-        """Move a deployment to a new status, keeping every index in step, and return it updated."""
+    def set_status(
+        self, deployment: Deployment, status: Status, expect: str | None = None, **fields: Any
+    ) -> Deployment:
+        """Move a deployment to a new status, keeping every index in step, and return it updated.
+
+        The status index it leaves is the one of the status stored now, not of the record passed
+        in, which may be stale. With `expect`, the move happens only if the stored status is still
+        `expect`; otherwise StatusConflict is raised and nothing changes.
+        """
         now = time.time()
         if status == Status.RUNNING:
             fields.setdefault("started_at", now)
         if status in FINAL_STATUSES:
             fields.setdefault("finished_at", now)
         env, score = deployment.environment, {deployment.id: int(deployment.id)}
+        key = keys.deployment(deployment.id)
         with self.conn.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                keys.deployment(deployment.id),
-                mapping=_encode({"status": str(status), **fields}),
-            )
-            pipe.zrem(keys.index_status(deployment.status), deployment.id)
-            pipe.zadd(keys.index_status(status), score)
-            if status != Status.QUEUED:
-                pipe.zrem(keys.queued(env), deployment.id)
-            if status == Status.RUNNING:
-                pipe.set(keys.running(env), deployment.id)
-            if status == Status.SUCCEEDED:
-                pipe.sadd(keys.succeeded_shas(env), deployment.sha)
-            pipe.execute()
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    stored = pipe.hget(key, "status")
+                    current = json.loads(stored) if stored is not None else str(deployment.status)
+                    if expect is not None and current != expect:
+                        raise StatusConflict(deployment.id, current, expect)
+                    pipe.multi()
+                    pipe.hset(key, mapping=_encode({"status": str(status), **fields}))
+                    pipe.zrem(keys.index_status(current), deployment.id)
+                    pipe.zadd(keys.index_status(status), score)
+                    if status != Status.QUEUED:
+                        pipe.zrem(keys.queued(env), deployment.id)
+                    if status == Status.RUNNING:
+                        pipe.set(keys.running(env), deployment.id)
+                    if status == Status.SUCCEEDED:
+                        pipe.sadd(keys.succeeded_shas(env), deployment.sha)
+                    pipe.execute()
+                    break
+                except WatchError:
+                    continue  # the record changed meanwhile (a step, a log field): read it again
         if status in FINAL_STATUSES:
             self._clear_running(env, deployment.id)
         return self.require(deployment.id)

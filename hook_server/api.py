@@ -11,7 +11,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from deploy_config import DeployError
-from deploy_state import Deployment, Status, Trigger
+from deploy_state import Deployment, Status, StatusConflict, Trigger
 
 from .extensions import deploy_config, intake, store
 from .intake import DeployRequest
@@ -143,11 +143,12 @@ def cancel(deployment_id: str) -> Reply:
     deployment = store().get(deployment_id)
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
-    if deployment.status != Status.QUEUED:
-        return error(
-            409, f"only queued deployments can be cancelled; deployment {deployment_id} is {deployment.status}"
+    try:
+        cancelled = store().set_status(
+            deployment, Status.CANCELLED, expect=Status.QUEUED, reason="cancelled through the API"
         )
-    cancelled = store().set_status(deployment, Status.CANCELLED, reason="cancelled through the API")
+    except StatusConflict as conflict:
+        return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
     store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
     return cancelled.to_dict(), 200
 

@@ -17,7 +17,7 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
-from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status
+from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
 
 from .context import Cancelled, DeploymentContext
 
@@ -55,10 +55,20 @@ def run_deployment(
     keeper.start()
     try:
         recover_lost(store, deployment.environment)
+        # Read it again under the lock: it may have been cancelled or superseded while this job waited.
+        deployment = store.require(deployment_id)
+        if deployment.is_final:
+            log.info("deployment %s was %s while it waited; nothing to do", deployment.id, deployment.status)
+            return deployment.status
         newer = _newer_queued(store, deployment)
         if newer is not None:
             return _supersede(store, deployment, newer).status
-        return _run(store, config, store.set_status(deployment, Status.RUNNING), pipeline)
+        try:
+            running = store.set_status(deployment, Status.RUNNING, expect=deployment.status)
+        except StatusConflict as conflict:
+            log.info("deployment %s not started: %s", deployment.id, conflict)
+            return conflict.current
+        return _run(store, config, running, pipeline)
     finally:
         keeper.stop()
         lock.release()
@@ -94,8 +104,20 @@ def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> St
 
 
 def _supersede(store: DeploymentStore, deployment: Deployment, by: str) -> Deployment:
+    """Mark it superseded, unless its status changed since it was read (e.g. cancelled meanwhile)."""
+    try:
+        superseded = store.set_status(
+            deployment,
+            Status.SUPERSEDED,
+            expect=deployment.status,
+            superseded_by=by,
+            reason=f"superseded by deployment {by}",
+        )
+    except StatusConflict as conflict:
+        log.info("deployment %s not superseded: %s", deployment.id, conflict)
+        return store.require(deployment.id)
     log.info("deployment %s superseded by %s", deployment.id, by)
-    return store.set_status(deployment, Status.SUPERSEDED, superseded_by=by, reason=f"superseded by deployment {by}")
+    return superseded
 
 
 def _newer_queued(store: DeploymentStore, deployment: Deployment) -> str | None:
