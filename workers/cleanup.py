@@ -24,8 +24,9 @@ def _succeeded_shas(ctx: DeploymentContext, env: str) -> list[str]:
 
 def cleanup(ctx: DeploymentContext) -> list[str]:
     """Remove this environment's release images beyond keep_releases; returns the refs removed."""
-    mine = _succeeded_shas(ctx, ctx.env.name)
-    keep = set(mine[: ctx.env.keep_releases]) | {ctx.deployment.sha}
+    # This deployment is not marked succeeded yet, but it is the newest release.
+    mine = list(dict.fromkeys([ctx.deployment.sha, *_succeeded_shas(ctx, ctx.env.name)]))
+    keep = set(mine[: ctx.env.keep_releases])
     for other in ctx.config.environments.values():
         if other.name != ctx.env.name:
             keep |= set(_succeeded_shas(ctx, other.name)[: other.keep_releases])
