@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -358,7 +357,7 @@ def test_worker_killed_during_build_is_marked_failed_and_the_next_push_deploys(
             lambda: "build" in step_statuses(bed.store.require(deployment_id)), timeout=60, what="the build step"
         )
     finally:
-        os.killpg(worker.pid, signal.SIGKILL)
+        testbed.kill_session(worker.pid)  # the worker and its work horse, which has its own group
         worker.wait()
     assert bed.store.require(deployment_id).status == Status.RUNNING
     bed.conn.delete(keys.lock("staging"))  # the lease would expire; no need to wait for it

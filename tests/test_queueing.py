@@ -119,35 +119,6 @@ def worker_env(redis_url: str, step_seconds: float) -> dict[str, str]:
     }
 
 
-def session_pids(sid: int) -> list[int]:
-    """Live (not zombie) processes of a session: the worker and any work horse it forked.
-
-    RQ's work horse calls setpgrp(), so it leaves the worker's process group; only the
-    session still holds both, hence killing by session rather than by group.
-    """
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            if os.getsid(pid) != sid:
-                continue
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if state != "Z":
-            pids.append(pid)
-    return pids
-
-
-def kill_session(sid: int) -> None:
-    """SIGKILL every process of the session at once: the worker and its work horse."""
-    for pid in session_pids(sid):
-        with suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
 @dataclass
 class WorkerProcess:
     proc: subprocess.Popen[bytes]
@@ -162,9 +133,9 @@ class WorkerProcess:
 
     def kill(self) -> None:
         """SIGKILL the worker and its work horse: nothing gets to clean up."""
-        kill_session(self.pid)
+        testbed.kill_session(self.pid)
         self.proc.wait(timeout=WAIT)
-        testbed.wait_for(lambda: not session_pids(self.pid), timeout=WAIT, what=f"session {self.pid} to die")
+        testbed.wait_for(lambda: not testbed.session_pids(self.pid), timeout=WAIT, what=f"session {self.pid} to die")
 
     def wait_exit(self) -> int:
         """For --burst workers: the exit code once the queue is drained."""
@@ -215,9 +186,9 @@ def running_worker(
             try:
                 proc.wait(timeout=WAIT)
             except subprocess.TimeoutExpired:
-                kill_session(proc.pid)
+                testbed.kill_session(proc.pid)
                 proc.wait(timeout=WAIT)
-        kill_session(proc.pid)  # a work horse orphaned by a killed worker
+        testbed.kill_session(proc.pid)  # a work horse orphaned by a killed worker
 
 
 def custom_config(tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path, **changes: Any) -> Path:
@@ -415,7 +386,7 @@ def test_a_killed_worker_loses_its_lock_and_its_deployment_fails(
             else nullcontext()
         )
         with survivor:
-            horses = [pid for pid in session_pids(doomed.pid) if pid != doomed.pid]
+            horses = [pid for pid in testbed.session_pids(doomed.pid) if pid != doomed.pid]
             assert horses, "no work horse is running the deployment"
             doomed.kill()
             # Nobody renews the lock any more: it is gone within one lease (-2: already gone).

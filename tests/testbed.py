@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,6 +200,35 @@ class GitRemote:
             self.work.git.checkout(branch)
         else:
             self.work.git.checkout("-b", branch)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (not zombie) processes of a session: the worker and any work horse it forked.
+
+    RQ's work horse calls setpgrp(), so it leaves the worker's process group; only the
+    session still holds both, hence killing by session rather than by group.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.getsid(pid) != sid:
+                continue
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if state != "Z":
+            pids.append(pid)
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of the session at once: the worker and its work horse."""
+    for pid in session_pids(sid):
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 # --- Docker ----------------------------------------------------------------------------
