@@ -208,6 +208,7 @@ def environments() -> Reply:
                 "branch": env.branch,
                 "health_url": env.health_url,
                 "running": current.running(env.name),
+                "degraded": current.degraded(env.name),
                 "queued": current.queued_ids(env.name),
                 "last_succeeded": last.to_dict() if last else None,
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import requests
 
-from deploy_config import DeployConfig, EnvironmentConfig
+from deploy_config import DeployConfig, DeployError, EnvironmentConfig
 from deploy_config.compose import ComposeProject, ResolvedCompose
 from deploy_config.secrets import Redactor
 from deploy_state import Deployment, DeploymentStore, Step
@@ -60,6 +62,11 @@ class DeploymentContext:
         assert self.compose is not None, "checkout sets the compose project"
         return self.compose
 
+    def close(self) -> None:
+        if self._docker is not None:
+            self._docker.close()
+            self._docker = None
+
     def save(self, **fields: Any) -> None:
         """Record fields on the deployment, in Redis and on the local copy."""
         self.store.update(self.deployment.id, **fields)
@@ -90,6 +97,15 @@ class DeploymentContext:
         except StepWarning as warning:
             self.store.finish_step(self.deployment, step, "warning", self.redact(str(warning)))
             self.log(f"--> {name}: warning: {warning}")
+        except (docker.errors.DockerException, requests.ConnectionError) as exc:
+            # The engine went away mid-step: say so plainly, and let the pipeline roll back.
+            error = DeployError(
+                f"the Docker engine failed during {name}: {exc}; check that dockerd is running and reachable "
+                f"at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}"
+            )
+            self.store.finish_step(self.deployment, step, "failed", self.redact(str(error)))
+            self.log(f"--> {name} failed: {error}")
+            raise error from exc
         except BaseException as exc:
             self.store.finish_step(self.deployment, step, "failed", self.redact(str(exc)))
             self.log(f"--> {name} failed: {exc}")

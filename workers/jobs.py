@@ -93,6 +93,8 @@ def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, p
     except Exception as exc:
         log.exception("deployment %s failed with an unexpected error", deployment.id)
         status = _fail(store, context, f"internal error: {exc!r}; the worker's log has the traceback")
+    finally:
+        context.close()
     log.info("deployment %s: %s", deployment.id, status)
     return status
 

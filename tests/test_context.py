@@ -1,0 +1,62 @@
+"""What a pipeline step sees: step records, logs with secrets masked, and Docker failures made plain."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import docker
+import pytest
+import redis
+import testbed
+
+from deploy_config import DeployConfig, DeployError
+from deploy_config.secrets import config_redactor
+from deploy_state import DeploymentStore
+from workers.context import DeploymentContext, StepSkipped, StepWarning
+
+
+@pytest.fixture
+def context(deploy_config: DeployConfig, redis_conn: redis.Redis) -> DeploymentContext:
+    store = DeploymentStore(redis_conn)
+    deployment = store.create(store.new("staging", "a" * 40))
+    env = deploy_config.environments["staging"]
+    return DeploymentContext(deploy_config, env, store, deployment, config_redactor(deploy_config))
+
+
+def statuses(context: DeploymentContext) -> list[tuple[str, str, str]]:
+    stored = context.store.require(context.deployment.id)
+    return [(step.name, step.status, step.message) for step in stored.steps]
+
+
+def test_steps_are_recorded_with_their_outcome(context: DeploymentContext) -> None:
+    with context.step("checkout"):
+        pass
+    with context.step("backup"):
+        raise StepSkipped("nothing to back up")
+    with context.step("verify"):
+        raise StepWarning("a check failed")
+    with pytest.raises(DeployError), context.step("build"):
+        raise DeployError("no space left")
+    assert statuses(context) == [
+        ("checkout", "succeeded", ""),
+        ("backup", "skipped", "nothing to back up"),
+        ("verify", "warning", "a check failed"),
+        ("build", "failed", "no space left"),
+    ]
+
+
+def test_log_masks_the_env_files_secrets(context: DeploymentContext) -> None:
+    context.log(f"connecting with {testbed.SAMPLE_ENV['DB_PASSWORD']} as {testbed.SAMPLE_ENV['DB_USER']}")
+    [entry] = context.store.read_log(context.deployment.id)
+    assert entry["line"] == f"connecting with ******** as {testbed.SAMPLE_ENV['DB_USER']}"
+
+
+def test_a_docker_engine_that_went_away_is_a_plain_deploy_error(context: DeploymentContext, tmp_path: Path) -> None:
+    context._docker = docker.DockerClient(base_url=f"unix://{tmp_path / 'no-docker.sock'}", version="1.41")
+    with pytest.raises(DeployError) as raised, context.step("build"):
+        context.docker.images.get("sample-app:latest-staging")
+    message = str(raised.value)
+    assert message.startswith("the Docker engine failed during build:")
+    assert "check that dockerd is running and reachable" in message
+    assert statuses(context) == [("build", "failed", message)]
+    context.close()
