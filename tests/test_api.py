@@ -716,11 +716,15 @@ def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, dep
     assert staging["queued"] == [d.id for d in queued]
     assert staging["last_succeeded"] == last.to_dict()
     assert staging["last_succeeded"] != older.to_dict()
+    store.mark_degraded("staging", "rollback of deployment 9 failed")
+    degraded = body(api(client, "GET", "/api/environments"))["environments"][0]
+    assert degraded["degraded"] == "rollback of deployment 9 failed"
     assert production == {
         "name": "production",
         "branch": "production",
         "health_url": deploy_config.environments["production"].health_url,
         "running": None,
+        "degraded": None,
         "queued": [],
         "last_succeeded": None,
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import docker
 import pytest
 import redis
@@ -51,8 +49,8 @@ def test_log_masks_the_env_files_secrets(context: DeploymentContext) -> None:
     assert entry["line"] == f"connecting with ******** as {testbed.SAMPLE_ENV['DB_USER']}"
 
 
-def test_a_docker_engine_that_went_away_is_a_plain_deploy_error(context: DeploymentContext, tmp_path: Path) -> None:
-    context._docker = docker.DockerClient(base_url=f"unix://{tmp_path / 'no-docker.sock'}", version="1.41")
+def test_a_docker_engine_that_went_away_is_a_plain_deploy_error(context: DeploymentContext) -> None:
+    context._docker = docker.DockerClient(base_url=f"tcp://127.0.0.1:{testbed.free_port()}", version="1.41")
     with pytest.raises(DeployError) as raised, context.step("build"):
         context.docker.images.get("sample-app:latest-staging")
     message = str(raised.value)
