@@ -65,3 +65,6 @@ DEFAULT_MIN_FREE_SPACE = 2 * 1024**3
 
 GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
 """Set on every git command: a service must never wait at a password prompt nobody will answer."""
+
+DEFAULT_LOG_RETENTION = 500
+"""Deployments per environment whose logs Redis keeps; older records stay, their logs go."""

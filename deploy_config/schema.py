@@ -129,6 +129,33 @@ class ApiConfig(Model):
     """Name of the environment variable holding the bearer token the manual API and actions require."""
 
 
+class StatusPageConfig(Model):
+    login_token_env: EnvVarName | None = None
+    """When set, the page (not the webhooks) asks for the token this variable holds."""
+    log_retention: int = Field(default=defaults.DEFAULT_LOG_RETENTION, ge=1)
+    """Deployments per environment whose logs are kept; older ones keep their record, not their log."""
+
+
+class GitHubReporting(Model):
+    token_env: EnvVarName
+    """Variable holding a token that may create deployments and statuses on the repository."""
+    api_url: HttpUrl = "https://api.github.com"
+    """GitHub's API base URL (GitHub Enterprise: https://HOST/api/v3)."""
+
+
+class ReportingConfig(Model):
+    github: GitHubReporting | None = None
+    """Deployments, deployment statuses and commit statuses on GitHub."""
+    discord_webhook_env: EnvVarName | None = None
+    """Variable holding a Discord webhook URL (it contains a token: never put it in deploy.yml)."""
+    slack_webhook_env: EnvVarName | None = None
+    """Variable holding a Slack-compatible incoming webhook URL."""
+    generic_webhook_env: EnvVarName | None = None
+    """Variable holding a URL that receives a JSON document for each finished deployment."""
+    timeout: PositiveSeconds = 5.0
+    """Seconds each report may take; reports are best-effort and never fail a deployment."""
+
+
 class ImageConfig(Model):
     name: ImageName
     """Image repository name; built as <name>:<sha> and run as <name>:latest-<env>."""
@@ -275,6 +302,8 @@ class DeployConfig(Model):
     repository: RepositoryConfig
     webhook: WebhookConfig = WebhookConfig()
     api: ApiConfig = ApiConfig()
+    status_page: StatusPageConfig = StatusPageConfig()
+    reporting: ReportingConfig = ReportingConfig()
     public_url: HttpUrl | None = None
     """Base URL of this service as others reach it, for status links (default: the request's host)."""
     poll_interval: PositiveSeconds | None = None
