@@ -757,3 +757,31 @@ def test_set_status_with_expect_changes_nothing_once_the_status_moved(store: Dep
     assert unchanged.status == Status.CANCELLED and unchanged.started_at is None
     assert store.running("staging") is None
     assert store.set_status(unchanged, Status.SUPERSEDED, expect=Status.CANCELLED).status == Status.SUPERSEDED
+
+
+# --- 8. a worker asked to stop finishes the deployment at hand ---------------------------------------
+
+
+def test_sigterm_lets_the_running_deployment_finish_and_records_it(
+    store: DeploymentStore,
+    deploy_config: DeployConfig,
+    config_file: Path,
+    redis_url: str,
+    secrets: testbed.Secrets,
+    tmp_path: Path,
+) -> None:
+    client = make_client(deploy_config, redis_url)
+    with running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=1.0) as worker:
+        running = push(client, "staging")
+        testbed.wait_for(
+            lambda: step_statuses(store.require(running.id)) == [(testjobs.STEPS[0], "running")],
+            timeout=WAIT,
+            interval=0.02,
+            what=f"deployment {running.id}'s first step to run",
+        )
+        worker.proc.send_signal(signal.SIGTERM)  # what systemd or `deployhook up` sends on stop
+        assert worker.proc.wait(timeout=WAIT) == 0
+    finished = store.require(running.id)
+    assert finished.status == Status.SUCCEEDED
+    assert step_statuses(finished) == ALL_STEPS_SUCCEEDED
+    assert EnvironmentLock(store.conn, "staging", "probe", 1).holder() is None
