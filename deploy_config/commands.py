@@ -12,8 +12,8 @@ import signal
 import subprocess
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -79,7 +79,12 @@ CHUNK_SIZE = 64 * 1024
 
 @contextmanager
 def _started(
-    argv: list[str], timeout: float | None, stderr: int, env: Mapping[str, str] | None, cwd: Path | None
+    argv: list[str],
+    timeout: float | None,
+    stderr: int,
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    stdin: int = subprocess.DEVNULL,
 ) -> Iterator[tuple[subprocess.Popen[bytes], threading.Event]]:
     """Start argv in its own process group; kill the whole group if it outlives `timeout`."""
     log.debug("streaming %s (cwd=%s)", argv, cwd)
@@ -88,7 +93,7 @@ def _started(
             argv,
             stdout=subprocess.PIPE,
             stderr=stderr,
-            stdin=subprocess.DEVNULL,
+            stdin=stdin,
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
@@ -113,9 +118,10 @@ def _started(
     finally:
         if timer:
             timer.cancel()
-        for pipe in (proc.stdout, proc.stderr):
+        for pipe in (proc.stdin, proc.stdout, proc.stderr):
             if pipe is not None:
-                pipe.close()
+                with suppress(OSError):  # stdin: a command that stopped reading leaves a broken pipe
+                    pipe.close()
         proc.wait()
 
 
@@ -182,6 +188,52 @@ def stream_to(
             sink(chunk)
         errors.join()
     _check(argv, proc, timed_out, timeout, tail)
+
+
+def stream_from(
+    args: Sequence[str],
+    chunks: Iterable[bytes],
+    on_line: Callable[[str], None],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+    redact: Redact | None = None,
+) -> None:
+    """Run a command fed `chunks` on its stdin (memory stays flat however large the data is),
+    handing each output line (stdout and stderr, redacted) to on_line as it comes.
+
+    If producing the chunks fails, the command is killed before its stdin is closed, so it never
+    sees a clean end of input (psql would commit a partial restore); the error is raised.
+    """
+    argv, redact = [str(arg) for arg in args], redact or str
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
+    failed: list[BaseException] = []
+    with _started(argv, timeout, subprocess.STDOUT, env, cwd, stdin=subprocess.PIPE) as (proc, timed_out):
+        assert proc.stdout is not None
+        feeder = threading.Thread(target=_feed, args=(proc, chunks, failed), daemon=True)
+        feeder.start()
+        _lines(proc.stdout, on_line, tail, redact)
+        feeder.join()
+        if failed:
+            raise failed[0]
+    _check(argv, proc, timed_out, timeout, tail)
+
+
+def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], failed: list[BaseException]) -> None:
+    """Write chunks to the command's stdin, then close it; on a failure, kill the command first."""
+    assert proc.stdin is not None
+    try:
+        for chunk in chunks:
+            proc.stdin.write(chunk)
+    except BrokenPipeError:
+        pass  # the command stopped reading: its exit code and output say why
+    except BaseException as exc:
+        _kill_group(proc)
+        failed.append(exc)
+    finally:
+        with suppress(OSError):
+            proc.stdin.close()
 
 
 def spawn(

@@ -68,3 +68,18 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
 
 DEFAULT_LOG_RETENTION = 500
 """Deployments per environment whose logs Redis keeps; older records stay, their logs go."""
+
+SERVICE_URL_ENVVAR = "DEPLOYHOOK_URL"
+"""Environment variable that can name the running service's URL for the CLI."""
+
+DEFAULT_SERVICE_URL = "http://127.0.0.1:8000"
+"""Where the CLI finds the running service: the address `deployhook up` binds by default."""
+
+SERVICE_TIMEOUT = 60.0
+"""Seconds the CLI waits for the service to answer (resolving a ref runs git ls-remote there)."""
+
+HEALTH_PROBE_TIMEOUT = 2.0
+"""Seconds `deployhook status` waits for an environment's health URL."""
+
+FOLLOW_INTERVAL = 0.5
+"""Seconds between looks at a followed deployment (`--wait`, `logs --follow`)."""

@@ -98,10 +98,11 @@ class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+def _resolve_path(value: Path | None, info: ValidationInfo) -> Path | None:
     """Relative paths in the config are relative to the config file's directory."""
     base = (info.context or {}).get("base_dir")
-    if base is not None and not value.is_absolute():
+    # None: an optional path written out as null (repository.checkout: null).
+    if value is not None and base is not None and not value.is_absolute():
         return (Path(base) / value).resolve()
     return value
 

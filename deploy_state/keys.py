@@ -75,3 +75,36 @@ def rejected_log_window(window: int) -> str:
 
 def degraded(env: str) -> str:
     return f"{PREFIX}:env:{env}:degraded"
+
+
+def log_trimmed_through(env: str) -> str:
+    """The highest deployment id of env whose log retention has already dealt with."""
+    return f"{PREFIX}:env:{env}:log-trimmed-through"
+
+
+def log_trim_pending(env: str) -> str:
+    """Set: ids of env's deployments past the retention window that were not final yet when it passed."""
+    return f"{PREFIX}:env:{env}:log-trim-pending"
+
+
+def finished_counts(env: str) -> str:
+    """Hash: final status -> deployments of env that ended so (the metrics counter)."""
+    return f"{PREFIX}:env:{env}:finished"
+
+
+def duration_histogram(env: str) -> str:
+    """Hash: the bucket counts, sum and count of env's deployment durations."""
+    return f"{PREFIX}:env:{env}:durations"
+
+
+def step_histogram(env: str) -> str:
+    """Hash: per step, the bucket counts, sum and count of env's step durations."""
+    return f"{PREFIX}:env:{env}:step-durations"
+
+
+def last_success(env: str) -> str:
+    return f"{PREFIX}:env:{env}:last-success"
+
+
+def report_lock(deployment_id: str) -> str:
+    return f"{PREFIX}:deployment:{deployment_id}:report-lock"

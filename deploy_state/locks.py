@@ -19,15 +19,14 @@ _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpi
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
-class EnvironmentLock:
-    """At most one deployment runs per environment: whoever holds this lock."""
+class Lease:
+    """A Redis key that one token holds until it releases it or the lease runs out."""
 
-    def __init__(self, connection: Redis, environment: str, token: str, lease: float) -> None:
+    def __init__(self, connection: Redis, key: str, token: str, lease: float) -> None:
         self.conn = connection
-        self.environment = environment
+        self.key = key
         self.token = token
         self.lease_ms = int(lease * 1000)
-        self.key = keys.lock(environment)
 
     def acquire(self) -> bool:
         return bool(self.conn.set(self.key, self.token, nx=True, px=self.lease_ms))
@@ -41,6 +40,14 @@ class EnvironmentLock:
     def holder(self) -> str | None:
         value = self.conn.get(self.key)
         return value.decode() if isinstance(value, bytes) else value
+
+
+class EnvironmentLock(Lease):
+    """At most one deployment runs per environment: whoever holds this lock."""
+
+    def __init__(self, connection: Redis, environment: str, token: str, lease: float) -> None:
+        super().__init__(connection, keys.lock(environment), token, lease)
+        self.environment = environment
 
 
 class LeaseKeeper(threading.Thread):

@@ -76,6 +76,10 @@ class Deployment:
     """failed_probes and seconds_to_healthy from the health gate."""
     checks: list[dict[str, str]] = field(default_factory=list)
     """Isolation checks run against the live containers: name, status, message."""
+    github_deployment_id: int | None = None
+    """The GitHub Deployment reporting created for this one, when GitHub reporting is on."""
+    log_trimmed: bool = False
+    """Its log was deleted by retention (status_page.log_retention); the record itself stays."""
 
     @property
     def is_final(self) -> bool:

@@ -12,7 +12,8 @@ from redis.client import Pipeline
 
 from deploy_config import DeployError
 
-from . import keys
+from . import keys, stats
+from .locks import Lease
 from .models import FINAL_STATUSES, Deployment, Status, Step
 
 AUDIT_MAXLEN = 100_000
@@ -22,6 +23,29 @@ DELIVERY_TTL = 30 * 24 * 3600
 """Seconds a delivery id is remembered; GitHub lets one redeliver for about that long."""
 
 _LIST_BATCH = 200
+
+_TRIM_BATCH = 500
+
+# Per (record, log) key pair: delete the log of a final deployment and mark its record, in one
+# atomic step, so a record never says "trimmed" while its log is still there, nor the reverse.
+# Replies per pair: 1 trimmed, 0 nothing to trim, -1 not final yet (left alone).
+_TRIM_SCRIPT = """
+local final = {}
+for i = 1, #ARGV do final[ARGV[i]] = true end
+local out = {}
+for i = 1, #KEYS, 2 do
+  local status = redis.call('hget', KEYS[i], 'status')
+  if status and not final[status] then
+    out[#out + 1] = -1
+  elseif redis.call('del', KEYS[i + 1]) == 1 and status then
+    redis.call('hset', KEYS[i], 'log_trimmed', 'true')
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out
+"""
 
 
 class DeploymentNotFound(DeployError):
@@ -71,6 +95,8 @@ class DeploymentStore:
         pipe.zadd(keys.index_status(deployment.status), score)
         if deployment.status == Status.QUEUED:
             pipe.zadd(keys.queued(deployment.environment), score)
+        if deployment.status in FINAL_STATUSES:  # blocked: final from the start
+            pipe.hincrby(keys.finished_counts(deployment.environment), str(deployment.status), 1)
 
     def create(self, deployment: Deployment) -> Deployment:
         with self.conn.pipeline(transaction=True) as pipe:
@@ -113,7 +139,7 @@ class DeploymentStore:
             while True:
                 try:
                     pipe.watch(key)  # type: ignore[no-untyped-call]
-                    stored = pipe.hget(key, "status")
+                    stored, started = pipe.hmget(key, ["status", "started_at"])
                     current = json.loads(stored) if stored is not None else str(deployment.status)
                     if expect is not None and current != expect:
                         raise StatusConflict(deployment.id, current, expect)
@@ -127,6 +153,9 @@ class DeploymentStore:
                         pipe.set(keys.running(env), deployment.id)
                     if status == Status.SUCCEEDED:
                         pipe.sadd(keys.succeeded_shas(env), deployment.sha)
+                    if status in FINAL_STATUSES and current not in FINAL_STATUSES:
+                        began = json.loads(started) if started is not None else None
+                        self._count_finished(pipe, env, status, began, fields.get("finished_at", now))
                     pipe.execute()
                     break
                 except WatchError:
@@ -134,6 +163,15 @@ class DeploymentStore:
         if status in FINAL_STATUSES:
             self._clear_running(env, deployment.id)
         return self.require(deployment.id)
+
+    @staticmethod
+    def _count_finished(pipe: Pipeline, env: str, status: Status, started: float | None, finished: float) -> None:
+        """The metrics of a deployment that just ended, in the transaction that ends it (so counted once)."""
+        pipe.hincrby(keys.finished_counts(env), str(status), 1)
+        if started is not None:  # it ran (a deployment superseded or cancelled while queued did not)
+            stats.observe(pipe, keys.duration_histogram(env), finished - started, stats.DEPLOYMENT_BUCKETS)
+        if status == Status.SUCCEEDED:
+            pipe.set(keys.last_success(env), repr(finished))
 
     def _clear_running(self, env: str, deployment_id: str) -> None:
         # Compare-and-delete: only the deployment that set the pointer clears it.
@@ -234,7 +272,36 @@ class DeploymentStore:
 
     def finish_step(self, deployment: Deployment, step: Step, status: str, message: str = "") -> None:
         step.status, step.finished_at, step.message = status, time.time(), message
-        self.update(deployment.id, steps=[vars(s) for s in deployment.steps])
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.deployment(deployment.id), mapping=_encode({"steps": [vars(s) for s in deployment.steps]}))
+            if step.started_at is not None:
+                seconds = step.finished_at - step.started_at
+                histogram = keys.step_histogram(deployment.environment)
+                stats.observe(pipe, histogram, seconds, stats.STEP_BUCKETS, series=step.name)
+            pipe.execute()
+
+    # --- metrics and reporting -----------------------------------------------------------
+
+    def stats(self, env: str) -> stats.EnvironmentStats:
+        """env's counters and histograms (kept up to date by set_status and finish_step): one round trip."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.finished_counts(env))
+            pipe.hgetall(keys.duration_histogram(env))
+            pipe.hgetall(keys.step_histogram(env))
+            pipe.zcard(keys.queued(env))
+            pipe.get(keys.last_success(env))
+            finished, durations, steps, queued, last_success = pipe.execute()
+        return stats.EnvironmentStats(
+            finished={_text(status): int(count) for status, count in finished.items()},
+            duration=stats.histogram(durations, stats.DEPLOYMENT_BUCKETS),
+            steps=stats.histograms(steps, stats.STEP_BUCKETS),
+            queued=int(queued),
+            last_success=None if last_success is None else float(last_success),
+        )
+
+    def report_lease(self, deployment_id: str, token: str, seconds: float) -> Lease:
+        """The lock that keeps one deployment's outward reports in order across processes."""
+        return Lease(self.conn, keys.report_lock(deployment_id), token, seconds)
 
     # --- environment health ------------------------------------------------------------
 
@@ -269,6 +336,46 @@ class DeploymentStore:
         start = f"({since}" if since else "-"
         entries: Any = self.conn.xrange(keys.log(deployment_id), min=start, max="+", count=count)
         return [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries]
+
+    def trim_logs(self, env: str, keep: int) -> int:
+        """Delete the logs of env's final deployments older than its newest `keep`; returns how many.
+
+        Their records stay, marked log_trimmed. A watermark remembers how far earlier calls got, so
+        each call only looks at deployments that fell out of the window since. One not final yet
+        (say, queued with its job lost) waits in a small pending set, checked again on each call.
+        """
+        index, pending = keys.index_environment(env), keys.log_trim_pending(env)
+        trimmed = self._trim(env, [_text(i) for i in self.conn.smembers(pending)])
+        boundary = self.conn.zrevrange(index, keep, keep, withscores=True)
+        if not boundary:
+            return trimmed
+        cutoff = int(boundary[0][1])
+        through = int(self.conn.get(keys.log_trimmed_through(env)) or 0)
+        while through < cutoff:
+            ids = [_text(i) for i in self.conn.zrangebyscore(index, f"({through}", cutoff, start=0, num=_TRIM_BATCH)]
+            if not ids:
+                break
+            trimmed += self._trim(env, ids)
+            through = int(ids[-1])
+            self.conn.set(keys.log_trimmed_through(env), through)
+        return trimmed
+
+    def _trim(self, env: str, ids: list[str]) -> int:
+        """Trim the logs of those of `ids` that are final; the others go to (or stay in) the pending set."""
+        if not ids:
+            return 0
+        pairs = [key for i in ids for key in (keys.deployment(i), keys.log(i))]
+        final = [json.dumps(str(status)) for status in FINAL_STATUSES]
+        results: Any = self.conn.eval(_TRIM_SCRIPT, len(pairs), *pairs, *final)
+        waiting = [i for i, result in zip(ids, results, strict=True) if int(result) < 0]
+        done = [i for i, result in zip(ids, results, strict=True) if int(result) >= 0]
+        with self.conn.pipeline(transaction=False) as pipe:
+            if waiting:
+                pipe.sadd(keys.log_trim_pending(env), *waiting)
+            if done:
+                pipe.srem(keys.log_trim_pending(env), *done)
+            pipe.execute()
+        return sum(1 for result in results if int(result) == 1)
 
     # --- audit trail -------------------------------------------------------------------------
 

@@ -15,12 +15,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory: defaults, then the environment, or the test mapping in tests.
 
     DEPLOY_CONFIG may hold a loaded DeployConfig; otherwise DEPLOYHOOK_CONFIG names the file.
+    DEPLOYHOOK_DEPLOY_JOB, a testing hook, names the job every deployment runs (tests: 'testjobs.sleepy').
     """
     app = Flask(__name__)
     app.config.from_mapping(
         REDIS_URL=os.environ.get("REDIS_URL", ""),
         DEPLOYHOOK_CONFIG=os.environ.get(defaults.CONFIG_ENVVAR, defaults.DEFAULT_CONFIG_PATH),
-        DEPLOY_JOB="workers.jobs.deploy",
+        DEPLOY_JOB=os.environ.get("DEPLOYHOOK_DEPLOY_JOB", "workers.jobs.deploy"),  # a testing hook: tests/testjobs.py
     )
     if test_config is not None:
         app.config.from_mapping(test_config)
@@ -29,13 +30,16 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # off at the limit, which webhooks._body() turns into a 413 too.
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
 
-    from . import api, extensions, health, responses, webhooks
+    from . import api, extensions, health, metrics, openapi, responses, status, webhooks
 
     extensions.init_app(app, config)
     responses.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(openapi.bp)
+    app.register_blueprint(metrics.bp)
+    app.register_blueprint(status.bp)
     return app
 
 

@@ -12,7 +12,9 @@ from flask import Blueprint, request
 
 from deploy_config import DeployError
 from deploy_state import Deployment, Status, StatusConflict, Trigger
+from deploy_state.reporting import report
 
+from . import livelog
 from .extensions import deploy_config, intake, store
 from .intake import DeployRequest
 from .pushes import SHA
@@ -150,6 +152,7 @@ def cancel(deployment_id: str) -> Reply:
     except StatusConflict as conflict:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
     store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
+    report(deploy_config(), store(), cancelled)
     return cancelled.to_dict(), 200
 
 
@@ -194,6 +197,20 @@ def get_deployment(deployment_id: str) -> Reply:
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
     return deployment.to_dict(), 200
+
+
+@bp.get("/deployments/<deployment_id>/log")
+def deployment_log(deployment_id: str) -> Reply:
+    """Log entries after `since` (an entry id), oldest first, at most LOG_BATCH; the status page's polling fallback."""
+    deployment = store().get(deployment_id)
+    if deployment is None:
+        return error(404, f"no deployment {deployment_id}")
+    since = request.args.get("since") or None
+    if since is not None and not livelog.ENTRY_ID.fullmatch(since):
+        return error(400, "'since' must be a log entry id such as 1700000000000-0 (an 'id' this endpoint returned)")
+    # The status is read before the log: when it is final, the entries read after it are the last ones.
+    entries = livelog.read_entries(store(), deployment.id, since, livelog.page_redactor(deploy_config()))
+    return {"entries": entries, "status": deployment.status, "final": deployment.is_final}, 200
 
 
 @bp.get("/environments")

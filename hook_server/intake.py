@@ -16,6 +16,7 @@ from redis.client import Pipeline
 
 from deploy_config import DeployConfig
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
+from deploy_state.reporting import report
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Intake:
                 except WatchError:
                     continue  # another receiver got there first: look again
             self._after_commit(deployment)
+            report(self.config, self.store, deployment)
             return IntakeResult(deployment, created=True)
         raise RuntimeError(f"intake of {request.environment}@{request.sha} kept conflicting; giving up")
 

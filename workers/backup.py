@@ -10,9 +10,13 @@ from __future__ import annotations
 import gzip
 import os
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
-from deploy_config import commands
+from deploy_config import DeployConfig, EnvironmentConfig, commands
+from deploy_config.commands import Redact
+from deploy_config.compose import ComposeProject
 from deploy_config.errors import BackupFailed, CommandFailed, DeployError
 from deploy_config.secrets import read_env_file
 
@@ -20,6 +24,7 @@ from .context import DeploymentContext, StepSkipped, StepWarning
 
 COMPLETE_MARKER = b"-- PostgreSQL database dump complete"
 _TAIL_BYTES = 4096
+_READ_BYTES = 1024 * 1024
 
 
 def backup(ctx: DeploymentContext) -> Path:
@@ -27,12 +32,13 @@ def backup(ctx: DeploymentContext) -> Path:
     database = ctx.env.database
     if database is None:
         raise StepSkipped("no database configured for this environment")
-    if database.service not in _running_services(ctx):
+    if database.service not in running_services(ctx.project):
         raise StepSkipped(
             f"database service {database.service!r} is not running yet (first deploy); nothing to back up"
         )
     try:
-        path = _dump(ctx, database.service, *_credentials(ctx))
+        user, name = database_credentials(ctx.config, ctx.env)
+        path = dump_database(ctx.project, ctx.env, user, name, ctx.log, ctx.redact)
     except DeployError as exc:
         if ctx.env.backup_required:
             raise BackupFailed(f"{exc}; the deploy stops here, before the rollout (backups.required)") from None
@@ -42,22 +48,20 @@ def backup(ctx: DeploymentContext) -> Path:
     return path
 
 
-def _running_services(ctx: DeploymentContext) -> set[str]:
-    result = commands.run(
-        ctx.project.args("ps", "--status", "running", "--services"), env=ctx.project.process_env(), timeout=60
-    )
-    return set(result.stdout.split())
+def running_services(project: ComposeProject) -> set[str]:
+    """The compose services of the project that are running now."""
+    args = project.args("ps", "--status", "running", "--services")
+    return set(commands.run(args, env=project.process_env(), timeout=60).stdout.split())
 
 
-def _credentials(ctx: DeploymentContext) -> tuple[str, str]:
-    database = ctx.env.database
+def database_credentials(config: DeployConfig, env: EnvironmentConfig) -> tuple[str, str]:
+    """The database user and name, from the env file (the variables env.database names)."""
+    database = env.database
     assert database is not None
-    values = read_env_file(ctx.config.env_file)
+    values = read_env_file(config.env_file)
     missing = [name for name in (database.user_env, database.name_env) if not values.get(name)]
     if missing:
-        raise BackupFailed(
-            f"{', '.join(missing)} not set in {ctx.config.env_file}; pg_dump needs the user and database"
-        )
+        raise BackupFailed(f"{', '.join(missing)} not set in {config.env_file}; pg_dump needs the user and database")
     return values[database.user_env], values[database.name_env]
 
 
@@ -65,12 +69,20 @@ def backup_name(env: str, when: float) -> str:
     return f"backup_{env}_{time.strftime('%Y%m%d_%H%M%S', time.localtime(when))}.sql.gz"
 
 
-def _dump(ctx: DeploymentContext, service: str, user: str, name: str) -> Path:
-    directory = ctx.env.backups.dir
+def dump_database(
+    project: ComposeProject, env: EnvironmentConfig, user: str, name: str, log: Callable[[str], None], redact: Redact
+) -> Path:
+    """Dump env's database into a new, verified backup file in its backups dir; return the file.
+
+    Runs in a deployment (the backup step) or outside one (a restore's fresh backup first):
+    it needs only the environment's compose project, the credentials and somewhere to log.
+    """
+    assert env.database is not None
+    directory = env.backups.dir
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob(f".backup_{ctx.env.name}_*.partial"):
+    for stale in directory.glob(f".backup_{env.name}_*.partial"):
         stale.unlink()  # left by a worker that died mid-dump; never a final name
-    final = directory / backup_name(ctx.env.name, time.time())
+    final = directory / backup_name(env.name, time.time())
     partial = directory / f".{final.name}.partial"
     tail = bytearray()
 
@@ -79,15 +91,14 @@ def _dump(ctx: DeploymentContext, service: str, user: str, name: str) -> Path:
         tail.extend(chunk)
         del tail[:-_TAIL_BYTES]
 
-    args = ctx.project.args("exec", "-T", service, "pg_dump", "-U", user, "-d", name)
+    args = project.args("exec", "-T", env.database.service, "pg_dump", "-U", user, "-d", name)
     started = time.monotonic()
     try:
         with open(partial, "wb") as raw:
             with gzip.GzipFile(fileobj=raw, mode="wb", filename=final.name.removesuffix(".gz")) as gz:
                 commands.stream_to(
-                    args, write, ctx.log, env=ctx.project.process_env(), timeout=ctx.env.backup_timeout,
-                    redact=ctx.redact,
-                )  # fmt: skip
+                    args, write, log, env=project.process_env(), timeout=env.backup_timeout, redact=redact
+                )
             raw.flush()
             os.fsync(raw.fileno())
         _verify(partial, bytes(tail))
@@ -103,7 +114,7 @@ def _dump(ctx: DeploymentContext, service: str, user: str, name: str) -> Path:
         partial.unlink(missing_ok=True)
         raise
     size = final.stat().st_size
-    ctx.log(f"backup {final} ({size / 1024:.0f} KiB, {time.monotonic() - started:.1f}s) verified")
+    log(f"backup {final} ({size / 1024:.0f} KiB, {time.monotonic() - started:.1f}s) verified")
     return final
 
 
@@ -112,6 +123,25 @@ def _verify(path: Path, tail: bytes) -> None:
         raise BackupFailed("the dump is empty")
     if COMPLETE_MARKER not in tail:
         raise BackupFailed("the dump is incomplete: it lacks pg_dump's 'dump complete' line")
+
+
+def verify_backup(path: Path) -> None:
+    """Check a backup file as the dump was checked when it was taken: gzip readable to its end,
+    not empty, and ending with pg_dump's completion line. Reads it in chunks: memory stays flat."""
+    tail = bytearray()
+    try:
+        with gzip.open(path, "rb") as dump:
+            for chunk in iter(lambda: dump.read(_READ_BYTES), b""):
+                tail.extend(chunk)
+                del tail[:-_TAIL_BYTES]
+    except (OSError, EOFError, zlib.error) as exc:
+        # gzip raises EOFError for a truncated file, BadGzipFile (an OSError) for a foreign one.
+        reason = "it is truncated" if isinstance(exc, EOFError) else str(getattr(exc, "strerror", None) or exc)
+        raise BackupFailed(f"{path} is not a readable gzip file: {reason}") from None
+    if not tail:
+        raise BackupFailed(f"{path} holds an empty dump")
+    if COMPLETE_MARKER not in tail:
+        raise BackupFailed(f"{path} is incomplete: it lacks pg_dump's 'dump complete' line")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -18,6 +18,7 @@ from rq.timeouts import JobTimeoutException
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
+from deploy_state.reporting import report
 
 from .context import Cancelled, DeploymentContext
 
@@ -49,12 +50,12 @@ def run_deployment(
         log.info("deployment %s is already %s; nothing to do", deployment.id, deployment.status)
         return deployment.status
     lock = EnvironmentLock(conn, deployment.environment, _lock_token(deployment), config.lock_lease)
-    if not _wait_for_lock(lock, store, deployment):
+    if not _wait_for_lock(lock, store, deployment, config):
         return store.require(deployment_id).status
     keeper = LeaseKeeper(lock)
     keeper.start()
     try:
-        recover_lost(store, deployment.environment)
+        recover_lost(store, deployment.environment, config)
         # Read it again under the lock: it may have been cancelled or superseded while this job waited.
         deployment = store.require(deployment_id)
         if deployment.is_final:
@@ -62,7 +63,7 @@ def run_deployment(
             return deployment.status
         newer = _newer_queued(store, deployment)
         if newer is not None:
-            return _supersede(store, deployment, newer).status
+            return _supersede(store, deployment, newer, config).status
         try:
             running = store.set_status(deployment, Status.RUNNING, expect=deployment.status)
         except StatusConflict as conflict:
@@ -70,6 +71,7 @@ def run_deployment(
             return conflict.current
         return _run(store, config, running, pipeline)
     finally:
+        _trim_logs(store, deployment.environment, config.status_page.log_retention)
         keeper.stop()
         lock.release()
 
@@ -79,11 +81,12 @@ def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, p
     context = DeploymentContext(config, env, store, deployment, config_redactor(config))
     log.info("deployment %s: %s@%s running", deployment.id, env.name, deployment.sha[:12])
     try:
+        report(config, store, deployment)
         status = pipeline(context)
-        store.set_status(deployment, status)
+        _finish(store, config, deployment, status)
     except Cancelled as cancelled:
         context.log(str(cancelled))
-        status = Status(_supersede(store, deployment, cancelled.by).status)
+        status = Status(_supersede(store, deployment, cancelled.by, config).status)
     except DeployError as exc:
         status = _fail(store, context, str(exc))
     except JobTimeoutException:
@@ -99,16 +102,35 @@ def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, p
     return status
 
 
+def _trim_logs(store: DeploymentStore, env: str, keep: int) -> None:
+    """Log retention, best-effort: Redis must not grow without bound, but a deployment never fails over it."""
+    try:
+        store.trim_logs(env, keep)
+    except Exception:
+        log.warning("trimming the logs of %s beyond the newest %d failed", env, keep, exc_info=True)
+
+
 def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> Status:
     reason = context.redact(reason)
     context.log(f"deployment failed: {reason}")
-    return Status(store.set_status(context.deployment, Status.FAILED, reason=reason).status)
+    return Status(_finish(store, context.config, context.deployment, Status.FAILED, reason=reason).status)
 
 
-def _supersede(store: DeploymentStore, deployment: Deployment, by: str) -> Deployment:
+def _finish(
+    store: DeploymentStore, config: DeployConfig, deployment: Deployment, status: Status, **fields: str
+) -> Deployment:
+    """Move the deployment to a final status, then report it outward (best-effort: never raises)."""
+    finished = store.set_status(deployment, status, **fields)
+    report(config, store, finished)
+    return finished
+
+
+def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: DeployConfig) -> Deployment:
     """Mark it superseded, unless its status changed since it was read (e.g. cancelled meanwhile)."""
     try:
-        superseded = store.set_status(
+        superseded = _finish(
+            store,
+            config,
             deployment,
             Status.SUPERSEDED,
             expect=deployment.status,
@@ -128,7 +150,7 @@ def _newer_queued(store: DeploymentStore, deployment: Deployment) -> str | None:
     return newest if newest is not None and int(newest) > int(deployment.id) else None
 
 
-def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment) -> bool:
+def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment, config: DeployConfig) -> bool:
     """Take the environment lock; False if, while waiting, this deployment was superseded or ended."""
     while not lock.acquire():
         current = store.require(deployment.id)
@@ -136,13 +158,13 @@ def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: De
             return False
         newer = _newer_queued(store, current)
         if newer is not None:
-            _supersede(store, current, newer)
+            _supersede(store, current, newer, config)
             return False
         time.sleep(LOCK_POLL_INTERVAL)
     return True
 
 
-def recover_lost(store: DeploymentStore, environment: str) -> Deployment | None:
+def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig) -> Deployment | None:
     """Mark failed a deployment left 'running' by a worker that died; call only while holding the lock."""
     running_id = store.running(environment)
     lost = store.get(running_id) if running_id else None
@@ -155,7 +177,7 @@ def recover_lost(store: DeploymentStore, environment: str) -> Deployment | None:
             store.finish_step(lost, s, "failed", reason)
     store.append_log(lost.id, f"deployment failed: {reason}")
     log.warning("deployment %s: %s", lost.id, reason)
-    return store.set_status(lost, Status.FAILED, reason=reason)
+    return _finish(store, config, lost, Status.FAILED, reason=reason)
 
 
 def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[Deployment]:
@@ -166,7 +188,7 @@ def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[De
         lock = EnvironmentLock(connection, env, f"recovery@{socket.gethostname()}:{os.getpid()}", config.lock_lease)
         if lock.acquire():
             try:
-                lost = recover_lost(store, env)
+                lost = recover_lost(store, env, config)
                 if lost is not None:
                     recovered.append(lost)
             finally:

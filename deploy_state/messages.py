@@ -1,0 +1,85 @@
+"""The words of outward reports: GitHub status descriptions and chat lines, from a deployment record."""
+
+from __future__ import annotations
+
+from .models import Deployment, Status
+
+GITHUB_DESCRIPTION_LIMIT = 140
+"""GitHub refuses longer descriptions on statuses (422)."""
+
+REASON_LIMIT = 300
+"""Characters of a failure reason a chat line shows; the deployment page has the rest."""
+
+_ICONS = {
+    Status.SUCCEEDED: "✅",
+    Status.FAILED: "❌",
+    Status.ROLLED_BACK: "↩️",
+    Status.SUPERSEDED: "⏭️",
+    Status.CANCELLED: "🚫",
+    Status.BLOCKED: "⛔",
+}
+
+
+def short_sha(deployment: Deployment) -> str:
+    return deployment.sha[:7]
+
+
+def took(deployment: Deployment) -> str:
+    """How long it ran, as 42s, 3m 05s or 1h 02m; '' if it never ran."""
+    if deployment.started_at is None or deployment.finished_at is None:
+        return ""
+    seconds = max(int(round(deployment.finished_at - deployment.started_at)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def _reason(deployment: Deployment, limit: int) -> str:
+    first_line = (deployment.reason.strip().splitlines() or [""])[0]
+    return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
+
+
+def outcome(deployment: Deployment, limit: int = REASON_LIMIT) -> str:
+    """What happened, in a few words: 'succeeded in 1m 05s', 'failed after 42s: <reason>', ..."""
+    status, duration, reason = deployment.status, took(deployment), _reason(deployment, limit)
+    after = f" after {duration}" if duration else ""
+    because = f": {reason}" if reason else ""
+    if status == Status.SUCCEEDED:
+        return f"succeeded in {duration}" if duration else "succeeded"
+    if status == Status.FAILED:
+        return f"failed{after}{because}"
+    if status == Status.ROLLED_BACK:
+        return f"rolled back{after}{because}"
+    if status == Status.SUPERSEDED:
+        return f"superseded by deployment #{deployment.superseded_by}" if deployment.superseded_by else "superseded"
+    if status == Status.BLOCKED:
+        return f"blocked{because}"
+    if status == Status.RUNNING:
+        return "is running"
+    return str(status)
+
+
+def headline(deployment: Deployment) -> str:
+    """One line for chat: icon, environment, deployment, short sha, who pushed it, and the outcome."""
+    icon = _ICONS.get(Status(deployment.status), "•")
+    who = deployment.pusher or deployment.source or "unknown"
+    return (
+        f"{icon} {deployment.environment}: deployment #{deployment.id} of {short_sha(deployment)} "
+        f"by {who} {outcome(deployment)}"
+    )
+
+
+def github_description(deployment: Deployment) -> str:
+    """A GitHub status description (at most 140 characters)."""
+    if deployment.status == Status.QUEUED:
+        text = f"Deployment #{deployment.id} to {deployment.environment} is queued"
+    elif deployment.status == Status.RUNNING:
+        text = f"Deploying to {deployment.environment} (deployment #{deployment.id})"
+    else:
+        text = f"{deployment.environment}: {outcome(deployment, limit=GITHUB_DESCRIPTION_LIMIT)}"
+    limit = GITHUB_DESCRIPTION_LIMIT
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,172 @@
+"""Reporting outward: GitHub deployments and statuses, Discord and Slack messages, a generic JSON webhook.
+
+Best-effort, like rq's webhook send(): a report that does not get through is logged (host
+only, secrets masked) and never fails a deployment; each HTTP call waits at most
+reporting.timeout. Intake reports queued and blocked deployments, the API cancelled ones,
+the job running and every final status: report(config, store, deployment) after each change,
+the deployment's status saying what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from rq.timeouts import JobTimeoutException
+
+from deploy_config import DeployConfig
+from deploy_config.secrets import config_redactor
+
+from . import messages
+from .github import GitHub, Links
+from .models import Deployment, Status
+from .outbound import Poster, masking, url_secrets
+from .store import DeploymentStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PUBLIC_URL = "http://localhost:8000"
+"""Base of the links in reports when public_url is not set (`deployhook up` listens there)."""
+
+CHAT_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK})
+"""What Discord and Slack hear about; the generic webhook hears about every final status."""
+
+GITHUB_CALLS = 3
+"""HTTP calls one GitHub report makes at most: create the Deployment, its status, the commit status."""
+
+_LEASE_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Where reports go, read from the environment variables the config names."""
+
+    github: GitHub | None
+    discord: str | None
+    slack: str | None
+    generic: str | None
+
+    @classmethod
+    def from_config(cls, config: DeployConfig) -> Targets:
+        reporting = config.reporting
+        return cls(
+            github=GitHub.from_config(config),
+            discord=_webhook_url("discord_webhook_env", reporting.discord_webhook_env),
+            slack=_webhook_url("slack_webhook_env", reporting.slack_webhook_env),
+            generic=_webhook_url("generic_webhook_env", reporting.generic_webhook_env),
+        )
+
+    def secrets(self) -> list[str]:
+        urls = [url for url in (self.discord, self.slack, self.generic) if url]
+        token = [self.github.token] if self.github else []
+        return [*token, *(part for url in urls for part in url_secrets(url))]
+
+
+def enabled(config: DeployConfig) -> bool:
+    reporting = config.reporting
+    names = (reporting.discord_webhook_env, reporting.slack_webhook_env, reporting.generic_webhook_env)
+    return reporting.github is not None or any(names)
+
+
+def report(config: DeployConfig, store: DeploymentStore, deployment: Deployment) -> None:
+    """Tell GitHub and chat what just happened to `deployment` (its status says what); never raises."""
+    if not enabled(config):
+        return
+    try:
+        _report(config, store, deployment)
+    except JobTimeoutException:
+        if not deployment.is_final:
+            raise  # the job's own deadline, not a reporting failure: the deployment fails over it
+        log.warning("deployment %s: reporting %s cut short by the job's timeout", deployment.id, deployment.status)
+    except Exception:
+        log.warning("deployment %s: reporting %s failed", deployment.id, deployment.status, exc_info=True)
+
+
+def links(config: DeployConfig, deployment: Deployment) -> Links:
+    base = (config.public_url or DEFAULT_PUBLIC_URL).rstrip("/")
+    return Links(f"{base}/deployments/{deployment.id}", config.environments[deployment.environment].base_url)
+
+
+def _report(config: DeployConfig, store: DeploymentStore, deployment: Deployment) -> None:
+    targets = Targets.from_config(config)
+    where = links(config, deployment)
+    with Poster(config.reporting.timeout, masking(targets.secrets(), config_redactor(config))) as poster:
+        if targets.github is not None:
+            _report_to_github(config, store, deployment, targets.github, poster, where)
+        if deployment.is_final and targets.generic:
+            poster.post(targets.generic, _generic_body(deployment, where), f"deployment {deployment.id}: webhook")
+        if deployment.status in CHAT_STATUSES:
+            if targets.discord:
+                poster.post(targets.discord, _discord_body(deployment, where), f"deployment {deployment.id}: Discord")
+            if targets.slack:
+                poster.post(targets.slack, _slack_body(deployment, where), f"deployment {deployment.id}: Slack")
+
+
+def _report_to_github(
+    config: DeployConfig, store: DeploymentStore, deployment: Deployment, github: GitHub, poster: Poster, where: Links
+) -> None:
+    """Report to GitHub under the deployment's report lease, unless a later stage was reported."""
+    # The web process's 'queued' and the worker's 'in_progress' may race: GitHub must see one
+    # Deployment, and its states in order, so each report holds the lease and skips stale ones.
+    seconds = GITHUB_CALLS * 2 * config.reporting.timeout + 1  # connect and read, per call
+    lease = store.report_lease(deployment.id, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}", seconds)
+    deadline = time.monotonic() + seconds + 1
+    while not lease.acquire():
+        if time.monotonic() > deadline:  # a lease always runs out; this only guards against a stuck clock
+            log.warning("deployment %s: report lease still held; reporting anyway", deployment.id)
+            break
+        time.sleep(_LEASE_POLL)
+    try:
+        current = store.get(deployment.id) or deployment
+        if _stage(current) > _stage(deployment):
+            skipped = (deployment.id, deployment.status, current.status)
+            log.info("deployment %s: not reporting %s to GitHub, it is %s already", *skipped)
+            return
+        github.report(poster, store, current, where)
+    finally:
+        lease.release()
+
+
+def _stage(deployment: Deployment) -> int:
+    """Queued, running, final: a report of an earlier stage than the record's is stale."""
+    return 2 if deployment.is_final else 1 if deployment.status == Status.RUNNING else 0
+
+
+def _webhook_url(field: str, env_name: str | None) -> str | None:
+    if env_name is None:
+        return None
+    url = os.environ.get(env_name, "").strip()
+    if not url:
+        log.warning("reporting.%s names %s, which is not set; not reporting there", field, env_name)
+        return None
+    if urlsplit(url).scheme not in ("http", "https"):
+        log.warning("reporting.%s: %s does not hold an http(s) URL; not reporting there", field, env_name)
+        return None
+    return url
+
+
+def _generic_body(deployment: Deployment, where: Links) -> dict[str, Any]:
+    return {
+        "event": f"deployment.{deployment.status}",
+        "text": f"{messages.headline(deployment)}\n{where.deployment}",
+        "url": where.deployment,
+        "environment_url": where.environment,
+        "deployment": deployment.to_dict(),
+    }
+
+
+def _discord_body(deployment: Deployment, where: Links) -> dict[str, Any]:
+    # No mentions: a commit message or reason saying @everyone must not ping the whole server.
+    return {"content": f"{messages.headline(deployment)}\n{where.deployment}", "allowed_mentions": {"parse": []}}
+
+
+def _slack_body(deployment: Deployment, where: Links) -> dict[str, Any]:
+    # Slack's mrkdwn: &, < and > must be escaped, or <!channel> in a reason would notify everyone.
+    text = messages.headline(deployment).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return {"text": f"{text}\n<{where.deployment}|deployment #{deployment.id}>"}

@@ -1,0 +1,10 @@
+"""The `deployhook` command line: one click group, its commands in one module per area.
+
+`hook_server.cli:main` is the console script; `python -m hook_server.cli` runs the same.
+"""
+
+# Importing the command modules registers their commands on the group.
+from . import backups, config, deployments, processes, reading, webhook  # noqa: F401
+from .base import cli, config_option, main
+
+__all__ = ["cli", "config_option", "main"]

@@ -1,0 +1,156 @@
+"""`deployhook backups list` and `deployhook backups restore`: the database backups on this server.
+
+Restore runs here, not through the service: the backups and the environment's worktree are
+files on this host, and the restore is the operator's deliberate act (--yes). It takes a fresh
+backup first, so the database as it was can always be had back the same way. Worker code is
+imported inside the commands: only these commands need Docker's side of deployhook.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import click
+
+from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
+from deploy_config.compose import ComposeProject
+from deploy_config.errors import BackupFailed
+
+from .base import cli, config_option, require_env
+from .display import size, table, timestamp
+
+_TAKEN = re.compile(r"_(\d{8}_\d{6})\.sql\.gz$")
+
+
+class NotDeployed(DeployError):
+    """The environment has no worktree (or no running database) to restore into."""
+
+
+@cli.group("backups")
+def backups_group() -> None:
+    """List and restore the environments' database backups."""
+
+
+@backups_group.command("list")
+@config_option
+@click.argument("env_name", metavar="[ENV]", required=False)
+def list_backups(config_file: Path, env_name: str | None) -> None:
+    """List the backups, oldest first: file, size, when taken, whether it verifies."""
+    from workers.backup import backups_of
+
+    config = load_config(config_file)
+    envs = [require_env(config, env_name)] if env_name else list(config.environments.values())
+    for env in envs:
+        if env.database is None:
+            click.echo(f"{env.name}: no database configured")
+            continue
+        found = backups_of(env.backups.dir, env.name)
+        if not found:
+            click.echo(f"{env.name}: no backups in {env.backups.dir}")
+            continue
+        click.echo(f"{env.name}: {len(found)} in {env.backups.dir}")
+        rows = [[path.name, size(path.stat().st_size), timestamp(taken_at(path)), _verified(path)] for path in found]
+        for line in table(["FILE", "SIZE", "TAKEN", "VERIFIED"], rows):
+            click.echo(f"  {line}")
+
+
+def taken_at(path: Path) -> float:
+    """When the dump was taken: the time in its name (local time), else the file's modification time."""
+    match = _TAKEN.search(path.name)
+    if match:
+        try:
+            return time.mktime(time.strptime(match.group(1), "%Y%m%d_%H%M%S"))
+        except ValueError:
+            pass
+    return path.stat().st_mtime
+
+
+def _verified(path: Path) -> str:
+    from workers.backup import verify_backup
+
+    try:
+        verify_backup(path)
+    except BackupFailed as exc:
+        return f"NO: {str(exc).removeprefix(f'{path} ')}"
+    return "yes"
+
+
+@backups_group.command("restore")
+@config_option
+@click.argument("env_name", metavar="ENV")
+@click.argument("file", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="Do it: replace ENV's database with FILE (after a fresh backup of it).")
+def restore(config_file: Path, env_name: str, file: Path, yes: bool) -> None:
+    """Replace ENV's database with the dump in FILE.
+
+    FILE is a path, or the name of a file in ENV's backups dir. Refuses a FILE that does not
+    verify. Takes a fresh backup first, then restores in one transaction: the whole dump, or
+    no change at all.
+    """
+    config = load_config(config_file)
+    env = require_env(config, env_name)
+    if env.database is None:
+        raise click.UsageError(f"{env.name} has no database configured (environments.{env.name}.database)")
+    backup = backup_file(env, file)
+    if not yes:
+        raise click.UsageError(
+            f"this would replace the database of {env.name} (service {env.database.service!r} of compose project "
+            f"{env.project}) with the dump in {backup}, after taking a fresh backup of it into {env.backups.dir}; "
+            "nothing was done: add --yes to restore"
+        )
+    _restore(config, env, backup)
+
+
+def backup_file(env: EnvironmentConfig, given: Path) -> Path:
+    """FILE as given if it exists, else the file of that name in the environment's backups dir."""
+    for candidate in (given, env.backups.dir / given.name):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise click.BadParameter(
+        f"{given} does not exist, nor does {env.backups.dir / given.name}; `deployhook backups list {env.name}` "
+        "lists the backups",
+        param_hint="'FILE'",
+    )
+
+
+def _restore(config: DeployConfig, env: EnvironmentConfig, backup: Path) -> None:
+    from deploy_config.secrets import config_redactor
+    from workers.backup import database_credentials, dump_database, running_services, verify_backup
+    from workers.restore import restore_database
+
+    assert env.database is not None
+    try:
+        verify_backup(backup)
+    except BackupFailed as exc:
+        raise BackupFailed(f"refusing to restore: {exc}") from None
+    project = deployed_project(config, env)
+    if env.database.service not in running_services(project):
+        raise NotDeployed(
+            f"the database service {env.database.service!r} of {env.name} is not running (compose project "
+            f"{env.project}); deploy {env.name} first (deployhook deploy {env.name})"
+        )
+    redact = config_redactor(config)
+    user, name = database_credentials(config, env)
+    click.echo(f"Taking a fresh backup of {env.name}'s database {name!r} first...")
+    try:
+        fresh = dump_database(project, env, user, name, lambda line: click.echo(f"  {line}"), redact)
+    except DeployError as exc:
+        raise BackupFailed(f"the fresh backup failed, so nothing was restored: {exc}") from None
+    click.echo(f"Restoring {backup} into {name!r}...")
+    restore_database(project, env, user, name, backup, lambda line: click.echo(f"  {line}"), redact)
+    click.echo(f"Restored {backup.name} into the database {name!r} of {env.name}.")
+    click.echo(f"The database as it was is in {fresh}: deployhook backups restore {env.name} {fresh} --yes")
+
+
+def deployed_project(config: DeployConfig, env: EnvironmentConfig) -> ComposeProject:
+    """The compose project as the last deployment ran it: its compose file, in the environment's worktree."""
+    worktree = config.state_dir / "worktrees" / env.name
+    project = ComposeProject.for_environment(config, env, worktree)
+    if not project.file.is_file():
+        raise NotDeployed(
+            f"{env.name} has not been deployed from {config.state_dir}: {project.file} does not exist; "
+            f"deploy it first (deployhook deploy {env.name})"
+        )
+    return project

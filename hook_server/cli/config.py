@@ -1,0 +1,173 @@
+"""`deployhook config check` and `deployhook config show`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import click
+import yaml
+
+from deploy_config import DeployConfig, load_config
+from deploy_config.errors import ConfigError
+from deploy_config.isolation import RuleResult, lint, resolve_stacks
+from deploy_config.secrets import MASK, config_redactor, read_env_file
+
+from .base import cli, config_option, output_redactor
+
+ENV_FILE_VARIABLES = ("user_env", "name_env")
+"""Fields naming variables of the env file (the database's), not of deployhook's own environment."""
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Check and show the deploy config."""
+
+
+@config_group.command("check")
+@config_option
+@click.option(
+    "--repo-dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Checkout holding the compose files (default: repository.checkout, else the config file's directory).",
+)
+@click.pass_context
+def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -> None:
+    """Validate the config and lint the environments' isolation.
+
+    Exits 0 when every rule holds, 1 when one is violated, 2 when the config is invalid.
+    """
+    config = load_config(config_file)
+    repo_dir = repo_dir or config.repository.checkout or config_file.resolve().parent
+    warnings = _secret_warnings(config)
+    redact = config_redactor(config)
+    stacks = resolve_stacks(config, repo_dir, redact)
+    results = lint(config, stacks)
+
+    click.echo(f"{config_file}: valid; environments: {', '.join(config.environments)}")
+    for name, stack in stacks.items():
+        click.echo(f"  {name:<12} project {stack.project:<24} {stack.file}")
+    click.echo("Isolation:")
+    for result in results:
+        _show_result(result, redact)
+    for warning in warnings:
+        click.echo(f"Warning: {warning}")
+    failed = [result for result in results if not result.passed]
+    if failed:
+        click.echo(
+            f"Isolation lint failed: {len(failed)} of {len(results)} rules violated "
+            f"({', '.join(result.rule.name for result in failed)})"
+        )
+        ctx.exit(1)
+    click.echo(f"Isolation lint passed: all {len(results)} rules hold.")
+
+
+def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:
+    mark = click.style("PASS", fg="green") if result.passed else click.style("FAIL", fg="red", bold=True)
+    click.echo(f"  {mark}  {result.rule.name:<22} {result.rule.description}")
+    for violation in result.violations:
+        click.echo(f"          - {redact(violation)}")
+
+
+def _secret_warnings(config: DeployConfig) -> list[str]:
+    """What is missing for the service to run: the env file and the webhook secret."""
+    warnings = []
+    if not config.env_file.is_file():
+        warnings.append(
+            f"env file {config.env_file} does not exist; compose files were resolved without it "
+            "(create it on the server from .env.example)"
+        )
+    if not os.environ.get(config.webhook.secret_env):
+        warnings.append(f"{config.webhook.secret_env} is not set; the service will refuse every webhook until it is")
+    return warnings
+
+
+@config_group.command("show")
+@config_option
+def config_show(config_file: Path) -> None:
+    """Print the resolved config as YAML: defaults filled in, paths absolute, no secret's value.
+
+    Secrets are named, never shown: a comment block lists each variable the config names and
+    whether it is set. Credentials in URLs and any value of the env file are masked.
+    """
+    config = load_config(config_file)
+    click.echo(render_config(config, output_redactor(config)), nl=False)
+
+
+def render_config(config: DeployConfig, redact: Callable[[str], str]) -> str:
+    """The resolved config as YAML, then comments naming its secrets and whether each is set."""
+    data = config.model_dump(mode="json", exclude={"source": True, "environments": {"__all__": {"name"}}})
+    data["repository"]["url"] = mask_credentials(data["repository"]["url"])
+    if data.get("public_url"):
+        data["public_url"] = mask_credentials(data["public_url"])
+    # Masked value by value, before YAML quotes them: a bare ******** would be read as an alias.
+    body = yaml.safe_dump(masked(data, redact), sort_keys=False, default_flow_style=False)
+    header = f"# {config.source}, resolved: defaults filled in, relative paths made absolute\n"
+    return header + body + "".join(f"{line}\n" for line in secret_comments(config, data))
+
+
+def secret_comments(config: DeployConfig, data: Mapping[str, Any]) -> list[str]:
+    """`# field  VARIABLE  set|not set` for every variable name in the config, and the env file's names."""
+    env_file = _env_file_values(config)
+    rows = []
+    for path, name in variable_fields(data):
+        if path.rsplit(".", 1)[-1] in ENV_FILE_VARIABLES:
+            where = (
+                "env_file unreadable" if env_file is None else f"{'' if env_file.get(name) else 'not '}set in env_file"
+            )
+        else:
+            where = "set" if os.environ.get(name) else "not set"
+        rows.append((path, name, where))
+    width = [max((len(row[i]) for row in rows), default=0) for i in (0, 1)]
+    lines = ["# Secrets are named above, never shown; which of them have a value here:"]
+    lines += [f"#   {path:<{width[0]}}  {name:<{width[1]}}  {where}" for path, name, where in rows]
+    if env_file is None:
+        lines.append(f"# env_file {config.env_file}: not readable (create it on the server from .env.example)")
+    else:
+        lines.append(f"# env_file {config.env_file} sets: {', '.join(sorted(env_file)) or 'nothing'}")
+    return lines
+
+
+def masked(value: Any, redact: Callable[[str], str]) -> Any:
+    """The data with every string (keys too) passed through redact."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {redact(str(key)): masked(item, redact) for key, item in value.items()}
+    if isinstance(value, list):
+        return [masked(item, redact) for item in value]
+    return value
+
+
+def variable_fields(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, variable name) of every `*_env` field holding a name (compose_env holds values)."""
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "compose_env":
+            yield from variable_fields(value, f"{path}.")
+        elif key.endswith("_env") and isinstance(value, str):
+            yield path, value
+
+
+def _env_file_values(config: DeployConfig) -> dict[str, str] | None:
+    try:
+        return read_env_file(config.env_file)
+    except ConfigError:
+        return None
+
+
+def mask_credentials(url: str) -> str:
+    """The URL with the password (or token) it carries masked: https://user:********@host/..."""
+    parts = urlsplit(url)
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, has_password, _ = userinfo.partition(":")
+    if not has_password and parts.scheme.endswith("ssh"):
+        return url  # ssh://git@host: the user is a login name, the key is elsewhere
+    # https://TOKEN@host carries the token as the user name.
+    masked = f"{user}:{MASK}" if has_password else MASK
+    return urlunsplit(parts._replace(netloc=f"{masked}@{host}"))

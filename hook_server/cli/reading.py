@@ -1,0 +1,131 @@
+"""`deployhook status` and `deployhook logs`: reads, straight from the deployment store.
+
+Reads change nothing, so they need no token and leave no audit entry; the store is the
+system of record, and the API serves no logs. They use REDIS_URL, or the embedded Redis
+of `deployhook up` (its socket under state_dir): the operator's shell on the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+import requests
+
+from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
+from deploy_state import Deployment, DeploymentStore
+
+from .base import cli, config_option, open_store, output_redactor, require_env
+from .display import SHORT_SHA, summary, table, timestamp, took
+from .progress import LogDisplay, follow, read_new
+
+REASON_WIDTH = 60
+"""Characters of a deployment's reason the status table shows."""
+
+
+@cli.command("status")
+@config_option
+@click.argument("env_name", metavar="[ENV]", required=False)
+@click.option("--limit", default=10, show_default=True, type=click.IntRange(1, 100),
+              help="How many recent deployments to list.")  # fmt: skip
+def status(config_file: Path, env_name: str | None, limit: int) -> None:
+    """Show the environments and the recent deployments.
+
+    Per environment: the sha deployed last, what its health URL answers (a short probe), the
+    running and queued deployments, whether it is degraded.
+    """
+    config = load_config(config_file)
+    envs = [require_env(config, env_name)] if env_name else list(config.environments.values())
+    store = open_store(config)
+    redact = output_redactor(config)
+    for line in environment_table(store, envs, probe_all(envs)):
+        click.echo(line)
+    for env in envs:
+        degraded = store.degraded(env.name)
+        if degraded:
+            click.echo(f"{env.name} is degraded: {redact(degraded)}")
+    recent, _ = store.page(environment=env_name or None, limit=limit)
+    click.echo("")
+    if not recent:
+        click.echo("No deployments yet.")
+        return
+    click.echo("Recent deployments:")
+    for line in deployment_table(recent, redact):
+        click.echo(line)
+
+
+def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], health: dict[str, str]) -> list[str]:
+    rows = []
+    for env in envs:
+        last = store.last_succeeded(env.name)
+        deployed = f"{last.sha[:SHORT_SHA]} (#{last.id})" if last else "-"
+        queued = store.queued_ids(env.name)
+        rows.append([
+            env.name, deployed, health[env.name], store.running(env.name) or "-",
+            ", ".join(queued) or "-", "yes" if store.degraded(env.name) else "no",
+        ])  # fmt: skip
+    return table(["ENVIRONMENT", "DEPLOYED", "HEALTH", "RUNNING", "QUEUED", "DEGRADED"], rows)
+
+
+def deployment_table(deployments: list[Deployment], redact: Callable[[str], str] = str) -> list[str]:
+    rows = [
+        [d.id, d.environment, d.status, d.sha[:SHORT_SHA], d.trigger, timestamp(d.created_at), took(d),
+         _cut(redact(d.reason), REASON_WIDTH)]
+        for d in deployments
+    ]  # fmt: skip
+    return table(["ID", "ENVIRONMENT", "STATUS", "SHA", "TRIGGER", "CREATED", "TOOK", "REASON"], rows)
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def probe_all(envs: list[EnvironmentConfig]) -> dict[str, str]:
+    """Each environment's health, probed in parallel: the wait is one short timeout, not one each."""
+    with ThreadPoolExecutor(max_workers=max(len(envs), 1)) as pool:
+        return dict(zip([env.name for env in envs], pool.map(probe, envs), strict=True))
+
+
+def probe(env: EnvironmentConfig) -> str:
+    """`ok <version>`, or why the health URL is not healthy: HTTP 503, unreachable, timed out."""
+    try:
+        response = requests.get(env.health_url, timeout=defaults.HEALTH_PROBE_TIMEOUT)
+    except requests.Timeout:
+        return "timed out"
+    except requests.RequestException:
+        return "unreachable"
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}"
+    try:
+        body = response.json()
+    except ValueError:
+        return "not JSON"
+    if not isinstance(body, dict) or body.get("status") != "ok":
+        return f"status {body.get('status') if isinstance(body, dict) else body!r}"
+    version = body.get("version")
+    return f"ok {version[:SHORT_SHA]}" if isinstance(version, str) and version else "ok"
+
+
+@cli.command("logs")
+@config_option
+@click.argument("deployment_id", metavar="ID")
+@click.option("--follow", "-f", "follow_log", is_flag=True, help="Keep printing new lines until the deployment ends.")
+def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
+    """Print a deployment's log (secrets masked)."""
+    config = load_config(config_file)
+    store = open_store(config)
+    deployment = store.get(deployment_id)
+    if deployment is None:
+        raise DeployError(f"no deployment {deployment_id}; `deployhook status` lists the recent ones")
+    redact = output_redactor(config)
+    if follow_log:
+        follow(store, deployment.id, LogDisplay(), redact=redact)
+        return
+    entries = read_new(store, deployment.id, None)
+    for entry in entries:
+        click.echo(redact(entry.get("line", "")))
+    if not entries:
+        click.echo(f"{summary(deployment)}: no log lines", err=True)
