@@ -88,9 +88,12 @@ class EmbeddedRedis:
 
 
 def web_command(bind: str) -> list[str]:
-    """gunicorn serving the app factory, as the Procfile's web: line does."""
+    """gunicorn serving the app factory, as the Procfile's web: line does.
+
+    Threads (gthread) so that a status page's live log stream never holds up a webhook.
+    """
     return [
-        sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "--no-control-socket",
+        sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "--threads", "8", "--no-control-socket",
         "hook_server:create_app()",
     ]  # fmt: skip
 
