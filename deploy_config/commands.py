@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from .errors import CommandFailed
 
@@ -258,3 +258,10 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
             log.warning("process %s did not stop within %gs; killing it", proc.args, timeout)
             proc.kill()
     return proc.wait()
+
+
+def replace_process(args: Sequence[str], env: Mapping[str, str]) -> NoReturn:
+    """Become the command (exec): signals from a supervisor then reach it directly."""
+    argv = [str(arg) for arg in args]
+    log.debug("exec %s", argv)
+    os.execve(argv[0], argv, dict(env))

@@ -76,3 +76,15 @@ def test_healthz_ok_on_real_redis(client: FlaskClient) -> None:
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json == {"status": "ok", "redis": "ok"}
+
+
+def test_serve_runs_the_web_server_alone_on_a_shared_redis(config_file: Path, redis_url: str) -> None:
+    port = testbed.free_port()
+    env = {**os.environ, "REDIS_URL": redis_url}
+    proc = subprocess.Popen([DEPLOYHOOK, "serve", "--config", str(config_file), "--bind", f"127.0.0.1:{port}"], env=env)
+    try:
+        testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook serve to answer /healthz")
+        assert healthz(port) == (200, {"status": "ok", "redis": "ok"})
+    finally:
+        proc.send_signal(signal.SIGTERM)  # it is gunicorn now (exec): a supervisor's signal reaches it
+        assert proc.wait(timeout=30) == 0

@@ -11,6 +11,27 @@ from deploy_config import load_config
 from .base import cli, config_option
 
 
+@cli.command("serve")
+@config_option
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, envvar="DEPLOYHOOK_BIND",
+              help="Address the web server listens on.")  # fmt: skip
+def serve(config_file: Path, bind: str) -> None:
+    """Run the web server alone (gunicorn), for an installation with separate processes.
+
+    Uses REDIS_URL, or the embedded Redis of a running `deployhook up`.
+    """
+    import os
+
+    from deploy_config import commands
+    from deploy_state.connection import redis_url
+
+    from ..service import web_command
+
+    config = load_config(config_file)
+    env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
+    commands.replace_process(web_command(bind), env)
+
+
 @cli.command("worker")
 @config_option
 @click.option(
