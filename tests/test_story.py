@@ -70,7 +70,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     """Ctrl-C, as a person at the terminal would; everything must stop cleanly."""
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=60) == 0
-    assert not testbed.session_pids(proc.pid), "deployhook up left processes behind"
+    # Grandchildren (gunicorn's workers, RQ's work horses) may take a moment more to exit.
+    testbed.wait_for(lambda: not testbed.session_pids(proc.pid), timeout=30, what="every process of `up` to exit")
 
 
 @pytest.fixture
