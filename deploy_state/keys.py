@@ -33,6 +33,10 @@ def queued(env: str) -> str:
     return f"{PREFIX}:env:{env}:queued"
 
 
+def started(env: str) -> str:
+    return f"{PREFIX}:env:{env}:started"
+
+
 def running(env: str) -> str:
     return f"{PREFIX}:env:{env}:running"
 

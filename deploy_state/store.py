@@ -24,6 +24,9 @@ DELIVERY_TTL = 30 * 24 * 3600
 
 _LIST_BATCH = 200
 
+_STARTED_KEPT = 100
+"""Started deployment ids remembered per environment (only the newest is read)."""
+
 _TRIM_BATCH = 500
 
 # Per (record, log) key pair: delete the log of a final deployment and mark its record, in one
@@ -151,6 +154,9 @@ class DeploymentStore:
                         pipe.zrem(keys.queued(env), deployment.id)
                     if status == Status.RUNNING:
                         pipe.set(keys.running(env), deployment.id)
+                        pipe.zadd(keys.started(env), score)
+                        # Only the newest matters (newest_started): keep the set small.
+                        pipe.zremrangebyrank(keys.started(env), 0, -_STARTED_KEPT - 1)
                     if status == Status.SUCCEEDED:
                         pipe.sadd(keys.succeeded_shas(env), deployment.sha)
                     if status in FINAL_STATUSES and current not in FINAL_STATUSES:
@@ -192,6 +198,11 @@ class DeploymentStore:
 
     def newest_queued(self, env: str) -> str | None:
         newest = self.conn.zrevrange(keys.queued(env), 0, 0)
+        return _text(newest[0]) if newest else None
+
+    def newest_started(self, env: str) -> str | None:
+        """The newest deployment of env that ever started running."""
+        newest = self.conn.zrevrange(keys.started(env), 0, 0)
         return _text(newest[0]) if newest else None
 
     def has_succeeded(self, env: str, sha: str) -> bool:

@@ -785,3 +785,17 @@ def test_sigterm_lets_the_running_deployment_finish_and_records_it(
     assert finished.status == Status.SUCCEEDED
     assert step_statuses(finished) == ALL_STEPS_SUCCEEDED
     assert EnvironmentLock(store.conn, "staging", "probe", 1).holder() is None
+
+
+def test_an_older_deployment_never_runs_after_a_newer_one_started(
+    store: DeploymentStore, redis_conn: redis.Redis, deploy_config: DeployConfig
+) -> None:
+    # Two workers: the older job waits for the lock while the newer one is dequeued by the
+    # other worker, runs and finishes. When the older one finally gets the lock, no newer
+    # deployment is queued any more, but it must still not ship its older sha last.
+    older = queued_deployment(store)
+    newer = queued_deployment(store)
+    assert run_deployment(newer.id, testjobs.sleepy_pipeline, redis_conn, deploy_config) == Status.SUCCEEDED
+    assert run_deployment(older.id, testjobs.sleepy_pipeline, redis_conn, deploy_config) == Status.SUPERSEDED
+    stale = store.require(older.id)
+    assert stale.superseded_by == newer.id and stale.steps == []

@@ -61,7 +61,7 @@ def run_deployment(
         if deployment.is_final:
             log.info("deployment %s was %s while it waited; nothing to do", deployment.id, deployment.status)
             return deployment.status
-        newer = _newer_queued(store, deployment)
+        newer = _newer(store, deployment)
         if newer is not None:
             return _supersede(store, deployment, newer, config).status
         try:
@@ -144,10 +144,16 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
     return superseded
 
 
-def _newer_queued(store: DeploymentStore, deployment: Deployment) -> str | None:
-    """The newest queued deployment of the same environment, if it is newer than this one."""
-    newest = store.newest_queued(deployment.environment)
-    return newest if newest is not None and int(newest) > int(deployment.id) else None
+def _newer(store: DeploymentStore, deployment: Deployment) -> str | None:
+    """A newer deployment of the same environment that is queued or has already started, if any.
+
+    A newer one that already started counts too: with two workers, an older deployment still
+    waiting for the lock must not run after the newer one took it, or an old sha would ship last.
+    """
+    env = deployment.environment
+    candidates = [int(i) for i in (store.newest_queued(env), store.newest_started(env)) if i is not None]
+    newest = max(candidates, default=0)
+    return str(newest) if newest > int(deployment.id) else None
 
 
 def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment, config: DeployConfig) -> bool:
@@ -156,7 +162,7 @@ def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: De
         current = store.require(deployment.id)
         if current.is_final:
             return False
-        newer = _newer_queued(store, current)
+        newer = _newer(store, current)
         if newer is not None:
             _supersede(store, current, newer, config)
             return False
