@@ -75,10 +75,17 @@ class Redactor:
 
 
 def config_redactor(config: DeployConfig) -> Redactor:
-    """A redactor for everything secret the config points at: the env file and the webhook secret."""
+    """A redactor for everything secret the config points at: the env file, the webhook secret and every token."""
     env = read_env_file(config.env_file) if config.env_file.is_file() else {}
-    webhook_secret = os.environ.get(config.webhook.secret_env, "")
-    return Redactor.from_env(env, extra=[webhook_secret], public=config.public_env)
+    return Redactor.from_env(env, extra=secret_env_values(config), public=config.public_env)
+
+
+def secret_env_values(config: DeployConfig) -> list[str]:
+    """The values of the variables the config names as secret: webhook secret, API, login and forge tokens."""
+    names = [config.webhook.secret_env, config.api.token_env, config.status_page.login_token_env]
+    reporting = config.reporting
+    names += [reporting.github.token_env if reporting.github else None, reporting.discord_webhook_env]
+    return [os.environ.get(name, "") for name in names if name]
 
 
 def display_url(url: str) -> str:

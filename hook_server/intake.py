@@ -9,12 +9,15 @@ deployment without a lock.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import random
+import time
+from dataclasses import dataclass, field, replace
 
 from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from deploy_config import DeployConfig
+from deploy_config.secrets import config_redactor
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
 from deploy_state.reporting import report
 
@@ -26,7 +29,10 @@ DEPLOY_JOB = "workers.jobs.deploy"
 JOB_RESULT_TTL = 7 * 24 * 3600
 """Seconds RQ keeps a finished job; the deployment record itself is kept regardless."""
 
-_MAX_ATTEMPTS = 10
+_MAX_ATTEMPTS = 50
+_BACKOFF = 0.002
+"""Seconds: a transaction that lost a race waits up to attempt x this (jittered) before retrying, so that
+concurrent pushes to one environment, which all WATCH its head key, take turns instead of colliding again."""
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,9 @@ class Intake:
 
     def submit(self, request: DeployRequest) -> IntakeResult:
         """Record and enqueue the request, or return the deployment an earlier one made."""
+        request = self._redacted(request)
         watched = self.store.intake_keys(request.environment, request.source, request.delivery_id)
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
             with self.conn.pipeline(transaction=True) as pipe:
                 try:
                     pipe.watch(*watched)  # type: ignore[no-untyped-call]
@@ -80,11 +87,26 @@ class Intake:
                     self._write(pipe, deployment, request)
                     pipe.execute()
                 except WatchError:
-                    continue  # another receiver got there first: look again
+                    # Another receiver got there first: look again, after a jittered pause.
+                    time.sleep(random.uniform(0, _BACKOFF * (attempt + 1)))
+                    continue
             self._after_commit(deployment)
             report(self.config, self.store, deployment)
             return IntakeResult(deployment, created=True)
-        raise RuntimeError(f"intake of {request.environment}@{request.sha} kept conflicting; giving up")
+        # A WatchError is a RedisError: the receiver answers 503 and the forge may redeliver.
+        raise WatchError(f"intake of {request.environment}@{request.sha} kept conflicting; giving up")
+
+    def _redacted(self, request: DeployRequest) -> DeployRequest:
+        """The request with known secret values masked in its free text: a pusher may paste one into a commit."""
+        redact = config_redactor(self.config)
+        return replace(
+            request,
+            actor=redact(request.actor),
+            ref=redact(request.ref),
+            message=redact(request.message),
+            commit_url=redact(request.commit_url),
+            reason=redact(request.reason),
+        )
 
     def _existing(self, pipe: Pipeline, request: DeployRequest) -> Deployment | None:
         """The deployment this request duplicates: same delivery, or a branch head already taken."""

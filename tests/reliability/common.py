@@ -1,0 +1,135 @@
+"""Shared helpers for the reliability suite: a real gunicorn, signed deliveries, the figures file."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+import rq
+import testbed
+
+from deploy_state import DeploymentStore
+
+REPO_ROOT = testbed.TESTS.parent
+FIGURES = REPO_ROOT / "test-artifacts" / "reliability.json"
+REPOSITORY = "example/sample-app"
+SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
+TEST_JOB = "testjobs.sleepy"
+
+
+def sign(body: bytes, secret: str = testbed.WEBHOOK_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def push_body(branch: str, sha: str, message: str = "m", pusher: str = "alice") -> bytes:
+    return json.dumps(
+        {
+            "ref": f"refs/heads/{branch}",
+            "after": sha,
+            "repository": {"full_name": REPOSITORY},
+            "pusher": {"name": pusher},
+            "head_commit": {"message": message, "url": "https://example.invalid/c"},
+        }
+    ).encode()
+
+
+def github_headers(body: bytes, delivery: str | None = None, signed: bool = True) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": delivery or str(uuid.uuid4()),
+    }
+    if signed:
+        headers["X-Hub-Signature-256"] = sign(body)
+    return headers
+
+
+def enqueued(conn: redis.Redis) -> int:
+    """Jobs waiting on both deploy queues."""
+    return sum(rq.Queue(f"deploy-{env}", connection=conn).count for env in ("staging", "production"))
+
+
+def recorded(conn: redis.Redis) -> int:
+    """Deployment records in the store."""
+    return len(DeploymentStore(conn).page(limit=1000)[0])
+
+
+def assert_nothing_recorded(conn: redis.Redis) -> None:
+    assert recorded(conn) == 0, "a deployment was recorded"
+    assert enqueued(conn) == 0, "a job was enqueued"
+
+
+def _healthz(port: int) -> bool:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+@contextmanager
+def gunicorn_server(
+    config_file: Path, redis_url: str, log_path: Path, extra_env: Mapping[str, str] | None = None
+) -> Iterator[int]:
+    """gunicorn as service.web_command runs it (2 workers, 8 threads); stderr goes to log_path."""
+    port = testbed.free_port()
+    pythonpath = os.pathsep.join(p for p in (str(testbed.TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    env = {
+        **os.environ,
+        "DEPLOYHOOK_CONFIG": str(config_file),
+        "REDIS_URL": redis_url,
+        SECRET_ENV: testbed.WEBHOOK_SECRET,
+        "DEPLOYHOOK_API_TOKEN": testbed.API_TOKEN,
+        "PYTHONPATH": pythonpath,
+        **(extra_env or {}),
+    }
+    from hook_server.service import web_command
+
+    command = web_command(f"127.0.0.1:{port}")
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+
+        def up() -> bool:
+            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
+            return _healthz(port)
+
+        testbed.wait_for(up, timeout=30, what="gunicorn to answer /healthz")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def record_figures(section: str, values: Mapping[str, Any]) -> None:
+    """Merge one section's figures into the suite's JSON file (a partial run updates only its sections)."""
+    FIGURES.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data: dict[str, Any] = json.loads(FIGURES.read_text())
+    except (OSError, ValueError):
+        data = {}
+    current = data.setdefault(section, {})
+    assert isinstance(current, dict)
+    current.update(values)
+    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+HOSTILE: dict[str, dict[str, int]] = {}
+"""Hostile inputs tried and refused, by category; written to the figures file at the session's end."""
+
+
+def tally(category: str, refused: bool) -> None:
+    counts = HOSTILE.setdefault(category, {"tried": 0, "refused": 0})
+    counts["tried"] += 1
+    counts["refused"] += int(refused)
