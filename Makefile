@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DEPLOYHOOK_CONFIG ?= examples/deploy.yml
 export DEPLOYHOOK_CONFIG
 
-.PHONY: run test lint typecheck check-config clean
+.PHONY: run test lint typecheck check-config bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 
 check-config: $(STAMP)
 	$(BIN)/deployhook config check
+
+# Benchmarks (bench/README.md): each prints a table and writes bench/results/<name>.json.
+bench: $(STAMP)
+	$(BIN)/python bench/intake.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
