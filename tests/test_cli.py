@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 import click
 import pytest
 import redis
-import requests
 import test_pipeline
 import testbed
 import testjobs
@@ -684,24 +683,8 @@ class Service:
 @pytest.fixture
 def service(config_file: Path, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets) -> Iterator[Service]:
     """gunicorn serving the app factory, enqueueing testjobs.sleepy (DEPLOYHOOK_DEPLOY_JOB)."""
-    port = testbed.free_port()
-    env = {**os.environ, "DEPLOYHOOK_CONFIG": str(config_file), "REDIS_URL": redis_url,
-           "DEPLOYHOOK_DEPLOY_JOB": TEST_JOB}  # fmt: skip
-    command = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-               "--no-control-socket", "hook_server:create_app()"]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
-            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
-
-        testbed.wait_for(up, timeout=30, what="gunicorn to answer /healthz")
-        yield Service(url, config_file, redis_url, DeploymentStore(redis_conn))
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with testbed.web_server(config_file, redis_url, {"DEPLOYHOOK_DEPLOY_JOB": TEST_JOB}) as port:
+        yield Service(f"http://127.0.0.1:{port}", config_file, redis_url, DeploymentStore(redis_conn))
 
 
 @pytest.fixture

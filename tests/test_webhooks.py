@@ -11,10 +11,7 @@ import hmac
 import http.client
 import io
 import json
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -35,7 +32,6 @@ from deploy_config import DeployConfig, load_config
 from deploy_state import DeploymentStore, Status, keys
 from hook_server import create_app, rejections, signatures
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 REPOSITORY = "example/sample-app"
 SECRET = testbed.WEBHOOK_SECRET
 STALE_SECRET = "an-old-secret-rotated-away-3c4d"
@@ -734,48 +730,11 @@ def test_no_secret_in_responses_logs_or_audit(
 # --- a real gunicorn server -----------------------------------------------------------------------------------
 
 
-def _healthz(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    finally:
-        conn.close()
-
-
 @pytest.fixture
 def gunicorn_port(small_config_file: Path, redis_url: str, redis_conn: redis.Redis) -> Iterator[int]:
-    """gunicorn serving the app factory (2 workers) with webhook.max_body_bytes = MAX_BODY."""
-    port = testbed.free_port()
-    env = {
-        **os.environ,
-        "DEPLOYHOOK_CONFIG": str(small_config_file),
-        "REDIS_URL": redis_url,
-        SECRET_ENV: SECRET,
-    }
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--workers",
-        "2",
-        "--no-control-socket",
-        "hook_server:create_app()",
-    ]
-    proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT)
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
-            return _healthz(port)
-
-        testbed.wait_for(up, timeout=30, what="gunicorn to answer /healthz")
+    """gunicorn serving the app factory as the Procfile does, with webhook.max_body_bytes = MAX_BODY."""
+    with testbed.web_server(small_config_file, redis_url, {SECRET_ENV: SECRET}) as port:
         yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def raw_request(port: int, head: bytes, body: bytes) -> tuple[int, bytes]:

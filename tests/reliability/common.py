@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import json
-import os
-import subprocess
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -69,47 +66,12 @@ def assert_nothing_recorded(conn: redis.Redis) -> None:
     assert enqueued(conn) == 0, "a job was enqueued"
 
 
-def _healthz(port: int) -> bool:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/healthz")
-        return conn.getresponse().status == 200
-    finally:
-        conn.close()
-
-
-@contextmanager
 def gunicorn_server(
     config_file: Path, redis_url: str, log_path: Path, extra_env: Mapping[str, str] | None = None
-) -> Iterator[int]:
-    """gunicorn as service.web_command runs it (2 workers, 8 threads); stderr goes to log_path."""
-    port = testbed.free_port()
-    pythonpath = os.pathsep.join(p for p in (str(testbed.TESTS), os.environ.get("PYTHONPATH", "")) if p)
-    env = {
-        **os.environ,
-        "DEPLOYHOOK_CONFIG": str(config_file),
-        "REDIS_URL": redis_url,
-        SECRET_ENV: testbed.WEBHOOK_SECRET,
-        "DEPLOYHOOK_API_TOKEN": testbed.API_TOKEN,
-        "PYTHONPATH": pythonpath,
-        **(extra_env or {}),
-    }
-    from hook_server.service import web_command
-
-    command = web_command(f"127.0.0.1:{port}")
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT)
-    try:
-
-        def up() -> bool:
-            assert proc.poll() is None, f"gunicorn exited with {proc.returncode}"
-            return _healthz(port)
-
-        testbed.wait_for(up, timeout=30, what="gunicorn to answer /healthz")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+) -> AbstractContextManager[int]:
+    """gunicorn as service.web_command runs it (2 workers, 8 threads), with the secrets; output to log_path."""
+    secrets = {SECRET_ENV: testbed.WEBHOOK_SECRET, "DEPLOYHOOK_API_TOKEN": testbed.API_TOKEN}
+    return testbed.web_server(config_file, redis_url, {**secrets, **(extra_env or {})}, log_path)
 
 
 def record_figures(section: str, values: Mapping[str, Any]) -> None:
