@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, NoReturn
 
+import psutil
+
 from .errors import CommandFailed
 
 log = logging.getLogger(__name__)
@@ -249,7 +251,12 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
-    """Ask a spawned process to stop (SIGTERM), kill it if it has not within timeout."""
+    """Stop a spawned process and everything it started: SIGTERM, then SIGKILL after timeout.
+
+    Its descendants are looked up first: a gunicorn worker or an RQ work horse whose parent
+    exits is re-parented and would otherwise outlive the service.
+    """
+    family = _descendants(proc.pid)
     if proc.poll() is None:
         proc.terminate()
         try:
@@ -257,7 +264,20 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> int:
         except subprocess.TimeoutExpired:
             log.warning("process %s did not stop within %gs; killing it", proc.args, timeout)
             proc.kill()
-    return proc.wait()
+    code = proc.wait()
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for child in alive:
+        log.warning("process %s (%s) outlived its parent; killing it", child.pid, " ".join(child.cmdline()[:3]))
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+    return code
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return list(psutil.Process(pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+        return []
 
 
 def replace_process(args: Sequence[str], env: Mapping[str, str]) -> NoReturn:

@@ -71,7 +71,14 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     os.killpg(proc.pid, signal.SIGINT)
     assert proc.wait(timeout=60) == 0
     # Grandchildren (gunicorn's workers, RQ's work horses) may take a moment more to exit.
-    testbed.wait_for(lambda: not testbed.session_pids(proc.pid), timeout=30, what="every process of `up` to exit")
+    try:
+        testbed.wait_for(lambda: not testbed.session_pids(proc.pid), timeout=30, what="every process of `up` to exit")
+    except pytest.fail.Exception:
+        left = [
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            for pid in testbed.session_pids(proc.pid)
+        ]
+        pytest.fail(f"deployhook up left processes behind: {left}", pytrace=False)
 
 
 @pytest.fixture
