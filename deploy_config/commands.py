@@ -241,11 +241,16 @@ def _feed(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], failed: list[B
 def spawn(
     args: Sequence[str], *, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start a long-running process (a server) that the caller supervises."""
+    """Start a long-running process (a server) that the caller supervises.
+
+    In its own session: a terminal's Ctrl-C reaches only the supervisor, which then stops
+    each child with one SIGTERM. (gunicorn's threaded workers deadlock when they get the
+    terminal's SIGINT and their master's SIGQUIT at once.)
+    """
     argv = [str(arg) for arg in args]
     log.debug("starting %s", argv)
     try:
-        return subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd)
+        return subprocess.Popen(argv, env=dict(env) if env is not None else None, cwd=cwd, start_new_session=True)
     except FileNotFoundError:
         raise CommandFailed(argv, None, "", reason=f"{argv[0]} not found; install it or put it on PATH") from None
 
