@@ -18,6 +18,7 @@ from typing import Any
 import requests
 
 from deploy_config import EnvironmentConfig
+from deploy_config.health import Health, probe_health
 
 log = logging.getLogger(__name__)
 
@@ -29,15 +30,6 @@ DOCKER_TIMEOUT = 2.0
 
 GATHER_TIMEOUT = 5.0
 """Seconds the page waits for all probes together before it reports the missing ones as timed out."""
-
-
-@dataclass(frozen=True)
-class Health:
-    ok: bool
-    reason: str
-    """'ok', or why not: no answer, an HTTP status, a status other than ok."""
-    version: str = ""
-    """The version (git sha) the app reports, when it does."""
 
 
 @dataclass(frozen=True)
@@ -63,28 +55,6 @@ class Containers:
 class Live:
     health: Health
     containers: Containers
-
-
-def probe_health(url: str, timeout: float = HEALTH_TIMEOUT) -> Health:
-    """One GET of the health URL: ok when it answers 200 with JSON status ok."""
-    try:
-        response = requests.get(url, timeout=timeout, allow_redirects=False)
-    except requests.Timeout:
-        return Health(False, f"no answer within {timeout:g}s")
-    except requests.RequestException as exc:
-        return Health(False, f"no answer ({type(exc).__name__})")
-    if response.status_code != 200:
-        return Health(False, f"HTTP {response.status_code}")
-    try:
-        body = response.json()
-    except ValueError:
-        return Health(False, "the answer is not JSON")
-    if not isinstance(body, dict):
-        return Health(False, "the answer is not a JSON object")
-    version = str(body.get("version") or "")
-    if body.get("status") != "ok":
-        return Health(False, f"status is {str(body.get('status'))[:40]!r}, not 'ok'", version)
-    return Health(True, "ok", version)
 
 
 def list_containers(project: str | None, timeout: float = DOCKER_TIMEOUT) -> Containers:
@@ -140,7 +110,7 @@ def gather(environments: Mapping[str, EnvironmentConfig]) -> dict[str, Live]:
     deadline = time.monotonic() + GATHER_TIMEOUT
     pool = ThreadPoolExecutor(max_workers=2 * len(environments), thread_name_prefix="status-probe")
     try:
-        health = {name: pool.submit(probe_health, env.health_url) for name, env in environments.items()}
+        health = {name: pool.submit(probe_health, env.health_url, HEALTH_TIMEOUT) for name, env in environments.items()}
         containers = {name: pool.submit(list_containers, env.project) for name, env in environments.items()}
         return {
             name: Live(

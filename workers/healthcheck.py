@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import time
 
-import requests
-
 from deploy_config.errors import HealthCheckFailed
+from deploy_config.health import probe_health
 
 from .context import DeploymentContext
 
@@ -16,22 +15,11 @@ PROBE_TIMEOUT = 3.0
 
 def probe(url: str, sha: str) -> str | None:
     """None when url answers 200 with JSON status ok (and version == sha when it names one); else why not."""
-    try:
-        response = requests.get(url, timeout=PROBE_TIMEOUT)
-    except requests.RequestException as exc:
-        return f"no answer ({type(exc).__name__})"
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
-    try:
-        body = response.json()
-    except ValueError:
-        return "the body is not JSON"
-    if not isinstance(body, dict) or body.get("status") != "ok":
-        status = body.get("status") if isinstance(body, dict) else None
-        return f"status is {status!r}, not 'ok'"
-    version = body.get("version")
-    if version is not None and str(version) != sha:
-        return f"version is {str(version)[:12]}, not {sha[:12]} (the old release is still answering)"
+    health = probe_health(url, PROBE_TIMEOUT)
+    if not health.ok:
+        return health.reason
+    if health.version and health.version != sha:
+        return f"version is {health.version[:12]}, not {sha[:12]} (the old release is still answering)"
     return None
 
 

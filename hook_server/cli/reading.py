@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
-import requests
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
+from deploy_config.health import probe_health
 from deploy_state import Deployment, DeploymentStore
 
 from .base import cli, config_option, open_store, output_redactor, require_env
@@ -91,22 +91,14 @@ def probe_all(envs: list[EnvironmentConfig]) -> dict[str, str]:
 
 def probe(env: EnvironmentConfig) -> str:
     """`ok <version>`, or why the health URL is not healthy: HTTP 503, unreachable, timed out."""
-    try:
-        response = requests.get(env.health_url, timeout=defaults.HEALTH_PROBE_TIMEOUT)
-    except requests.Timeout:
+    health = probe_health(env.health_url, defaults.HEALTH_PROBE_TIMEOUT)
+    if health.timed_out:
         return "timed out"
-    except requests.RequestException:
+    if not health.answered:
         return "unreachable"
-    if response.status_code != 200:
-        return f"HTTP {response.status_code}"
-    try:
-        body = response.json()
-    except ValueError:
-        return "not JSON"
-    if not isinstance(body, dict) or body.get("status") != "ok":
-        return f"status {body.get('status') if isinstance(body, dict) else body!r}"
-    version = body.get("version")
-    return f"ok {version[:SHORT_SHA]}" if isinstance(version, str) and version else "ok"
+    if not health.ok:
+        return health.reason
+    return f"ok {health.version[:SHORT_SHA]}" if health.version else "ok"
 
 
 @cli.command("logs")
