@@ -35,16 +35,20 @@ class Reply:
     body: dict[str, Any]
 
 
-def api_token(config: DeployConfig) -> str:
-    """The API token from the variable api.token_env names; MissingSecret when it is not set."""
-    name = config.api.token_env
-    token = os.environ.get(name, "")
-    if not token:
+def secret_from_env(config: DeployConfig, name: str, field: str, need: str, what: str) -> str:
+    """The `what` held by the variable `field` (in deploy.yml) names; MissingSecret saying `need` when unset."""
+    value = os.environ.get(name, "")
+    if not value:
         raise MissingSecret(
-            f"{name} is not set: the CLI acts through the service's API and needs its token "
-            f"(api.token_env in {config.source}); set it to the token the service runs with"
+            f"{name} is not set: {need} ({field} in {config.source}); set it to the {what} the service runs with"
         )
-    return token
+    return value
+
+
+def api_token(config: DeployConfig) -> str:
+    """The API token from the variable api.token_env names."""
+    need = "the CLI acts through the service's API and needs its token"
+    return secret_from_env(config, config.api.token_env, "api.token_env", need, "token")
 
 
 class ServiceClient:

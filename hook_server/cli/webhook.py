@@ -18,7 +18,7 @@ from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_con
 from ..pushes import SHA
 from ..refs import resolve_ref
 from .base import cli, config_option, require_env, url_option
-from .client import MissingSecret, ServiceClient
+from .client import ServiceClient, secret_from_env
 from .display import summary
 
 PUSHER = "deployhook-simulate-push"
@@ -62,14 +62,9 @@ def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
 
 
 def webhook_secret(config: DeployConfig) -> str:
-    name = config.webhook.secret_env
-    secret = os.environ.get(name, "")
-    if not secret:
-        raise MissingSecret(
-            f"{name} is not set: simulate-push signs the push with the webhook secret "
-            f"(webhook.secret_env in {config.source}); set it to the secret the service runs with"
-        )
-    return secret
+    """The webhook secret from the variable webhook.secret_env names."""
+    need = "simulate-push signs the push with the webhook secret"
+    return secret_from_env(config, config.webhook.secret_env, "webhook.secret_env", need, "secret")
 
 
 def push_payload(config: DeployConfig, env: EnvironmentConfig, sha: str) -> dict[str, Any]:
