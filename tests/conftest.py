@@ -55,6 +55,7 @@ def docker_client() -> Iterator[docker.DockerClient]:
         testbed.unavailable(reason)
     client = docker.from_env()
     yield client
+    testbed.remove_run_images(client)
     client.close()
 
 

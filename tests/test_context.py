@@ -52,7 +52,7 @@ def test_log_masks_the_env_files_secrets(context: DeploymentContext) -> None:
 def test_a_docker_engine_that_went_away_is_a_plain_deploy_error(context: DeploymentContext) -> None:
     context._docker = docker.DockerClient(base_url=f"tcp://127.0.0.1:{testbed.free_port()}", version="1.41")
     with pytest.raises(DeployError) as raised, context.step("build"):
-        context.docker.images.get("sample-app:latest-staging")
+        context.docker.images.get(f"{testbed.APP_IMAGE}:latest-staging")
     message = str(raised.value)
     assert message.startswith("the Docker engine failed during build:")
     assert "check that dockerd is running and reachable" in message

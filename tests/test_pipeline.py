@@ -222,8 +222,8 @@ def test_staging_push_deploys_backs_up_and_production_promotes_the_same_image(be
     promoted = bed.deploy("production", second)
     assert promoted.status == Status.SUCCEEDED, promoted.reason
     assert promoted.images == redeployed.images
-    assert f"sample-app:{second} already built" in bed.log(promoted)
-    assert running_image_ids(bed, "production")["app"] == redeployed.images["sample-app"]
+    assert f"{testbed.APP_IMAGE}:{second} already built" in bed.log(promoted)
+    assert running_image_ids(bed, "production")["app"] == redeployed.images[testbed.APP_IMAGE]
     assert bed.health("production") == {"status": "ok", "version": second, "environment": "production"}
     # Both stacks side by side, each still healthy and isolated.
     assert bed.health("staging")["version"] == second
@@ -257,7 +257,7 @@ def test_failed_build_touches_nothing(bed: Bed) -> None:
     assert "/bin/false" in bed.log(failed)
     assert bed.health("staging")["version"] == good
     assert running_image_ids(bed, "staging") == before
-    assert image_id(bed, "sample-app:latest-staging") == before["app"]
+    assert image_id(bed, f"{testbed.APP_IMAGE}:latest-staging") == before["app"]
 
 
 @pytest.mark.parametrize("bed_overrides", [{"staging": {"health_timeout": 5}}])
@@ -271,7 +271,7 @@ def test_unhealthy_release_is_rolled_back(bed: Bed) -> None:
     assert step_statuses(rolled)["health"] == "failed"
     assert step_statuses(rolled)["rollback"] == "succeeded"
     assert bed.health("staging")["version"] == good
-    assert image_id(bed, "sample-app:latest-staging") == image_id(bed, f"sample-app:{good}")
+    assert image_id(bed, f"{testbed.APP_IMAGE}:latest-staging") == image_id(bed, f"{testbed.APP_IMAGE}:{good}")
     # The record says where the pre-rollout backup is and how to restore it.
     assert f"deployhook backups restore staging {rolled.backup} --yes" in rolled.reason
 
@@ -329,12 +329,12 @@ def test_cleanup_keeps_the_last_releases_of_the_environment_only(bed: Bed) -> No
         releases.append(bed.commit(message=f"release {n}"))
         assert bed.deploy("staging", releases[-1]).status == Status.SUCCEEDED
     for sha in releases[-2:]:
-        image_id(bed, f"sample-app:{sha}")  # kept: the last two staging releases
+        image_id(bed, f"{testbed.APP_IMAGE}:{sha}")  # kept: the last two staging releases
     for sha in releases[1:-2]:
         with pytest.raises(docker.errors.ImageNotFound):
-            image_id(bed, f"sample-app:{sha}")
+            image_id(bed, f"{testbed.APP_IMAGE}:{sha}")
     # Production's release is older than staging's last two, but production keeps it.
-    image_id(bed, f"sample-app:{shared}")
+    image_id(bed, f"{testbed.APP_IMAGE}:{shared}")
     assert bed.health("production")["version"] == shared
 
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+import docker
 import git
 import pytest
 import redis
@@ -28,7 +29,12 @@ TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 SAMPLE_APP = FIXTURES / "sample_app"
 POSTGRES_IMAGE = "deployhook-test/postgres:15"
-SAMPLE_IMAGES = ("sample-app", "sample-app-discord")
+RUN_ID = uuid.uuid4().hex[:6]
+# Per-run image names (the compose files read them from APP_IMAGE and DISCORD_IMAGE): the
+# current tag <image>:latest-<env> is moved by every deployment, so two test runs (or a test
+# run and a benchmark) on one Docker engine must not share it.
+SAMPLE_IMAGES = (f"sample-app-{RUN_ID}", f"sample-app-discord-{RUN_ID}")
+APP_IMAGE, DISCORD_IMAGE = SAMPLE_IMAGES
 IN_CI = os.environ.get("CI", "").lower() == "true"
 WEBHOOK_SECRET = "webhook-secret-for-tests-5e1f"
 API_TOKEN = "api-token-for-tests-9c2d"
@@ -298,6 +304,15 @@ def compose_unavailable_reason() -> str | None:
     return None
 
 
+def remove_run_images(client: docker.DockerClient) -> None:
+    """Remove every tag of this run's sample-app images, so test runs do not fill the disk."""
+    for name in SAMPLE_IMAGES:
+        for image in client.images.list(name=name):
+            for tag in image.tags:
+                with suppress(docker.errors.APIError):
+                    client.images.remove(tag, force=True)
+
+
 def ensure_postgres_image() -> str:
     """Build the local PostgreSQL 15 image unless it already exists (the script checks)."""
     result = subprocess.run(
@@ -330,7 +345,7 @@ def sample_config(
         "staging": {"APP_PORT": free_port(), "DB_PORT": free_port()},
         "production": {"APP_PORT": free_port()},
     }
-    images = [{"name": "sample-app"}, {"name": "sample-app-discord", "service": "discord"}]
+    images = [{"name": APP_IMAGE}, {"name": DISCORD_IMAGE, "service": "discord"}]
     environments = {}
     for env in ("staging", "production"):
         environments[env] = {
@@ -342,7 +357,11 @@ def sample_config(
             "health_timeout": 60,
             "database": {"service": "db"},
             "backups": {"dir": str(state_dir / "backups" / env)},
-            "compose_env": {key: str(value) for key, value in ports[env].items()},
+            "compose_env": {
+                **{key: str(value) for key, value in ports[env].items()},
+                "APP_IMAGE": APP_IMAGE,
+                "DISCORD_IMAGE": DISCORD_IMAGE,
+            },
         }
     config: dict[str, object] = {
         "repository": {"url": repo_url, "full_name": "example/sample-app"},
