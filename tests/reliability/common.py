@@ -87,6 +87,14 @@ def record_figures(section: str, values: Mapping[str, Any]) -> None:
     FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def record_fault(name: str, what: str, outcome: str, injected: int = 1, survived: int = 1) -> None:
+    """One fault-injection test's figures: what was done, how often, and the outcome it checked.
+
+    Call it after the test's assertions passed, so survived counts only faults that were survived.
+    """
+    record_figures("faults", {name: {"what": what, "injected": injected, "survived": survived, "outcome": outcome}})
+
+
 HOSTILE: dict[str, dict[str, int]] = {}
 """Hostile inputs tried and refused, by category; written to the figures file at the session's end."""
 
