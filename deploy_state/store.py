@@ -19,9 +19,6 @@ from .models import FINAL_STATUSES, Deployment, Status, Step
 AUDIT_MAXLEN = 100_000
 """Audit entries kept (approximately); older ones are trimmed so Redis cannot grow without bound."""
 
-DELIVERY_TTL = 30 * 24 * 3600
-"""Seconds a delivery id is remembered; GitHub lets one redeliver for about that long."""
-
 _LIST_BATCH = 200
 
 _STARTED_KEPT = 100
@@ -242,36 +239,6 @@ class DeploymentStore:
             for deployment_id in ids:
                 pipe.hgetall(keys.deployment(deployment_id))
             return [Deployment.from_hash(data) for data in pipe.execute() if data]
-
-    # --- intake: deliveries and branch heads ------------------------------------------
-
-    @staticmethod
-    def intake_keys(environment: str, source: str, delivery_id: str) -> list[str]:
-        """The keys an intake transaction must WATCH: the branch head and the delivery."""
-        watched = [keys.head(environment)]
-        if delivery_id:
-            watched.append(keys.delivery(source, delivery_id))
-        return watched
-
-    def delivered(self, pipe: Pipeline, source: str, delivery_id: str) -> Deployment | None:
-        """The deployment an earlier delivery with this id made."""
-        known = pipe.get(keys.delivery(source, delivery_id))
-        return None if known is None else self.get(_text(known))
-
-    def head_deployment(self, pipe: Pipeline, environment: str, sha: str) -> Deployment | None:
-        """The deployment made for the branch head `sha`, if that is the head last seen."""
-        head = pipe.get(keys.head(environment))
-        if head is None:
-            return None
-        seen = json.loads(head)
-        return self.get(seen["deployment_id"]) if seen["sha"] == sha else None
-
-    def mark_delivery(self, pipe: Pipeline, source: str, delivery_id: str, deployment_id: str) -> None:
-        pipe.set(keys.delivery(source, delivery_id), deployment_id, ex=DELIVERY_TTL)
-
-    def mark_head(self, pipe: Pipeline, deployment: Deployment) -> None:
-        head = {"sha": deployment.sha, "deployment_id": deployment.id}
-        pipe.set(keys.head(deployment.environment), json.dumps(head))
 
     # --- steps -----------------------------------------------------------------------
 

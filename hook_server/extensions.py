@@ -35,4 +35,4 @@ def store() -> DeploymentStore:
 
 
 def intake() -> Intake:
-    return Intake(deploy_config(), redis_conn(), job=current_app.config["DEPLOY_JOB"])
+    return Intake(deploy_config(), redis_conn(), job=current_app.config["DEPLOY_JOB"], report_in_background=True)

@@ -1,24 +1,28 @@
 """Intake: turning a push, a poll or an API request into exactly one recorded, queued deployment.
 
-Recording, enqueueing and marking the delivery as seen happen in one Redis transaction,
-so a delivery is never marked seen without its deployment, and a redelivery after a
-failure (503) works. WATCH makes concurrent receivers of one delivery agree on one
-deployment without a lock.
+Two round trips per push: a claim (deploy_state/claims.py: one Lua script checks and claims
+the delivery and the branch head, and allocates the id), then one MULTI that records the
+deployment, enqueues its job and audits it. Concurrent receivers of one delivery agree on
+one deployment; concurrent pushes to one environment do not contend. A request whose MULTI
+fails releases its claim, so a redelivery after the 503 makes the deployment.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
-from redis import Redis, WatchError
+from redis import Redis
 from redis.client import Pipeline
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import config_redactor
+from deploy_config.secrets import Redactor, config_redactor
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
+from deploy_state.claims import CLAIM_GRACE, Claim, Claims
+from deploy_state.reporting import enabled as reporting_enabled
 from deploy_state.reporting import report
 
 log = logging.getLogger(__name__)
@@ -29,10 +33,11 @@ DEPLOY_JOB = "workers.jobs.deploy"
 JOB_RESULT_TTL = 7 * 24 * 3600
 """Seconds RQ keeps a finished job; the deployment record itself is kept regardless."""
 
-_MAX_ATTEMPTS = 50
-_BACKOFF = 0.002
-"""Seconds: a transaction that lost a race waits up to attempt x this (jittered) before retrying, so that
-concurrent pushes to one environment, which all WATCH its head key, take turns instead of colliding again."""
+_CLAIM_POLL = 0.005
+"""Seconds between looks for the record of a delivery or head another request has just claimed."""
+
+_REPORTERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="deployhook-report")
+"""Sends the web process's 'queued' reports: GitHub and chat calls must not hold up the forge's request."""
 
 
 @dataclass(frozen=True)
@@ -64,41 +69,48 @@ class IntakeResult:
 class Intake:
     """Records and enqueues deployments on an explicitly passed Redis connection."""
 
-    def __init__(self, config: DeployConfig, connection: Redis, job: str = DEPLOY_JOB) -> None:
+    def __init__(
+        self, config: DeployConfig, connection: Redis, job: str = DEPLOY_JOB, report_in_background: bool = False
+    ) -> None:
         self.config = config
         self.conn = connection
         self.store = DeploymentStore(connection)
+        self.claims = Claims(connection)
         self.job = job
+        self.report_in_background = report_in_background
 
     def submit(self, request: DeployRequest) -> IntakeResult:
         """Record and enqueue the request, or return the deployment an earlier one made."""
         request = self._redacted(request)
-        watched = self.store.intake_keys(request.environment, request.source, request.delivery_id)
-        for attempt in range(_MAX_ATTEMPTS):
+        claim = self._claim(request)
+        while claim.taken:
+            existing = self._await_record(claim)
+            if existing is not None:
+                return IntakeResult(existing, created=False)
+            # The holder died between claiming and recording: this request makes the deployment.
+            log.warning("claim of deployment %s was abandoned; taking it over", claim.deployment_id)
+            claim = self._claim(request, abandoned=claim.deployment_id)
+        deployment = self._new_deployment(request, claim.deployment_id)
+        try:
             with self.conn.pipeline(transaction=True) as pipe:
-                try:
-                    pipe.watch(*watched)  # type: ignore[no-untyped-call]
-                    existing = self._existing(pipe, request)
-                    if existing is not None:
-                        pipe.reset()
-                        return IntakeResult(existing, created=False)
-                    deployment = self._new_deployment(request)
-                    pipe.multi()
-                    self._write(pipe, deployment, request)
-                    pipe.execute()
-                except WatchError:
-                    # Another receiver got there first: look again, after a jittered pause.
-                    time.sleep(random.uniform(0, _BACKOFF * (attempt + 1)))
-                    continue
-            self._after_commit(deployment)
-            report(self.config, self.store, deployment)
-            return IntakeResult(deployment, created=True)
-        # A WatchError is a RedisError: the receiver answers 503 and the forge may redeliver.
-        raise WatchError(f"intake of {request.environment}@{request.sha} kept conflicting; giving up")
+                pipe.multi()  # explicitly: RQ's enqueue on a pipeline calls multi() unless one was
+                self._write(pipe, deployment, request)
+                pipe.execute()
+        except BaseException:
+            self._release(request, claim)
+            raise
+        self._after_commit(deployment)
+        self._report(deployment)
+        return IntakeResult(deployment, created=True)
+
+    @cached_property
+    def redactor(self) -> Redactor:
+        """Read once per Intake; the web app makes one per request, so an edited env file counts at once."""
+        return config_redactor(self.config)
 
     def _redacted(self, request: DeployRequest) -> DeployRequest:
         """The request with known secret values masked in its free text: a pusher may paste one into a commit."""
-        redact = config_redactor(self.config)
+        redact = self.redactor
         return replace(
             request,
             actor=redact(request.actor),
@@ -108,21 +120,44 @@ class Intake:
             reason=redact(request.reason),
         )
 
-    def _existing(self, pipe: Pipeline, request: DeployRequest) -> Deployment | None:
-        """The deployment this request duplicates: same delivery, or a branch head already taken."""
-        if request.delivery_id:
-            delivered = self.store.delivered(pipe, request.source, request.delivery_id)
-            if delivered is not None:
-                return delivered
-        if request.trigger in (Trigger.WEBHOOK, Trigger.POLL):
-            return self.store.head_deployment(pipe, request.environment, request.sha)
-        return None
-
-    def _new_deployment(self, request: DeployRequest) -> Deployment:
-        blocked = self._promotion_block(request)
-        return self.store.new(
+    def _claim(self, request: DeployRequest, abandoned: str = "") -> Claim:
+        return self.claims.claim(
             request.environment,
             request.sha,
+            source=request.source,
+            delivery_id=request.delivery_id,
+            track_head=_tracks_head(request),
+            abandoned=abandoned,
+        )
+
+    def _release(self, request: DeployRequest, claim: Claim) -> None:
+        try:
+            self.claims.release(
+                claim,
+                request.environment,
+                source=request.source,
+                delivery_id=request.delivery_id,
+                track_head=_tracks_head(request),
+            )
+        except Exception:  # noqa: BLE001 - the original error matters more; an unreleased claim lapses
+            log.warning("could not release the claim of deployment %s", claim.deployment_id, exc_info=True)
+
+    def _await_record(self, claim: Claim) -> Deployment | None:
+        """The deployment a taken claim stands for, once recorded; None once the claim is abandoned."""
+        deadline = time.monotonic() + max(0.0, CLAIM_GRACE - claim.age)
+        while True:
+            deployment = self.store.get(claim.deployment_id)
+            if deployment is not None or time.monotonic() > deadline:
+                return deployment
+            time.sleep(_CLAIM_POLL)
+
+    def _new_deployment(self, request: DeployRequest, deployment_id: str) -> Deployment:
+        blocked = self._promotion_block(request)
+        return Deployment(
+            id=deployment_id,
+            environment=request.environment,
+            sha=request.sha,
+            created_at=time.time(),
             ref=request.ref,
             repository=request.repository,
             pusher=request.actor,
@@ -160,10 +195,6 @@ class Intake:
                 description=f"deploy {deployment.environment} {deployment.sha[:12]} (#{deployment.id})",
                 pipeline=pipe,
             )
-        if request.trigger in (Trigger.WEBHOOK, Trigger.POLL):
-            self.store.mark_head(pipe, deployment)
-        if request.delivery_id:
-            self.store.mark_delivery(pipe, request.source, request.delivery_id, deployment.id)
         self.store.audit(
             "deploy",
             request.actor,
@@ -182,7 +213,20 @@ class Intake:
             log.warning("deployment %s of %s blocked: %s", deployment.id, env.name, deployment.reason)
             return
         log.info("deployment %s queued: %s@%s", deployment.id, env.name, deployment.sha[:12])
-        running = self.store.running(env.name)
-        if env.cancel_running and running is not None:
+        running = self.store.running(env.name) if env.cancel_running else None
+        if running is not None:
             self.store.request_cancel(running, by=deployment.id)
             log.info("deployment %s will stop at its next step: superseded by %s", running, deployment.id)
+
+    def _report(self, deployment: Deployment) -> None:
+        if not reporting_enabled(self.config):
+            return
+        if self.report_in_background:
+            _REPORTERS.submit(report, self.config, self.store, deployment)
+        else:
+            report(self.config, self.store, deployment)
+
+
+def _tracks_head(request: DeployRequest) -> bool:
+    """Pushes and polls record the branch head they saw; API requests deploy on demand."""
+    return request.trigger in (Trigger.WEBHOOK, Trigger.POLL)

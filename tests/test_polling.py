@@ -310,14 +310,16 @@ def test_poll_forever_survives_git_missing_from_path(
 def test_poll_forever_survives_an_unexpected_error(
     deploy_config: DeployConfig, redis_conn: redis.Redis, staging_sha: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A corrupt branch-head record makes intake fail with a non-deploy error; polling goes on."""
+    """A corrupt deployment record (the one the branch head names) makes intake fail with a non-deploy error;
+    polling goes on."""
     caplog.set_level(logging.WARNING, logger=POLL_LOGGER)
-    redis_conn.set(keys.head("staging"), "not json")
+    redis_conn.set(keys.head("staging"), json.dumps({"sha": staging_sha, "deployment_id": "1", "at": 0}))
+    redis_conn.hset(keys.deployment("1"), "status", "not json")
 
     with poller(deploy_config, redis_conn) as thread:
         testbed.wait_for(lambda: len(poll_records(caplog, logging.ERROR)) >= 2, timeout=15, what="errors logged")
         assert thread.is_alive()
-        redis_conn.delete(keys.head("staging"))
+        redis_conn.delete(keys.deployment("1"))
         testbed.wait_for(lambda: len(deployments(redis_conn)) == 1, timeout=15, what="a poll after the repair")
 
     assert poll_records(caplog, logging.ERROR)[0].exc_info is not None

@@ -488,7 +488,30 @@ def test_redis_down_is_503_and_the_delivery_can_be_redelivered(
     again = deliver(client, push_payload(), delivery="delivery-while-down")
     assert again.status_code == 202, again.get_data(as_text=True)
     assert queue(redis_conn).job_ids == [f"deployment-{json_of(again)['deployment_id']}"]
-    assert redis_conn.get(keys.delivery("github", "delivery-while-down")) == json_of(again)["deployment_id"].encode()
+    claimed = json.loads(redis_conn.get(keys.delivery("github", "delivery-while-down")) or "{}")
+    assert claimed["deployment_id"] == json_of(again)["deployment_id"]
+
+
+def test_a_delivery_whose_recording_fails_after_its_claim_can_be_redelivered(
+    app: Flask, client: FlaskClient, deploy_config: DeployConfig, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    """Claimed, then the MULTI that records it fails: the claim is released and a redelivery deploys."""
+    # A real Redis user that may run the claim script but not write deployment records (HSET).
+    redis_conn.execute_command("ACL", "SETUSER", "nohset", "on", ">pw", "~*", "+@all", "-hset")
+    try:
+        limited = create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": redis_url.replace("://", "://nohset:pw@")})
+        failed = deliver(limited.test_client(), push_payload(), delivery="claimed-then-failed")
+        assert failed.status_code == 503
+        assert redis_conn.get(keys.sequence()) == b"1", "the claim ran and allocated an id"
+        assert redis_conn.get(keys.delivery("github", "claimed-then-failed")) is None
+        assert redis_conn.get(keys.head("staging")) is None
+    finally:
+        redis_conn.execute_command("ACL", "DELUSER", "nohset")
+    assert queue(redis_conn).job_ids == []
+
+    again = deliver(client, push_payload(), delivery="claimed-then-failed")
+    assert again.status_code == 202, again.get_data(as_text=True)
+    assert queue(redis_conn).job_ids == [f"deployment-{json_of(again)['deployment_id']}"]
 
 
 def test_redis_down_still_refuses_forgeries_and_answers_ignored_events(down_app: Flask) -> None:
