@@ -40,7 +40,7 @@ from test_queueing import WorkerProcess, running_worker
 
 from deploy_config import CommandFailed, DeployConfig, commands, load_config, parse_config
 from deploy_config.errors import BackupFailed
-from deploy_state import Deployment, DeploymentStore, Status, Step, queue_for
+from deploy_state import Deployment, DeploymentStore, Status, Step, keys, queue_for
 from hook_server import create_app
 from hook_server.cli import cli
 from hook_server.cli.display import clock, duration, size
@@ -884,7 +884,10 @@ def run_deployhook(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(DEPLOYHOOK), *args], capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_backups_restore_round_trip(bed: test_pipeline.Bed, tmp_path: Path) -> None:
+def test_backups_restore_round_trip(
+    bed: test_pipeline.Bed, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)  # the store the service uses: the restore locks and audits there
     assert bed.deploy("staging", bed.commit()).status == Status.SUCCEEDED
     bed.psql("staging", "CREATE TABLE visits (id int PRIMARY KEY, note text); "
                         "INSERT INTO visits SELECT g, 'before' FROM generate_series(1, 42) g;")  # fmt: skip
@@ -906,6 +909,17 @@ def test_backups_restore_round_trip(bed: test_pipeline.Bed, tmp_path: Path) -> N
     assert (corrupt.returncode, corrupt.stderr) == (
         1, f"Error: refusing to restore: {truncated} is not a readable gzip file: it is truncated\n"
     )  # fmt: skip
+    assert visits() == after
+
+    # While a deployment holds the environment's lock, a restore refuses and changes nothing.
+    bed.conn.set(keys.lock("staging"), "deployment-99@host:1", px=60_000)
+    busy = run_deployhook("backups", "restore", "staging", backup.name, "--yes")
+    assert busy.returncode == 1
+    assert busy.stderr == (
+        "Error: staging is busy (deployment-99@host:1 holds its lock); nothing was restored: "
+        "wait until `deployhook status` shows no deployment of staging running, then retry\n"
+    )
+    bed.conn.delete(keys.lock("staging"))
     assert visits() == after
 
     before = set(backup.parent.iterdir())
@@ -933,6 +947,9 @@ def test_backups_restore_round_trip(bed: test_pipeline.Bed, tmp_path: Path) -> N
     assert 'relation "no_such_table" does not exist' in rolled_back.stderr
     assert visits() == "42|42"
     assert bed.psql("staging", "SELECT to_regclass('public.half') IS NULL;") == "t"
+    restores = [(e["outcome"], e["backup"]) for e in bed.store.audit_entries() if e["action"] == "restore"]
+    assert restores == [("failed", str(failing)), ("restored", str(backup))]  # newest first
+    assert bed.conn.get(keys.lock("staging")) is None
 
     # The fresh backup brings back what the restore replaced.
     undo = run_deployhook("backups", "restore", "staging", str(fresh), "--yes")

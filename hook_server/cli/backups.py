@@ -2,21 +2,31 @@
 
 Restore runs here, not through the service: the backups and the environment's worktree are
 files on this host, and the restore is the operator's deliberate act (--yes). It takes a fresh
-backup first, so the database as it was can always be had back the same way. Worker code is
-imported inside the commands: only these commands need Docker's side of deployhook.
+backup first, so the database as it was can always be had back the same way. It holds the
+environment's lock meanwhile, as a deployment does (a deployment pushed during a restore waits
+for it), and writes the outcome to the audit trail. Worker code is imported inside the
+commands: only these commands need Docker's side of deployhook.
 """
 
 from __future__ import annotations
 
+import getpass
+import os
 import re
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from redis import RedisError
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
 from deploy_config.compose import ComposeProject
 from deploy_config.errors import BackupFailed
+from deploy_state import DeploymentStore, EnvironmentLock, LeaseKeeper
+from deploy_state.connection import connect
 
 from .base import cli, config_option, require_env
 from .display import size, table, timestamp
@@ -26,6 +36,10 @@ _TAKEN = re.compile(r"_(\d{8}_\d{6})\.sql\.gz$")
 
 class NotDeployed(DeployError):
     """The environment has no worktree (or no running database) to restore into."""
+
+
+class EnvironmentBusy(DeployError):
+    """A deployment (or another restore) holds the environment's lock."""
 
 
 @cli.group("backups")
@@ -133,15 +147,53 @@ def _restore(config: DeployConfig, env: EnvironmentConfig, backup: Path) -> None
         )
     redact = config_redactor(config)
     user, name = database_credentials(config, env)
-    click.echo(f"Taking a fresh backup of {env.name}'s database {name!r} first...")
-    try:
-        fresh = dump_database(project, env, user, name, lambda line: click.echo(f"  {line}"), redact)
-    except DeployError as exc:
-        raise BackupFailed(f"the fresh backup failed, so nothing was restored: {exc}") from None
-    click.echo(f"Restoring {backup} into {name!r}...")
-    restore_database(project, env, user, name, backup, lambda line: click.echo(f"  {line}"), redact)
+    with _environment_locked(config, env) as store:
+        outcome = "failed"
+        try:
+            click.echo(f"Taking a fresh backup of {env.name}'s database {name!r} first...")
+            try:
+                fresh = dump_database(project, env, user, name, lambda line: click.echo(f"  {line}"), redact)
+            except DeployError as exc:
+                raise BackupFailed(f"the fresh backup failed, so nothing was restored: {exc}") from None
+            click.echo(f"Restoring {backup} into {name!r}...")
+            restore_database(project, env, user, name, backup, lambda line: click.echo(f"  {line}"), redact)
+            outcome = "restored"
+        finally:
+            if store is not None:
+                store.audit("restore", getpass.getuser(), outcome, environment=env.name, backup=str(backup))
     click.echo(f"Restored {backup.name} into the database {name!r} of {env.name}.")
     click.echo(f"The database as it was is in {fresh}: deployhook backups restore {env.name} {fresh} --yes")
+
+
+@contextmanager
+def _environment_locked(config: DeployConfig, env: EnvironmentConfig) -> Iterator[DeploymentStore | None]:
+    """Hold the environment's lock, as a deployment does; yields the store for the audit trail.
+
+    Without a reachable deployment store nothing can be deploying (the workers need it too), so the
+    restore goes on, with a warning, unlocked and unaudited.
+    """
+    try:
+        conn = connect(config)
+        conn.ping()
+    except (DeployError, RedisError) as exc:
+        click.echo(f"Warning: restoring without the environment lock or an audit entry: {exc}", err=True)
+        yield None
+        return
+    token = f"restore@{socket.gethostname()}:{os.getpid()}"
+    lock = EnvironmentLock(conn, env.name, token, config.lock_lease)
+    if not lock.acquire():
+        raise EnvironmentBusy(
+            f"{env.name} is busy ({lock.holder() or 'a deployment'} holds its lock); nothing was restored: "
+            f"wait until `deployhook status` shows no deployment of {env.name} running, then retry"
+        )
+    keeper = LeaseKeeper(lock)
+    keeper.start()
+    try:
+        yield DeploymentStore(conn)
+    finally:
+        keeper.stop()
+        lock.release()
+        conn.close()
 
 
 def deployed_project(config: DeployConfig, env: EnvironmentConfig) -> ComposeProject:
