@@ -83,3 +83,6 @@ HEALTH_PROBE_TIMEOUT = 2.0
 
 FOLLOW_INTERVAL = 0.5
 """Seconds between looks at a followed deployment (`--wait`, `logs --follow`)."""
+
+DEFAULT_FETCH_TIMEOUT = 600.0
+"""Seconds a clone or fetch of the app's repository may take (repository.fetch_timeout)."""

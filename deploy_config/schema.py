@@ -114,6 +114,8 @@ class RepositoryConfig(Model):
     """owner/name that webhook deliveries must name in repository.full_name."""
     checkout: Path | None = None
     """A local checkout whose compose files `deployhook config check` reads (default: beside deploy.yml)."""
+    fetch_timeout: PositiveSeconds = defaults.DEFAULT_FETCH_TIMEOUT
+    """Seconds the checkout step's clone or fetch of the repository may take before it is killed."""
 
     _resolve_checkout = field_validator("checkout")(_resolve_path)
 

@@ -20,9 +20,6 @@ from deploy_config.secrets import display_url
 
 from .context import DeploymentContext
 
-FETCH_TIMEOUT = 600
-"""Seconds a fetch may take before it is killed."""
-
 
 def checkout(ctx: DeploymentContext) -> Path:
     """Fetch, refuse a sha not on the environment's branch, and check it out in the environment's worktree."""
@@ -55,16 +52,22 @@ def _mirror_lock(state: Path) -> Iterator[None]:
 
 
 def _fetched_mirror(ctx: DeploymentContext, path: Path) -> git.Repo:
+    """The bare mirror at `path`, fetched; the first deploy creates it (init + fetch, not clone:
+    `git clone` through GitPython cannot be given a timeout, a fetch can)."""
     url = ctx.config.repository.url
     try:
-        if not (path / "HEAD").exists():
+        if (path / "HEAD").exists():
+            mirror = git.Repo(path)
+        else:
             ctx.log(f"cloning a mirror of {display_url(url)}")
-            return git.Repo.clone_from(url, path, mirror=True, env=defaults.GIT_ENV)
-        mirror = git.Repo(path)
-        mirror.git.remote("set-url", "origin", url)
+            mirror = git.Repo.init(path, bare=True)
+        if "origin" in (remote.name for remote in mirror.remotes):
+            mirror.git.remote("set-url", "origin", url)
+        else:
+            mirror.git.remote("add", "origin", url)
         mirror.git.fetch(
             "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", env=defaults.GIT_ENV,
-            kill_after_timeout=FETCH_TIMEOUT,
+            kill_after_timeout=ctx.config.repository.fetch_timeout,
         )  # fmt: skip
         return mirror
     except git.GitCommandError as exc:
