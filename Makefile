@@ -34,8 +34,12 @@ check-config: $(STAMP)
 	$(BIN)/deployhook config check
 
 # Benchmarks (bench/README.md): each prints a table and writes bench/results/<name>.json.
+# The last three need the Docker engine with Compose v2; the whole run takes about 10 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
+	$(BIN)/python bench/overhead.py
+	$(BIN)/python bench/downtime.py
+	$(BIN)/python bench/backup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
