@@ -86,3 +86,6 @@ FOLLOW_INTERVAL = 0.5
 
 DEFAULT_FETCH_TIMEOUT = 600.0
 """Seconds a clone or fetch of the app's repository may take (repository.fetch_timeout)."""
+
+ROLLBACK_MARGIN = 60.0
+"""Seconds beyond the rollback's own rollout and health timeouts that the RQ job is given."""

@@ -285,6 +285,14 @@ class EnvironmentConfig(Model):
         return self.name == defaults.PRODUCTION_ENVIRONMENT
 
     @property
+    def job_timeout(self) -> float:
+        """The RQ job's hard limit: deploy_timeout, plus room to roll back a rollout the deadline stopped.
+
+        The pipeline enforces deploy_timeout itself, between steps, so that it can still roll back;
+        RQ's limit only stops a step that hangs past both."""
+        return self.deploy_timeout + self.rollout_timeout + self.health_timeout + defaults.ROLLBACK_MARGIN
+
+    @property
     def backup_required(self) -> bool:
         return self.is_production if self.backups.required is None else self.backups.required
 

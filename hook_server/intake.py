@@ -189,7 +189,7 @@ class Intake:
                 self.job,
                 args=(deployment.id,),
                 job_id=f"deployment-{deployment.id}",
-                timeout=int(env.deploy_timeout),
+                timeout=int(env.job_timeout),
                 result_ttl=JOB_RESULT_TTL,
                 failure_ttl=JOB_RESULT_TTL,
                 description=f"deploy {deployment.environment} {deployment.sha[:12]} (#{deployment.id})",

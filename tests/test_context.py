@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import docker
 import pytest
 import redis
@@ -10,7 +12,7 @@ import testbed
 from deploy_config import DeployConfig, DeployError
 from deploy_config.secrets import config_redactor
 from deploy_state import DeploymentStore
-from workers.context import DeploymentContext, StepSkipped, StepWarning
+from workers.context import DeadlinePassed, DeploymentContext, LockLost, StepSkipped, StepWarning
 
 
 @pytest.fixture
@@ -58,3 +60,23 @@ def test_a_docker_engine_that_went_away_is_a_plain_deploy_error(context: Deploym
     assert "check that dockerd is running and reachable" in message
     assert statuses(context) == [("build", "failed", message)]
     context.close()
+
+
+def test_a_passed_deadline_stops_the_next_step_but_not_a_rollback(context: DeploymentContext) -> None:
+    context.deadline = time.monotonic() - 1
+    with pytest.raises(DeadlinePassed) as raised, context.step("verify", cancellable=False):
+        pytest.fail("a step ran past the deadline")
+    assert str(raised.value) == "timed out after 1800s (environments.staging.deploy_timeout), before verify"
+    with context.step("rollback", cancellable=False, deadline=False):
+        pass
+    assert statuses(context) == [("rollback", "succeeded", "")]
+
+
+def test_a_lost_lock_stops_the_deployment_before_the_rollout_only(context: DeploymentContext) -> None:
+    context.lock_lost.set()
+    with pytest.raises(LockLost) as raised, context.step("backup"):
+        pytest.fail("a step ran without the lock")
+    assert "stopped before backup, so that two deployments never touch the environment at once" in str(raised.value)
+    with context.step("health", cancellable=False):
+        pass  # from the rollout on, the deployment finishes (or rolls back) what it started
+    assert statuses(context) == [("health", "succeeded", "")]

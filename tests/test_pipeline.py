@@ -293,6 +293,21 @@ def test_failing_smoke_command_rolls_back(bed: Bed) -> None:
     assert bed.health("staging")["version"] == good
 
 
+# deploy_timeout leaves ample time for a deploy of the sample app (seconds), unless its smoke test sleeps.
+SLOW_SMOKE = {"command": ["sh", "-c", "test ! -f SLOW || sleep 40"], "timeout": 60}
+
+
+@pytest.mark.parametrize("bed_overrides", [{"staging": {"smoke": SLOW_SMOKE, "deploy_timeout": 35}}])
+def test_a_deployment_past_its_deadline_after_the_rollout_is_rolled_back(bed: Bed) -> None:
+    good = bed.commit()
+    assert bed.deploy("staging", good).status == Status.SUCCEEDED
+    slow = bed.deploy("staging", bed.commit({"SLOW": "1\n"}, "a release whose smoke test takes too long"))
+    assert slow.status == Status.ROLLED_BACK, slow.reason
+    assert slow.reason.startswith("timed out after 35s (environments.staging.deploy_timeout), before verify; ")
+    assert step_statuses(slow)["rollback"] == "succeeded"
+    assert bed.health("staging")["version"] == good
+
+
 @pytest.mark.parametrize("bed_overrides", [{"staging": {"smoke": {"command": ["sh", "-c", "exit 3"]}}}])
 def test_first_deploy_that_fails_after_rollout_has_nothing_to_roll_back_to(bed: Bed) -> None:
     failed = bed.deploy("staging", bed.commit())

@@ -687,6 +687,49 @@ def test_run_deployment_fails_a_deployment_left_running_by_a_dead_worker(
     assert store.running("staging") is None
 
 
+def test_run_deployment_stops_before_the_next_step_once_its_lock_expired(
+    store: DeploymentStore, redis_conn: redis.Redis, deploy_config: DeployConfig
+) -> None:
+    """The lease ran out (as it does when Redis is unreachable for longer than lock_lease): another worker
+    may hold the lock now, so this deployment must not go on to touch the environment."""
+    config = deploy_config.model_copy(update={"lock_lease": 0.3})
+
+    def pipeline(context: DeploymentContext) -> Status:
+        with context.step("build"):
+            redis_conn.set(keys.lock("staging"), "another worker")  # taken over after the lease ran out
+            testbed.wait_for(context.lock_lost.is_set, timeout=5, interval=0.05, what="the keeper to notice")
+        with context.step("backup"):
+            pytest.fail("a step ran without the lock")
+        return Status.SUCCEEDED
+
+    deployment = queued_deployment(store)
+    assert run_deployment(deployment.id, pipeline, redis_conn, config) == Status.FAILED
+    failed = store.require(deployment.id)
+    assert failed.reason.startswith("the lock on staging expired")
+    assert step_statuses(failed) == [("build", "succeeded")]
+    assert redis_conn.get(keys.lock("staging")) == b"another worker"  # the newer holder's lock stays
+
+
+def test_run_deployment_past_its_deadline_fails_at_the_next_step(
+    store: DeploymentStore, redis_conn: redis.Redis, deploy_config: DeployConfig
+) -> None:
+    staging = deploy_config.environments["staging"].model_copy(update={"deploy_timeout": 0.2})
+    config = deploy_config.model_copy(update={"environments": {**deploy_config.environments, "staging": staging}})
+
+    def pipeline(context: DeploymentContext) -> Status:
+        with context.step("build"):
+            time.sleep(0.3)
+        with context.step("backup"):
+            pytest.fail("a step started past the deadline")
+        return Status.SUCCEEDED
+
+    deployment = queued_deployment(store)
+    assert run_deployment(deployment.id, pipeline, redis_conn, config) == Status.FAILED
+    assert store.require(deployment.id).reason == (
+        "timed out after 0.2s (environments.staging.deploy_timeout), before backup"
+    )
+
+
 def run_in_thread(target: Callable[[], str]) -> tuple[threading.Thread, list[str]]:
     result: list[str] = []
     thread = threading.Thread(target=lambda: result.append(target()), daemon=True)

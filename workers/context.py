@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +31,14 @@ class Cancelled(Exception):
         self.by = by
 
 
+class DeadlinePassed(DeployError):
+    """The deployment ran past its environment's deploy_timeout; raised at the next step boundary."""
+
+
+class LockLost(DeployError):
+    """The environment lock's lease ran out (Redis unreachable too long): another worker may deploy now."""
+
+
 class StepSkipped(Exception):
     """Raised inside a step that has nothing to do; its message says why."""
 
@@ -49,6 +59,10 @@ class DeploymentContext:
     compose: ComposeProject | None = None
     resolved: ResolvedCompose | None = None
     _docker: docker.DockerClient | None = field(default=None, repr=False)
+    deadline: float | None = None
+    """time.monotonic() by which the deployment must be done (deploy_timeout from the job's start)."""
+    lock_lost: threading.Event = field(default_factory=threading.Event)
+    """Set by the lease keeper when the environment lock could not be renewed in time."""
 
     @property
     def docker(self) -> docker.DockerClient:
@@ -82,11 +96,33 @@ class DeploymentContext:
         if by:
             raise Cancelled(by)
 
+    def check_lock(self, before: str) -> None:
+        if self.lock_lost.is_set():
+            raise LockLost(
+                f"the lock on {self.env.name} expired (its lease could not be renewed: Redis unreachable for longer "
+                f"than lock_lease={self.config.lock_lease:g}s); stopped before {before}, so that two deployments "
+                "never touch the environment at once"
+            )
+
+    def check_deadline(self, before: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlinePassed(
+                f"timed out after {self.env.deploy_timeout:g}s (environments.{self.env.name}.deploy_timeout), "
+                f"before {before}"
+            )
+
     @contextmanager
-    def step(self, name: str, cancellable: bool = True) -> Iterator[Step]:
-        """Record a step's start, end, status and message around the block that does it."""
+    def step(self, name: str, cancellable: bool = True, deadline: bool = True) -> Iterator[Step]:
+        """Record a step's start, end, status and message around the block that does it.
+
+        Before a cancellable step (up to the rollout) a newer push or a lost lock stops the deployment.
+        Before a step under the deadline (all but rollback and cleanup) a passed deploy_timeout does;
+        after the rollout, the pipeline then rolls back."""
         if cancellable:
             self.check_cancelled()
+            self.check_lock(name)
+        if deadline:
+            self.check_deadline(name)
         step = self.store.start_step(self.deployment, name)
         self.log(f"==> {name}")
         try:

@@ -42,6 +42,7 @@ def run_deployment(
     deployment_id: str, pipeline: Pipeline, connection: Redis | None = None, config: DeployConfig | None = None
 ) -> str:
     """Run one deployment under its environment's lock; returns the final status."""
+    began = time.monotonic()  # RQ's job timeout counts from here too, lock wait included
     conn = connection if connection is not None else _job_connection()
     config = config or load_config()
     store = DeploymentStore(conn)
@@ -69,16 +70,25 @@ def run_deployment(
         except StatusConflict as conflict:
             log.info("deployment %s not started: %s", deployment.id, conflict)
             return conflict.current
-        return _run(store, config, running, pipeline)
+        return _run(store, config, running, pipeline, began, keeper)
     finally:
         _trim_logs(store, deployment.environment, config.status_page.log_retention)
         keeper.stop()
         lock.release()
 
 
-def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, pipeline: Pipeline) -> Status:
+def _run(
+    store: DeploymentStore,
+    config: DeployConfig,
+    deployment: Deployment,
+    pipeline: Pipeline,
+    began: float,
+    keeper: LeaseKeeper,
+) -> Status:
     env = config.environments[deployment.environment]
     context = DeploymentContext(config, env, store, deployment, config_redactor(config))
+    context.deadline = began + env.deploy_timeout
+    context.lock_lost = keeper.lost
     log.info("deployment %s: %s@%s running", deployment.id, env.name, deployment.sha[:12])
     try:
         report(config, store, deployment)
@@ -90,8 +100,12 @@ def _run(store: DeploymentStore, config: DeployConfig, deployment: Deployment, p
     except DeployError as exc:
         status = _fail(store, context, str(exc))
     except JobTimeoutException:
+        # Only a step that hung past deploy_timeout and the rollback margin gets here (see job_timeout).
         status = _fail(
-            store, context, f"timed out after {env.deploy_timeout:g}s (environments.{env.name}.deploy_timeout)"
+            store,
+            context,
+            f"timed out after {env.job_timeout:g}s: a step hung past environments.{env.name}.deploy_timeout "
+            f"({env.deploy_timeout:g}s) and the time allowed for a rollback",
         )
     except Exception as exc:
         log.exception("deployment %s failed with an unexpected error", deployment.id)

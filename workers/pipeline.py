@@ -7,6 +7,8 @@ a failure rolls back, and a newer push no longer interrupts (never mid-rollout).
 
 from __future__ import annotations
 
+from rq.timeouts import JobTimeoutException
+
 from deploy_config.errors import DeployError
 from deploy_state import Status
 
@@ -36,13 +38,17 @@ def run(ctx: DeploymentContext) -> Status:
             run_hook(ctx, "pre_deploy", ctx.env.pre_deploy)
     with ctx.step("backup"):
         backup(ctx)
-    ctx.check_cancelled()  # the last boundary where a newer push may stop this one
+    ctx.check_cancelled()  # the last boundary where a newer push (or a lost lock) may stop this one
+    ctx.check_lock("rollout")
     try:
         _roll_out(ctx)
     except DeployError as cause:
         return rollback(ctx, cause)
+    except JobTimeoutException:
+        # A step hung past deploy_timeout and RQ's margin: the alarm fires once, so the rollback can still run.
+        return rollback(ctx, DeployError(f"timed out after {ctx.env.job_timeout:g}s in the middle of the rollout"))
     ctx.store.clear_degraded(ctx.env.name)
-    with ctx.step("cleanup", cancellable=False):
+    with ctx.step("cleanup", cancellable=False, deadline=False):
         cleanup(ctx)
     return Status.SUCCEEDED
 

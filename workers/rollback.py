@@ -25,7 +25,7 @@ def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
             f"{cause}; this was the first deploy of {ctx.env.name}, so there is no previous release to roll back to"
         )
     try:
-        with ctx.step("rollback", cancellable=False):
+        with ctx.step("rollback", cancellable=False, deadline=False):  # past the deadline too: that is its job
             ctx.log(f"rolling back to {sha[:12] or 'the previous images'} because: {cause}")
             point_current_tags(ctx, previous)
             compose_up(ctx)
