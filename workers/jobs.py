@@ -184,14 +184,14 @@ def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: De
     return True
 
 
-def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig) -> Deployment | None:
+def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig, how: str = "") -> Deployment | None:
     """Mark failed a deployment left 'running' by a worker that died; call only while holding the lock."""
     running_id = store.running(environment)
     lost = store.get(running_id) if running_id else None
     if lost is None or lost.status != Status.RUNNING:
         return None
     step = next((s.name for s in reversed(lost.steps) if s.status == "running"), "start")
-    reason = f"worker lost during {step}"
+    reason = f"worker lost during {step}" + (f" ({how})" if how else "")
     for s in lost.steps:
         if s.status == "running":
             store.finish_step(lost, s, "failed", reason)
@@ -216,8 +216,29 @@ def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[De
     return recovered
 
 
-def _lock_token(deployment: Deployment) -> str:
-    return f"deployment-{deployment.id}@{socket.gethostname()}:{os.getpid()}"
+def fail_killed_horse(connection: Redis, config: DeployConfig, deployment_id: str, horse_pid: int, how: str) -> None:
+    """The work horse died under a live worker (the OOM killer, a stray kill): fail its deployment at once.
+
+    Only if the dead horse held the environment's lock (it may have died waiting for it): then its
+    deployment is the one running, and the lock is released now rather than when its lease runs out.
+    """
+    store = DeploymentStore(connection)
+    deployment = store.get(deployment_id)
+    if deployment is None or deployment.is_final:
+        return
+    token = _lock_token(deployment, pid=horse_pid)
+    lock = EnvironmentLock(connection, deployment.environment, token, config.lock_lease)
+    if lock.holder() != token:
+        return
+    try:
+        recover_lost(store, deployment.environment, config, how)
+    finally:
+        lock.release()
+
+
+def _lock_token(deployment: Deployment, pid: int | None = None) -> str:
+    """Who holds the lock: the deployment, on this host, in this process (the work horse)."""
+    return f"deployment-{deployment.id}@{socket.gethostname()}:{pid or os.getpid()}"
 
 
 def _job_connection() -> Redis:

@@ -11,11 +11,12 @@ from types import FrameType
 
 from redis import Redis
 from rq import Worker
+from rq.job import Job
 
 from deploy_config import DeployConfig, DeployError, defaults
 from deploy_state import queue_for
 
-from .jobs import recover_lost_deployments
+from .jobs import fail_killed_horse, recover_lost_deployments
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,36 @@ class DeployWorker(Worker):
     so a step whose command the signal stops fails cleanly and the pipeline goes on from there.
     """
 
+    config: DeployConfig | None = None
+    """Set by run_worker: what handle_work_horse_killed needs to fail the deployment."""
+
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
         signal.signal(signal.SIGTERM, _finish_first)
+
+    def handle_work_horse_killed(self, job: Job, retpid: int, ret_val: int, rusage: object) -> None:
+        """The horse died and this worker lives on: record the deployment failed now, not at the next start."""
+        super().handle_work_horse_killed(job, retpid, ret_val, rusage)  # type: ignore[no-untyped-call]
+        if self.config is None or not job.args:
+            return
+        how = _death(ret_val)
+        try:
+            fail_killed_horse(self.connection, self.config, str(job.args[0]), retpid, how)
+        except Exception:  # noqa: BLE001 - the worker must go on serving; a restart recovers it too
+            log.exception("could not record the death of job %s's work horse (%s)", job.id, how)
+
+
+def _death(status: int) -> str:
+    """How a work horse ended, from its wait status (SIGKILL is what the kernel's OOM killer sends)."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        hint = ": out of memory?" if number == signal.SIGKILL else ""
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"its work horse was killed by {name}{hint}"
+    return f"its work horse exited with status {os.waitstatus_to_exitcode(status)}"
 
 
 def _finish_first(signum: int, frame: FrameType | None) -> None:
@@ -54,4 +82,6 @@ def run_worker(
         log.warning("deployment %s of %s marked failed: %s", lost.id, lost.environment, lost.reason)
     queues = [queue_for(connection, env) for env in environments]
     log.info("worker serving %s", ", ".join(q.name for q in queues))
-    DeployWorker(queues, connection=connection).work(burst=burst, logging_level="INFO")
+    worker = DeployWorker(queues, connection=connection)
+    worker.config = config
+    worker.work(burst=burst, logging_level="INFO")

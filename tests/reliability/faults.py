@@ -268,8 +268,11 @@ class TableLock:
         return self.query("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND granted") != "0"
 
     def dump_waiting(self) -> bool:
-        """pg_dump has connected and is blocked on this lock."""
-        sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pg_dump' AND wait_event_type = 'Lock'"
+        """pg_dump has connected and is blocked on this lock (the only other session: this test's are 'fault-*')."""
+        sql = (
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name NOT LIKE 'fault-%' "
+            "AND wait_event_type = 'Lock'"
+        )
         return self.query(sql) != "0"
 
     def release(self) -> None:

@@ -188,3 +188,40 @@ def test_sigterm_to_the_whole_worker_mid_rollout_records_the_outcome(bed: Bed, r
         f"SIGTERM to the worker's whole process tree mid-rollout ({len(signalled)} processes)",
         f"{done.status} ({done.reason.split(':')[0]}); the worker exited 0; the lock was released",
     )
+
+
+@pytest.mark.slow
+def test_work_horse_killed_under_a_live_worker_fails_at_once_and_the_worker_deploys_the_next_push(
+    bed: Bed, redis_url: str, tmp_path: Path
+) -> None:
+    """Only the work horse dies (what the kernel's OOM killer does): the worker records it at once."""
+    fault = SlowBuild(bed)
+    worker, deployment_id = _start_slow_deploy(bed, fault, redis_url, tmp_path, "build")
+    try:
+        horse = horse_pid(worker)
+        assert horse is not None
+        os.kill(horse, signal.SIGKILL)
+        testbed.wait_for(
+            lambda: bed.store.require(deployment_id).is_final, timeout=30, what="the worker to record the death"
+        )
+        assert lock_holder(bed) is None, "the dead horse's lock was not released"
+        lost = bed.store.require(deployment_id)
+        assert lost.status == Status.FAILED
+        assert lost.reason == "worker lost during build (its work horse was killed by SIGKILL: out of memory?)"
+        # The same worker, still running, deploys the next push.
+        assert worker.proc.poll() is None, "the worker died with its horse"
+        nxt = bed.commit(release_files(), "the next push")
+        bed.push("staging", nxt)
+        next_id = bed.deliver("staging", nxt)
+        testbed.wait_for(lambda: bed.store.require(next_id).is_final, timeout=120, what="the next deployment")
+    finally:
+        worker.stop()
+    assert_succeeded(bed, next_id)
+    assert bed.health("staging")["version"] == nxt
+    assert_ran_once(bed, deployment_id)
+    record_fault(
+        "sigkill-work-horse",
+        "SIGKILL to the work horse only, mid-build (as the OOM killer would)",
+        "failed at once by the surviving worker, naming the signal; lock released; the same worker deployed the "
+        "next push",
+    )
