@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import time
+import uuid
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,11 @@ def backup(ctx: DeploymentContext) -> Path:
     database = ctx.env.database
     if database is None:
         raise StepSkipped("no database configured for this environment")
-    if database.service not in running_services(ctx.project):
+    # Only a database that has no container yet (a first deploy) has nothing to back up. One that
+    # stopped still holds the data: pg_dump runs, fails, and a required backup stops the deploy.
+    if database.service not in created_services(ctx.project):
         raise StepSkipped(
-            f"database service {database.service!r} is not running yet (first deploy); nothing to back up"
+            f"database service {database.service!r} has no container yet (first deploy); nothing to back up"
         )
     try:
         user, name = database_credentials(ctx.config, ctx.env)
@@ -51,6 +54,12 @@ def backup(ctx: DeploymentContext) -> Path:
 def running_services(project: ComposeProject) -> set[str]:
     """The compose services of the project that are running now."""
     args = project.args("ps", "--status", "running", "--services")
+    return set(commands.run(args, env=project.process_env(), timeout=60).stdout.split())
+
+
+def created_services(project: ComposeProject) -> set[str]:
+    """The compose services of the project that have a container, running or not."""
+    args = project.args("ps", "--all", "--services")
     return set(commands.run(args, env=project.process_env(), timeout=60).stdout.split())
 
 
@@ -91,7 +100,10 @@ def dump_database(
         tail.extend(chunk)
         del tail[:-_TAIL_BYTES]
 
-    args = project.args("exec", "-T", env.database.service, "pg_dump", "-U", user, "-d", name)
+    # A name of its own in pg_stat_activity: a dump that failed can be ended in the database too.
+    tag = f"deployhook-backup-{uuid.uuid4().hex[:12]}"
+    service = env.database.service
+    args = project.args("exec", "-T", "-e", f"PGAPPNAME={tag}", service, "pg_dump", "-U", user, "-d", name)
     started = time.monotonic()
     try:
         with open(partial, "wb") as raw:
@@ -106,9 +118,11 @@ def dump_database(
         _fsync_dir(directory)
     except CommandFailed as exc:
         partial.unlink(missing_ok=True)
-        raise BackupFailed(f"pg_dump failed: {exc}") from None
+        _end_dump(project, service, user, name, tag, log)
+        raise BackupFailed(f"pg_dump failed: {exc}{_not_running_hint(project, service)}") from None
     except OSError as exc:
         partial.unlink(missing_ok=True)
+        _end_dump(project, service, user, name, tag, log)
         raise BackupFailed(f"cannot write the backup in {directory}: {exc.strerror}") from None
     except BackupFailed:
         partial.unlink(missing_ok=True)
@@ -116,6 +130,36 @@ def dump_database(
     size = final.stat().st_size
     log(f"backup {final} ({size / 1024:.0f} KiB, {time.monotonic() - started:.1f}s) verified")
     return final
+
+
+def _end_dump(
+    project: ComposeProject, service: str, user: str, name: str, tag: str, log: Callable[[str], None]
+) -> None:
+    """End the failed dump's session in the database, best effort.
+
+    Killing `docker compose exec` (a timeout, a dead client, a full disk) leaves pg_dump running
+    in the container: it would go on holding its locks (a migration would wait behind them) and
+    dumping into nowhere. Terminating its backend ends it.
+    """
+    sql = f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '{tag}'"
+    args = project.args("exec", "-T", service, "psql", "-U", user, "-d", name, "-Atc", sql)
+    try:
+        ended = commands.run(args, env=project.process_env(), timeout=30).stdout.strip()
+    except CommandFailed:
+        return  # the database is down or refuses us: then no dump of ours runs in it either
+    if ended not in ("", "0"):
+        log(f"ended the failed pg_dump's database session ({tag})")
+
+
+def _not_running_hint(project: ComposeProject, service: str) -> str:
+    """What to do when pg_dump failed because the database is not running; else nothing."""
+    try:
+        if service in running_services(project):
+            return ""
+    except CommandFailed:
+        return ""
+    name = project.environment.project or "<project>"
+    return f"; the database service {service!r} is not running: start it (docker compose -p {name} start {service})"
 
 
 def _verify(path: Path, tail: bytes) -> None:

@@ -7,6 +7,8 @@ a failure rolls back, and a newer push no longer interrupts (never mid-rollout).
 
 from __future__ import annotations
 
+import docker
+import requests
 from rq.timeouts import JobTimeoutException
 
 from deploy_config.errors import DeployError
@@ -19,7 +21,7 @@ from .cleanup import cleanup
 from .context import DeploymentContext
 from .healthcheck import health_gate
 from .hooks import run_hook
-from .preflight import preflight
+from .preflight import docker_host, docker_unreachable, preflight
 from .rollback import rollback
 from .rollout import rollout
 from .verify import verify
@@ -27,6 +29,28 @@ from .verify import verify
 
 def run(ctx: DeploymentContext) -> Status:
     """Run every step of the deployment; returns SUCCEEDED or ROLLED_BACK, raises DeployError on failure."""
+    try:
+        return _run(ctx)
+    except DeployError as exc:
+        engine = None if _names_the_engine(exc) else docker_unreachable()
+        if engine is None:
+            raise
+        # A stopped dockerd kills what it runs: a build then "fails" with 137, compose with its own
+        # words. The cause to act on is the engine, so say that first.
+        step = next((s.name for s in reversed(ctx.deployment.steps) if s.status == "failed"), "the deployment")
+        raise DeployError(
+            f"the Docker engine stopped answering during {step} ({docker_host()}: {engine}); start it "
+            f"(systemctl start docker), check `docker info`, then deploy again (deployhook deploy {ctx.env.name}); "
+            f"what failed: {exc}"
+        ) from exc
+
+
+def _names_the_engine(exc: DeployError) -> bool:
+    """The step already said the engine failed (DeploymentContext.step turns Docker's errors into that)."""
+    return isinstance(exc.__cause__, (docker.errors.DockerException, requests.ConnectionError))
+
+
+def _run(ctx: DeploymentContext) -> Status:
     with ctx.step("preflight"):
         preflight(ctx)
     with ctx.step("checkout"):

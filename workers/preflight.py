@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import docker
+import requests
 
 from deploy_config import commands
 from deploy_config.errors import CommandFailed, PreflightFailed
@@ -39,13 +40,31 @@ def preflight(ctx: DeploymentContext) -> None:
         _free_space(ctx, root, "Docker's data root")
 
 
+def docker_host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def docker_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None."""
+    try:
+        client = docker.from_env(timeout=int(timeout))
+    except docker.errors.DockerException as exc:
+        return str(exc)
+    try:
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
 def _docker_answers(ctx: DeploymentContext) -> None:
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
     try:
         ctx.docker.ping()
     except docker.errors.DockerException as exc:
         raise PreflightFailed(
-            f"Docker is not reachable at {host}: {exc}; start the engine (systemctl start docker) or set "
+            f"Docker is not reachable at {docker_host()}: {exc}; start the engine (systemctl start docker) or set "
             "DOCKER_HOST, and check that this worker's user may use it"
         ) from None
 

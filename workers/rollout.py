@@ -8,6 +8,7 @@ from deploy_config import commands
 from deploy_config.errors import CommandFailed, RolloutFailed
 
 from .context import DeploymentContext
+from .verify import PROJECT_LABEL
 
 
 def rollout(ctx: DeploymentContext) -> None:
@@ -44,4 +45,36 @@ def compose_up(ctx: DeploymentContext) -> None:
     try:
         commands.stream(args, ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact)
     except CommandFailed as exc:
+        # Only when compose's --wait gave up on health: not when compose itself was killed or timed out.
+        gave_up = wait and exc.returncode is not None and exc.returncode > 0 and "healthy" in exc.output
+        unhealthy = unhealthy_containers(ctx) if gave_up else []
+        if unhealthy:
+            raise _not_healthy(ctx, unhealthy, f"docker compose up failed: {exc}") from None
         raise RolloutFailed(f"docker compose up failed: {exc}") from None
+    # Compose 2.26 can exit 0 when --wait-timeout runs out with a container still unhealthy: check.
+    unhealthy = unhealthy_containers(ctx, running_only=True) if wait else []
+    if unhealthy:
+        raise _not_healthy(ctx, unhealthy, "docker compose up --wait exited 0 regardless")
+
+
+def _not_healthy(ctx: DeploymentContext, unhealthy: list[str], detail: str) -> RolloutFailed:
+    return RolloutFailed(
+        f"{', '.join(unhealthy)} did not become healthy within {ctx.env.rollout_timeout:g}s (their Docker "
+        f"healthcheck; environments.{ctx.env.name}.rollout_timeout): {detail}"
+    )
+
+
+def unhealthy_containers(ctx: DeploymentContext, running_only: bool = False) -> list[str]:
+    """The project's containers whose healthcheck does not say healthy (starting or unhealthy), described."""
+    try:
+        containers = ctx.docker.containers.list(
+            all=not running_only, filters={"label": f"{PROJECT_LABEL}={ctx.env.project}"}
+        )
+    except docker.errors.DockerException:
+        return []  # a description, best effort: the engine may be the problem
+    found = []
+    for container in containers:
+        health = (container.attrs.get("State") or {}).get("Health") or {}
+        if health.get("Status") not in (None, "healthy"):
+            found.append(f"{container.name} ({health['Status']})")
+    return sorted(found)
