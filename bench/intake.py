@@ -298,6 +298,7 @@ def profile(server: Server, conn: redis.Redis, count: int, out: Path) -> dict[st
         print(f"  (no profile: py-spy failed: {err.decode().strip()[-300:]})")
         return None
     summary_ = summarise_profile(raw.read_text())
+    raw.unlink()
     out.write_text(format_profile(summary_))
     return summary_
 

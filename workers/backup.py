@@ -22,10 +22,13 @@ from deploy_config.errors import BackupFailed, CommandFailed, DeployError
 from deploy_config.secrets import read_env_file
 
 from .context import DeploymentContext, StepSkipped, StepWarning
+from .verify import PROJECT_LABEL, SERVICE_LABEL
 
 COMPLETE_MARKER = b"-- PostgreSQL database dump complete"
 _TAIL_BYTES = 4096
 _READ_BYTES = 1024 * 1024
+GZIP_LEVEL = 6
+"""gzip(1)'s default. Python's is 9, which made the dump ~40% slower (bench/backup.py) for files ~0.5% smaller."""
 
 
 def backup(ctx: DeploymentContext) -> Path:
@@ -35,7 +38,7 @@ def backup(ctx: DeploymentContext) -> Path:
         raise StepSkipped("no database configured for this environment")
     # Only a database that has no container yet (a first deploy) has nothing to back up. One that
     # stopped still holds the data: pg_dump runs, fails, and a required backup stops the deploy.
-    if database.service not in created_services(ctx.project):
+    if not _has_container(ctx, database.service):
         raise StepSkipped(
             f"database service {database.service!r} has no container yet (first deploy); nothing to back up"
         )
@@ -57,10 +60,10 @@ def running_services(project: ComposeProject) -> set[str]:
     return set(commands.run(args, env=project.process_env(), timeout=60).stdout.split())
 
 
-def created_services(project: ComposeProject) -> set[str]:
-    """The compose services of the project that have a container, running or not."""
-    args = project.args("ps", "--all", "--services")
-    return set(commands.run(args, env=project.process_env(), timeout=60).stdout.split())
+def _has_container(ctx: DeploymentContext, service: str) -> bool:
+    """Whether the service has a container, running or not (asked of the engine: `compose ps` costs ~0.1 s)."""
+    labels = [f"{PROJECT_LABEL}={ctx.env.project}", f"{SERVICE_LABEL}={service}"]
+    return bool(ctx.docker.containers.list(all=True, filters={"label": labels}))
 
 
 def database_credentials(config: DeployConfig, env: EnvironmentConfig) -> tuple[str, str]:
@@ -107,7 +110,8 @@ def dump_database(
     started = time.monotonic()
     try:
         with open(partial, "wb") as raw:
-            with gzip.GzipFile(fileobj=raw, mode="wb", filename=final.name.removesuffix(".gz")) as gz:
+            name_inside = final.name.removesuffix(".gz")
+            with gzip.GzipFile(fileobj=raw, mode="wb", filename=name_inside, compresslevel=GZIP_LEVEL) as gz:
                 commands.stream_to(
                     args, write, log, env=project.process_env(), timeout=env.backup_timeout, redact=redact
                 )
