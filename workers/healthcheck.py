@@ -1,9 +1,13 @@
 """Step 5, health gate: the environment's health URL must answer healthy, with the deployed version,
-and keep answering so for STABLE_FOR seconds: an app that flaps does not pass on one lucky probe."""
+and keep answering so for STABLE_FOR seconds: an app that flaps does not pass on one lucky probe.
+The probing starts with the rollout (HealthWatch), so the window overlaps compose's own wait."""
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from deploy_config.errors import HealthCheckFailed
 from deploy_config.health import probe_health
@@ -17,6 +21,7 @@ STABLE_INTERVAL = 0.25
 STABLE_FOR = 2.0
 """Seconds it must stay healthy, every probe, before the gate passes."""
 PROBE_TIMEOUT = 3.0
+_GATE_POLL = 0.05
 
 
 def probe(url: str, sha: str, previous_sha: str = "") -> str | None:
@@ -31,63 +36,107 @@ def probe(url: str, sha: str, previous_sha: str = "") -> str | None:
     return None
 
 
-class _Watch:
-    """The probes so far: how many failed, the last problem, and the current healthy streak."""
+class HealthWatch(threading.Thread):
+    """Probes the health URL in the background, from the start of the rollout on.
 
-    def __init__(self) -> None:
+    Compose's --wait and the health gate's stability window then overlap: by the time compose
+    returns, the new release has usually answered healthy for STABLE_FOR already, so the gate
+    passes on what was seen instead of waiting the window out again. The first healthy answer
+    counts only with the new version, so probes of the old release never start a streak.
+    """
+
+    def __init__(self, ctx: DeploymentContext, sha: str | None = None) -> None:
+        super().__init__(name=f"health-{ctx.env.name}", daemon=True)
+        self.ctx = ctx
+        self.sha = sha or ctx.deployment.sha
+        # The previous release only tells a stale answer from a wrong one; a rollback's own gate has none.
+        self.previous = ctx.deployment.previous_sha if self.sha == ctx.deployment.sha else ""
+        self.url = ctx.env.health_url
+        self.began = time.monotonic()
         self.failed = 0
         self.last = "not probed"
         self.streak_since: float | None = None
+        self.healthy_at: float | None = None
+        """When the current streak was last seen healthy (stable once healthy_at - streak_since >= STABLE_FOR)."""
         self.lost = 0
         """Times it answered healthy, then not: flapping."""
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
-    def healthy(self, at: float) -> bool:
-        """Record a healthy probe; True once it has been healthy for STABLE_FOR seconds."""
-        if self.streak_since is None:
-            self.streak_since = at
-        return at - self.streak_since >= STABLE_FOR
+    def run(self) -> None:
+        while not self._stopped.is_set():
+            problem = probe(self.url, self.sha, self.previous)
+            with self._lock:
+                note = self._record(problem, time.monotonic() - self.began)
+                pause = PROBE_INTERVAL if self.streak_since is None else STABLE_INTERVAL
+            if note:
+                self.ctx.log(note)
+            self._stopped.wait(pause)
 
-    def unhealthy(self, problem: str) -> bool:
-        """Record a failed probe; True when it ends a healthy streak."""
-        self.failed, self.last = self.failed + 1, problem
-        lost, self.streak_since = self.streak_since is not None, None
-        self.lost += lost
-        return lost
-
-
-def health_gate(ctx: DeploymentContext, sha: str | None = None) -> dict[str, float]:
-    """Probe until stably healthy or health_timeout; record and return failed_probes and seconds_to_healthy."""
-    sha = sha or ctx.deployment.sha
-    # The previous release only tells a stale answer from a wrong one; a rollback's own gate has none.
-    previous = ctx.deployment.previous_sha if sha == ctx.deployment.sha else ""
-    url, timeout = ctx.env.health_url, ctx.env.health_timeout
-    started, watch = time.monotonic(), _Watch()
-    while True:
-        problem = probe(url, sha, previous)
-        elapsed = time.monotonic() - started
+    def _record(self, problem: str | None, at: float) -> str:
+        """Count one probe; returns a line worth logging, or ''."""
         if problem is None:
-            if watch.healthy(elapsed):
-                since = watch.streak_since or 0.0
-                ctx.log(f"{url} healthy with {sha[:12]} after {since:.1f}s, and for {STABLE_FOR:g}s since "
-                        f"({watch.failed} failed probes)")  # fmt: skip
-                return {"failed_probes": watch.failed, "seconds_to_healthy": round(since, 2)}
-        elif watch.unhealthy(problem):
-            ctx.log(f"{url} was healthy, then not: {problem}")
-        elif watch.failed == 1 or watch.failed % 10 == 0:
-            ctx.log(f"waiting for {url}: {problem}")
+            self.streak_since = at if self.streak_since is None else self.streak_since
+            self.healthy_at = at
+            return ""
+        self.failed, self.last = self.failed + 1, problem
+        if self.streak_since is not None:
+            self.lost, self.streak_since = self.lost + 1, None
+            return f"{self.url} was healthy, then not: {problem}"
+        return f"waiting for {self.url}: {problem}" if self.failed == 1 or self.failed % 10 == 0 else ""
+
+    def stable_since(self) -> float | None:
+        """Seconds (from the watch's start) since which it has answered healthy for STABLE_FOR; else None."""
+        with self._lock:
+            if self.streak_since is None or self.healthy_at is None:
+                return None
+            return self.streak_since if self.healthy_at - self.streak_since >= STABLE_FOR else None
+
+    def streaking(self) -> bool:
+        with self._lock:
+            return self.streak_since is not None
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self.is_alive():
+            self.join(timeout=PROBE_TIMEOUT + 1)
+
+
+@contextmanager
+def watching_health(ctx: DeploymentContext, sha: str | None = None) -> Iterator[HealthWatch]:
+    watch = HealthWatch(ctx, sha)
+    watch.start()
+    try:
+        yield watch
+    finally:
+        watch.stop()
+
+
+def health_gate(ctx: DeploymentContext, sha: str | None = None, watch: HealthWatch | None = None) -> dict[str, float]:
+    """Wait until stably healthy or health_timeout (from now); record and return failed_probes and
+    seconds_to_healthy. `watch` is one started at the rollout; without it the gate starts its own."""
+    if watch is None:
+        with watching_health(ctx, sha) as own:
+            return health_gate(ctx, sha, own)
+    timeout = ctx.env.health_timeout
+    gate_started = time.monotonic()
+    while (since := watch.stable_since()) is None:
         # A healthy streak under way may finish past the timeout: it is bounded by STABLE_FOR.
-        if elapsed >= timeout and watch.streak_since is None:
-            raise HealthCheckFailed(_failure(ctx, url, sha, timeout, watch))
-        time.sleep(STABLE_INTERVAL if watch.streak_since is not None else PROBE_INTERVAL)
+        if time.monotonic() - gate_started >= timeout and not watch.streaking():
+            raise HealthCheckFailed(_failure(ctx, watch, timeout))
+        time.sleep(_GATE_POLL)
+    ctx.log(f"{watch.url} healthy with {watch.sha[:12]} {since:.1f}s into the rollout, and for {STABLE_FOR:g}s "
+            f"since ({watch.failed} failed probes)")  # fmt: skip
+    return {"failed_probes": watch.failed, "seconds_to_healthy": round(since, 2)}
 
 
-def _failure(ctx: DeploymentContext, url: str, sha: str, timeout: float, watch: _Watch) -> str:
+def _failure(ctx: DeploymentContext, watch: HealthWatch, timeout: float) -> str:
     flapping = (
         f"it flapped: healthy, then not, {watch.lost} times; it must stay healthy for {STABLE_FOR:g}s; "
         if watch.lost
         else ""
     )
     return (
-        f"{url} was not healthy with {sha[:12]} within {timeout:g}s ({flapping}{watch.failed} failed probes; "
-        f"last: {watch.last}); environments.{ctx.env.name}.health_timeout"
+        f"{watch.url} was not healthy with {watch.sha[:12]} within {timeout:g}s ({flapping}{watch.failed} failed "
+        f"probes; last: {watch.last}); environments.{ctx.env.name}.health_timeout"
     )

@@ -19,7 +19,7 @@ from .build import build
 from .checkout import checkout
 from .cleanup import cleanup
 from .context import DeploymentContext
-from .healthcheck import health_gate
+from .healthcheck import health_gate, watching_health
 from .hooks import run_hook
 from .preflight import docker_host, docker_unreachable, preflight
 from .rollback import rollback
@@ -78,10 +78,11 @@ def _run(ctx: DeploymentContext) -> Status:
 
 
 def _roll_out(ctx: DeploymentContext) -> None:
-    with ctx.step("rollout", cancellable=False):
-        rollout(ctx)
-    with ctx.step("health", cancellable=False):
-        ctx.save(health=health_gate(ctx))
+    with watching_health(ctx) as watch:
+        with ctx.step("rollout", cancellable=False):
+            rollout(ctx)
+        with ctx.step("health", cancellable=False):
+            ctx.save(health=health_gate(ctx, watch=watch))
     if ctx.env.smoke is not None:
         with ctx.step("smoke", cancellable=False):
             run_hook(ctx, "smoke", ctx.env.smoke)
