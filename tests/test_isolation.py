@@ -294,7 +294,7 @@ def staging_discord_without_environment(layout: Layout) -> None:
 
 
 def production_runs_latest(layout: Layout) -> None:
-    layout.service("production", "app")["image"] = "sample-app:latest"
+    layout.service("production", "app")["image"] = f"{testbed.APP_IMAGE}:latest"
 
 
 def staging_discord_without_build(layout: Layout) -> None:
@@ -406,14 +406,14 @@ VIOLATIONS: list[Any] = [
     pytest.param(
         "images",
         production_runs_latest,
-        "production: no service in docker-compose.production.yml runs sample-app:latest-production "
-        "(app runs sample-app:latest)",
+        f"production: no service in docker-compose.production.yml runs {testbed.APP_IMAGE}:latest-production "
+        f"(app runs {testbed.APP_IMAGE}:latest)",
         id="images:tag",
     ),
     pytest.param(
         "images",
         staging_discord_without_build,
-        "staging: image sample-app-discord is built from service 'discord', which has no build: section "
+        f"staging: image {testbed.DISCORD_IMAGE} is built from service 'discord', which has no build: section "
         "in docker-compose.staging.yml",
         id="images:no-build",
     ),
@@ -557,7 +557,7 @@ def test_violations_quoting_secrets_are_masked(
     monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", WEBHOOK_SECRET)
     set_environment(layout.service("production", "app"), "ENVIRONMENT", "${DB_PASSWORD}")
     set_environment(layout.service("staging", "discord"), "ENVIRONMENT", "${DISCORD_TOKEN}-${DB_PASSWORD}")
-    layout.service("production", "app")["image"] = "sample-app:${API_KEY}"
+    layout.service("production", "app")["image"] = testbed.APP_IMAGE + ":${API_KEY}"
     check = config_check(layout.write())
 
     assert check.code == 1, check.output
@@ -566,7 +566,7 @@ def test_violations_quoting_secrets_are_masked(
         f"staging: service discord sets ENVIRONMENT={MASK}-{MASK}, expected staging",
         f"production: service app sets ENVIRONMENT={MASK}, expected production",
     ]
-    assert f"(app runs sample-app:{MASK})" in rules["images"].violations[0]
+    assert f"(app runs {testbed.APP_IMAGE}:{MASK})" in rules["images"].violations[0]
     assert_no_secrets(check, WEBHOOK_SECRET)
 
 

@@ -7,6 +7,9 @@ around trivial pipelines; the last test deploys the real sample app on the real 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
 import secrets
 import threading
@@ -340,6 +343,8 @@ def test_a_deployment_cancelled_through_the_api_is_reported_inactive(
     created = client.post("/api/deployments", json={"environment": "staging", "sha": new_sha()}, headers=headers)
     assert created.status_code == 202, created.json
     deployment_id = created.json["id"] if created.json else ""
+    # The web process sends 'queued' in the background; a person cancels after it landed.
+    testbed.wait_for(lambda: len(recorder.under("/api/v3/")) == 3, timeout=10, what="the queued report")
     assert client.post(f"/api/deployments/{deployment_id}/cancel", headers=headers).status_code == 200
 
     cancelled = DeploymentStore(redis_conn).require(deployment_id)
@@ -572,3 +577,32 @@ def test_a_real_deployment_of_the_sample_app_reports_success(reporting_bed: Bed,
 def _seconds(deployment: Deployment) -> Any:
     assert deployment.started_at is not None and deployment.finished_at is not None
     return deployment.finished_at - deployment.started_at
+
+
+def test_a_slow_github_does_not_hold_up_the_webhooks_answer(
+    config_file: Path,
+    recorder: Recorder,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets: testbed.Secrets,
+    client_for: Callable[[DeployConfig], FlaskClient],
+) -> None:
+    """The 'queued' report leaves the request path: the forge gets its 202 while GitHub is still answering."""
+    point_reporting_at(monkeypatch, recorder.url)
+    config = with_reporting(config_file, f"{recorder.url}/api/v3", timeout=5.0)
+    recorder.delay = 3.0
+    body = json.dumps(
+        {"ref": "refs/heads/staging", "after": new_sha(), "repository": {"full_name": config.repository.full_name},
+         "pusher": {"name": "alice"}, "head_commit": {"message": "m", "url": "u"}}
+    ).encode()  # fmt: skip
+    headers = {
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(testbed.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest(),
+        "Content-Type": "application/json",
+    }
+    started = time.monotonic()
+    response = client_for(config).post("/hooks/github", data=body, headers=headers)
+    answered = time.monotonic() - started
+    assert response.status_code == 202, response.get_data(as_text=True)
+    assert answered < recorder.delay, f"the webhook waited {answered:.1f}s for GitHub"
+    testbed.wait_for(lambda: len(recorder.under("/api/v3/")) == 3, timeout=30, what="the queued report, later")

@@ -11,7 +11,7 @@ import docker
 import requests
 from rq.timeouts import JobTimeoutException
 
-from deploy_config.errors import DeployError
+from deploy_config.errors import DeployError, PreflightFailed
 from deploy_state import Status
 
 from .backup import backup
@@ -46,8 +46,10 @@ def run(ctx: DeploymentContext) -> Status:
 
 
 def _names_the_engine(exc: DeployError) -> bool:
-    """The step already said the engine failed (DeploymentContext.step turns Docker's errors into that)."""
-    return isinstance(exc.__cause__, (docker.errors.DockerException, requests.ConnectionError))
+    """The step already said the engine failed (DeploymentContext.step turns Docker's errors into that),
+    or it was preflight, which checks the engine first and says so."""
+    docker_failed = isinstance(exc.__cause__, (docker.errors.DockerException, requests.ConnectionError))
+    return docker_failed or isinstance(exc, PreflightFailed)
 
 
 def _run(ctx: DeploymentContext) -> Status:
