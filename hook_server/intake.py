@@ -90,8 +90,8 @@ class Intake:
             # The holder died between claiming and recording: this request makes the deployment.
             log.warning("claim of deployment %s was abandoned; taking it over", claim.deployment_id)
             claim = self._claim(request, abandoned=claim.deployment_id)
-        deployment = self._new_deployment(request, claim.deployment_id)
         try:
+            deployment = self._new_deployment(request, claim.deployment_id)
             with self.conn.pipeline(transaction=True) as pipe:
                 pipe.multi()  # explicitly: RQ's enqueue on a pipeline calls multi() unless one was
                 self._write(pipe, deployment, request)
