@@ -23,6 +23,11 @@ from deploy_state import Deployment, DeploymentStore, Step
 log = logging.getLogger(__name__)
 
 
+def docker_host() -> str:
+    """Where the Docker client connects, for messages."""
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
 class Cancelled(Exception):
     """Raised at a step boundary when a newer deployment asked this one to stop."""
 
@@ -137,7 +142,7 @@ class DeploymentContext:
             # The engine went away mid-step: say so plainly, and let the pipeline roll back.
             error = DeployError(
                 f"the Docker engine failed during {name}: {exc}; check that dockerd is running and reachable "
-                f"at {os.environ.get('DOCKER_HOST', 'unix:///var/run/docker.sock')}"
+                f"at {docker_host()}"
             )
             self.store.finish_step(self.deployment, step, "failed", self.redact(str(error)))
             self.log(f"--> {name} failed: {error}")

@@ -18,10 +18,10 @@ from .backup import backup
 from .build import build
 from .checkout import checkout
 from .cleanup import cleanup
-from .context import DeploymentContext
+from .context import DeploymentContext, docker_host
 from .healthcheck import health_gate, watching_health
 from .hooks import run_hook
-from .preflight import docker_host, docker_unreachable, preflight
+from .preflight import docker_unreachable, preflight
 from .rollback import rollback
 from .rollout import rollout
 from .verify import verify

@@ -12,7 +12,7 @@ import requests
 from deploy_config import commands
 from deploy_config.errors import CommandFailed, PreflightFailed
 
-from .context import DeploymentContext
+from .context import DeploymentContext, docker_host
 
 
 def preflight(ctx: DeploymentContext) -> None:
@@ -38,10 +38,6 @@ def preflight(ctx: DeploymentContext) -> None:
     root = Path(str(ctx.docker.info().get("DockerRootDir", "")))
     if root.is_dir():
         _free_space(ctx, root, "Docker's data root")
-
-
-def docker_host() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 def docker_unreachable(timeout: float = 5.0) -> str | None:

@@ -143,6 +143,19 @@ def assert_succeeded(bed: Bed, deployment_id: str) -> Deployment:
     return deployment
 
 
+def next_push_deploys(
+    bed: Bed, redis_url: str, log_path: Path, message: str, files: Mapping[str, str] | None = None
+) -> Deployment:
+    """A further push to staging, run by a fresh burst worker: it must succeed and serve its version."""
+    sha = bed.commit(files, message)
+    bed.push("staging", sha)
+    deployment_id = bed.deliver("staging", sha)
+    run_burst_worker(bed, redis_url, log_path)
+    deployed = assert_succeeded(bed, deployment_id)
+    assert bed.health("staging") == {"status": "ok", "version": sha, "environment": "staging"}
+    return deployed
+
+
 def times_started(bed: Bed, deployment: Deployment) -> int:
     """How many times the pipeline started on this deployment: its log's preflight headers."""
     return bed.log(deployment).splitlines().count("==> preflight")

@@ -29,6 +29,7 @@ from .faults import (
     assert_succeeded,
     deploy_slow_release,
     lock_holder,
+    next_push_deploys,
     release_files,
     run_burst_worker,
     set_lock_lease,
@@ -94,12 +95,7 @@ def test_redis_restarted_between_enqueue_and_pickup_loses_nothing(
     assert bed.health("staging")["version"] == sha
     assert_ran_once(bed, deployment_id)
     # The web app's connection came back too: the next push is recorded, queued and deployed.
-    nxt = bed.commit(message="after the restart")
-    bed.push("staging", nxt)
-    next_id = bed.deliver("staging", nxt)
-    run_burst_worker(bed, restartable_redis.url, tmp_path / "next.log")
-    assert_succeeded(bed, next_id)
-    assert bed.health("staging")["version"] == nxt
+    next_push_deploys(bed, restartable_redis.url, tmp_path / "next.log", "after the restart")
     record_fault(
         "redis-restart-queued",
         f"Redis restarted (SIGTERM, start; down {down:.1f}s) with a deployment queued and no worker",
@@ -169,12 +165,7 @@ def test_redis_down_longer_than_the_retries_mid_deployment(
     assert lost.status == Status.FAILED
     assert lost.reason == "worker lost during build"
     assert_ran_once(bed, deployment_id)
-    nxt = bed.commit(release_files(), "after the outage")
-    bed.push("staging", nxt)
-    next_id = bed.deliver("staging", nxt)
-    run_burst_worker(bed, restartable_redis.url, tmp_path / "next.log")
-    assert_succeeded(bed, next_id)
-    assert bed.health("staging")["version"] == nxt
+    next_push_deploys(bed, restartable_redis.url, tmp_path / "next.log", "after the outage", release_files())
     record_fault(
         "redis-outage-mid-deploy",
         f"Redis down {down:.1f}s (longer than the clients' retries) while a worker was mid-build",

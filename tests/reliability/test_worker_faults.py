@@ -36,6 +36,7 @@ from .faults import (
     deploy_slow_release,
     horse_pid,
     lock_holder,
+    next_push_deploys,
     probing,
     process_tree,
     release_files,
@@ -104,13 +105,7 @@ def test_worker_sigkilled_in_a_step_is_failed_on_restart_and_the_next_push_deplo
         assert partials, "the kill did not land mid-dump: no partial backup"
 
     # The next push deploys, and any half-written dump never got a final name.
-    nxt = bed.commit(release_files(), "the next push")
-    bed.push("staging", nxt)
-    next_id = bed.deliver("staging", nxt)
-    run_burst_worker(bed, redis_url, tmp_path / "next.log")
-    recovered = bed.store.require(next_id)
-    assert recovered.status == Status.SUCCEEDED, f"{recovered.reason}\n{bed.log(recovered)}"
-    assert bed.health("staging") == {"status": "ok", "version": nxt, "environment": "staging"}
+    recovered = next_push_deploys(bed, redis_url, tmp_path / "next.log", "the next push", release_files())
     finals = assert_only_complete_backups(backups)
     if step == "backup":
         assert [str(p) for p in finals] == [recovered.backup]
