@@ -93,10 +93,6 @@ class Claim:
     previous_head: str = ""
     """The head record this claim replaced, restored if the claim is released."""
 
-    @property
-    def abandoned(self) -> bool:
-        return self.taken and self.age > CLAIM_GRACE
-
 
 class Claims:
     """Claims of deliveries and branch heads on an explicitly passed Redis connection."""

@@ -22,7 +22,7 @@ from deploy_config.errors import BackupFailed, CommandFailed, DeployError
 from deploy_config.secrets import read_env_file
 
 from .context import DeploymentContext, StepSkipped, StepWarning
-from .verify import PROJECT_LABEL, SERVICE_LABEL
+from .verify import project_containers
 
 COMPLETE_MARKER = b"-- PostgreSQL database dump complete"
 _TAIL_BYTES = 4096
@@ -62,8 +62,7 @@ def running_services(project: ComposeProject) -> set[str]:
 
 def _has_container(ctx: DeploymentContext, service: str) -> bool:
     """Whether the service has a container, running or not (asked of the engine: `compose ps` costs ~0.1 s)."""
-    labels = [f"{PROJECT_LABEL}={ctx.env.project}", f"{SERVICE_LABEL}={service}"]
-    return bool(ctx.docker.containers.list(all=True, filters={"label": labels}))
+    return bool(project_containers(ctx, ctx.env.project or "", stopped_too=True, service=service))
 
 
 def database_credentials(config: DeployConfig, env: EnvironmentConfig) -> tuple[str, str]:

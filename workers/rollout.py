@@ -8,7 +8,7 @@ from deploy_config import commands
 from deploy_config.errors import CommandFailed, RolloutFailed
 
 from .context import DeploymentContext
-from .verify import PROJECT_LABEL
+from .verify import project_containers
 
 
 def rollout(ctx: DeploymentContext) -> None:
@@ -67,9 +67,7 @@ def _not_healthy(ctx: DeploymentContext, unhealthy: list[str], detail: str) -> R
 def unhealthy_containers(ctx: DeploymentContext, running_only: bool = False) -> list[str]:
     """The project's containers whose healthcheck does not say healthy (starting or unhealthy), described."""
     try:
-        containers = ctx.docker.containers.list(
-            all=not running_only, filters={"label": f"{PROJECT_LABEL}={ctx.env.project}"}
-        )
+        containers = project_containers(ctx, ctx.env.project or "", stopped_too=not running_only)
     except docker.errors.DockerException:
         return []  # a description, best effort: the engine may be the problem
     found = []

@@ -42,8 +42,12 @@ def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
     return results
 
 
-def project_containers(ctx: DeploymentContext, project: str) -> list[Container]:
-    return list(ctx.docker.containers.list(filters={"label": f"{PROJECT_LABEL}={project}"}))
+def project_containers(
+    ctx: DeploymentContext, project: str, *, stopped_too: bool = False, service: str | None = None
+) -> list[Container]:
+    """The compose project's containers (running ones unless stopped_too), of one service if given."""
+    labels = [f"{PROJECT_LABEL}={project}"] + ([f"{SERVICE_LABEL}={service}"] if service else [])
+    return list(ctx.docker.containers.list(all=stopped_too, filters={"label": labels}))
 
 
 def _service(container: Container) -> str:
