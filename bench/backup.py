@@ -44,9 +44,9 @@ def child_ours(spec: dict[str, str]) -> dict[str, object]:
     import workers.pipeline  # noqa: F401 - every step's module, as loaded in a work horse
     import workers.worker  # noqa: F401 - and rq's Worker, as loaded in the worker it forks from
     from deploy_config import load_config
-    from deploy_config.compose import ComposeProject
     from deploy_config.secrets import config_redactor
     from deploy_state import DeploymentStore, Status, Trigger
+    from docker_runtime.compose import ComposeProject
     from workers.backup import backup
     from workers.context import DeploymentContext
 
@@ -128,7 +128,7 @@ from common import (  # noqa: E402 - after the child entry point, above
 )
 from intake import summarise_profile  # noqa: E402
 
-from deploy_config.compose import ComposeProject  # noqa: E402
+from docker_runtime.compose import ComposeProject  # noqa: E402
 
 MB = 1_000_000
 DEFAULT_SIZES = "10,100,1000"

@@ -36,9 +36,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 import testbed  # noqa: E402 - tests/ holds the sample app and the config helpers the test suite uses
 
-from deploy_config import commands, load_config  # noqa: E402
-from deploy_config.compose import ComposeProject  # noqa: E402
+from deploy_config import load_config  # noqa: E402
 from deploy_state import Deployment, DeploymentStore, Status  # noqa: E402
+from docker_runtime import commands  # noqa: E402
+from docker_runtime.compose import ComposeProject  # noqa: E402
 from workers.healthcheck import PROBE_INTERVAL  # noqa: E402
 
 # --- the machine ---------------------------------------------------------------------------

@@ -47,8 +47,8 @@ from common import (
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 import testbed  # noqa: E402 - tests/ holds the config helpers the test suite uses
 
+from deploy_cli.service import web_command  # noqa: E402
 from deploy_state import DeploymentStore, Status, queue_for  # noqa: E402
-from hook_server.service import web_command  # noqa: E402
 
 SECRET = testbed.WEBHOOK_SECRET
 SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
@@ -126,7 +126,7 @@ def ours_env(redis_url: str, config_file: Path) -> dict[str, str]:
 
 @contextmanager
 def ours(port: int, env: dict[str, str], redis_pid: int, log: Path) -> Iterator[Server]:
-    """gunicorn over the app factory, with the Procfile's arguments (hook_server.service.web_command)."""
+    """gunicorn over the app factory, with the Procfile's arguments (deploy_cli.service.web_command)."""
     command = web_command(f"127.0.0.1:{port}")
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)

@@ -1,11 +1,10 @@
 """deploy_config: the deploy config's schema and loading, and the isolation lint."""
 
-from .errors import CommandFailed, ConfigError, DeployError
+from .errors import ConfigError, DeployError
 from .loading import config_path, load_config, parse_config
 from .schema import DeployConfig, EnvironmentConfig, ImageConfig, ServiceLimits
 
 __all__ = [
-    "CommandFailed",
     "ConfigError",
     "DeployConfig",
     "DeployError",

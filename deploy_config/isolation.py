@@ -10,11 +10,10 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
-from .commands import Redact
-from .compose import ComposeProject, ResolvedCompose
+from .resolved import ResolvedCompose
 from .schema import DeployConfig, EnvironmentConfig, parse_memory
 
 Stacks = Mapping[str, ResolvedCompose]
@@ -339,11 +338,3 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule("images", "each environment's compose file runs the images deploy.yml deploys", check_images),
 )
-
-
-def resolve_stacks(config: DeployConfig, repo_dir: Path, redact: Redact | None = None) -> dict[str, ResolvedCompose]:
-    """Every environment's compose model, resolved by Compose from the checkout at repo_dir."""
-    return {
-        name: ComposeProject.for_environment(config, env, repo_dir).resolve(redact)
-        for name, env in config.environments.items()
-    }

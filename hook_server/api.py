@@ -11,8 +11,8 @@ from typing import Any
 from flask import Blueprint, request
 
 from deploy_config import DeployError
+from deploy_reporting.reporting import report
 from deploy_state import Deployment, Status, StatusConflict, Trigger
-from deploy_state.reporting import report
 
 from . import livelog
 from .extensions import deploy_config, intake, store

@@ -20,10 +20,10 @@ from redis.client import Pipeline
 
 from deploy_config import DeployConfig
 from deploy_config.secrets import Redactor, config_redactor
+from deploy_reporting.reporting import enabled as reporting_enabled
+from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
 from deploy_state.claims import CLAIM_GRACE, Claim, Claims
-from deploy_state.reporting import enabled as reporting_enabled
-from deploy_state.reporting import report
 
 log = logging.getLogger(__name__)
 

@@ -19,10 +19,10 @@ from prometheus_client.registry import Collector
 
 from deploy_config import DeployConfig
 from deploy_state import FINAL_STATUSES, DeploymentStore
+from deploy_state.rejections import rejection_totals
 from deploy_state.stats import EnvironmentStats, Histogram
 
 from .extensions import deploy_config, redis_conn, store
-from .rejections import rejection_totals
 
 bp = Blueprint("metrics", __name__)
 

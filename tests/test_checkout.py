@@ -14,11 +14,11 @@ import testbed
 import yaml
 
 from deploy_config import DeployConfig, load_config
-from deploy_config.errors import CheckoutFailed
 from deploy_config.secrets import config_redactor
 from deploy_state import DeploymentStore
 from workers.checkout import checkout
 from workers.context import DeploymentContext
+from workers.errors import CheckoutFailed
 
 
 def context_for(config: DeployConfig, conn: redis.Redis, sha: str) -> DeploymentContext:

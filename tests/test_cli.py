@@ -38,15 +38,17 @@ from click.testing import CliRunner, Result
 from rq import SimpleWorker
 from test_queueing import WorkerProcess, running_worker
 
-from deploy_config import CommandFailed, DeployConfig, commands, load_config, parse_config
-from deploy_config.errors import BackupFailed
+from deploy_cli import cli
+from deploy_cli.display import clock, duration, size
+from deploy_cli.progress import PlainDisplay, TtyDisplay, fit, frame, no_worker_hint
+from deploy_cli.webhook import PUSHER
+from deploy_config import DeployConfig, load_config, parse_config
 from deploy_state import Deployment, DeploymentStore, Status, Step, keys, queue_for
+from docker_runtime import commands
+from docker_runtime.errors import CommandFailed
 from hook_server import create_app
-from hook_server.cli import cli
-from hook_server.cli.display import clock, duration, size
-from hook_server.cli.progress import PlainDisplay, TtyDisplay, fit, frame, no_worker_hint
-from hook_server.cli.webhook import PUSHER
 from workers.backup import COMPLETE_MARKER, verify_backup
+from workers.errors import BackupFailed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
@@ -111,8 +113,8 @@ def test_the_commands_the_issue_asks_for_exist() -> None:
 
 
 def test_python_dash_m_runs_the_same_cli() -> None:
-    """`deployhook up` starts its workers as `python -m hook_server.cli worker ...`."""
-    result = subprocess.run([sys.executable, "-m", "hook_server.cli", "worker", "--help"], capture_output=True,
+    """`deployhook up` starts its workers as `python -m deploy_cli worker ...`."""
+    result = subprocess.run([sys.executable, "-m", "deploy_cli", "worker", "--help"], capture_output=True,
                             text=True, cwd=REPO_ROOT, timeout=WAIT, check=False)  # fmt: skip
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.startswith("Usage: deployhook worker [OPTIONS]")

@@ -12,8 +12,9 @@ import git
 import pytest
 import testbed
 
-from deploy_config import commands, parse_config
-from deploy_config.compose import ComposeProject
+from deploy_config import parse_config
+from docker_runtime import commands
+from docker_runtime.compose import ComposeProject
 
 
 @pytest.fixture

@@ -17,12 +17,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from deploy_config import CommandFailed, ConfigError, DeployConfig, config_path, load_config
-from deploy_config.commands import run
+from deploy_cli import main
+from deploy_config import ConfigError, DeployConfig, config_path, load_config
 from deploy_config.defaults import CONFIG_ENVVAR
 from deploy_config.schema import parse_memory
 from deploy_config.secrets import MASK, Redactor, config_redactor, parse_env_file, read_env_file
-from hook_server.cli import main
+from docker_runtime.commands import run
+from docker_runtime.errors import CommandFailed
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "deploy.yml"

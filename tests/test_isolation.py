@@ -22,8 +22,8 @@ import pytest
 import testbed
 import yaml
 
+from deploy_cli import main
 from deploy_config import DeployConfig
-from deploy_config.compose import ResolvedCompose
 from deploy_config.isolation import (
     RULES,
     check_host_ports,
@@ -32,8 +32,8 @@ from deploy_config.isolation import (
     lint,
     service_limits,
 )
+from deploy_config.resolved import ResolvedCompose
 from deploy_config.secrets import MASK
-from hook_server.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "deploy.yml"

@@ -25,8 +25,8 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig
 from deploy_state import FINAL_STATUSES, DeploymentStore, Status, queue_for
+from deploy_state.rejections import REASONS
 from hook_server import create_app
-from hook_server.rejections import REASONS
 
 RQ = Path(sys.executable).parent / "rq"
 

@@ -28,9 +28,10 @@ import testbed
 from flask.testing import FlaskClient
 from rq import SimpleWorker
 
-from deploy_config import DeployConfig, commands, load_config
-from deploy_config.compose import ComposeProject
+from deploy_config import DeployConfig, load_config
 from deploy_state import Deployment, DeploymentStore, Status, keys, queue_for
+from docker_runtime import commands
+from docker_runtime.compose import ComposeProject
 from hook_server import create_app
 
 TESTS = Path(__file__).resolve().parent

@@ -31,8 +31,8 @@ from scrape import scrape
 from test_pipeline import Bed, bed, bed_overrides  # noqa: F401 - fixtures, requested by name
 
 from deploy_config import DeployConfig, DeployError, load_config
+from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, Trigger
-from deploy_state.reporting import report
 from hook_server import create_app
 from hook_server.intake import DeployRequest, Intake
 from workers.context import DeploymentContext
@@ -413,7 +413,7 @@ def test_a_queued_report_arriving_after_the_worker_started_is_dropped(
 
 
 def report_failures(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "deploy_state.outbound" and r.levelno == logging.WARNING]
+    return [r for r in caplog.records if r.name == "deploy_reporting.outbound" and r.levelno == logging.WARNING]
 
 
 def assert_no_secret_logged(caplog: pytest.LogCaptureFixture) -> None:

@@ -254,7 +254,7 @@ def web_server(
     config_file: Path, redis_url: str, extra_env: Mapping[str, str] | None = None, log_path: Path | None = None
 ) -> Iterator[int]:
     """The app served as the Procfile serves it (gunicorn, service.web_command); yields its port."""
-    from hook_server.service import web_command
+    from deploy_cli.service import web_command
 
     port = free_port()
     pythonpath = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)

@@ -15,14 +15,17 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from deploy_config import DeployConfig, EnvironmentConfig, commands
-from deploy_config.commands import Redact
-from deploy_config.compose import ComposeProject
-from deploy_config.errors import BackupFailed, CommandFailed, DeployError
+from deploy_config import DeployConfig, EnvironmentConfig
+from deploy_config.errors import DeployError
 from deploy_config.secrets import read_env_file
+from docker_runtime import commands
+from docker_runtime.commands import Redact
+from docker_runtime.compose import ComposeProject
+from docker_runtime.containers import project_containers
+from docker_runtime.errors import CommandFailed
+from workers.errors import BackupFailed
 
 from .context import DeploymentContext, StepSkipped, StepWarning
-from .verify import project_containers
 
 COMPLETE_MARKER = b"-- PostgreSQL database dump complete"
 _TAIL_BYTES = 4096
@@ -62,7 +65,7 @@ def running_services(project: ComposeProject) -> set[str]:
 
 def _has_container(ctx: DeploymentContext, service: str) -> bool:
     """Whether the service has a container, running or not (asked of the engine: `compose ps` costs ~0.1 s)."""
-    return bool(project_containers(ctx, ctx.env.project or "", stopped_too=True, service=service))
+    return bool(project_containers(ctx.docker, ctx.env.project or "", stopped_too=True, service=service))
 
 
 def database_credentials(config: DeployConfig, env: EnvironmentConfig) -> tuple[str, str]:

@@ -13,7 +13,7 @@ from typing import Any
 import docker
 
 from deploy_config import ImageConfig
-from deploy_config.errors import BuildFailed
+from workers.errors import BuildFailed
 
 from .context import DeploymentContext
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import git
 
 from deploy_config import defaults
-from deploy_config.compose import ComposeProject
-from deploy_config.errors import CheckoutFailed, DeployError
+from deploy_config.errors import DeployError
 from deploy_config.secrets import display_url
+from docker_runtime.compose import ComposeProject
+from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
 

@@ -16,9 +16,10 @@ import docker
 import requests
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig
-from deploy_config.compose import ComposeProject, ResolvedCompose
+from deploy_config.resolved import ResolvedCompose
 from deploy_config.secrets import Redactor
 from deploy_state import Deployment, DeploymentStore, Step
+from docker_runtime.compose import ComposeProject
 
 log = logging.getLogger(__name__)
 

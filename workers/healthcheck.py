@@ -9,8 +9,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from deploy_config.errors import HealthCheckFailed
-from deploy_config.health import probe_health
+from docker_runtime.health import probe_health
+from workers.errors import HealthCheckFailed
 
 from .context import DeploymentContext
 

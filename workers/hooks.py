@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
-from deploy_config import commands
-from deploy_config.errors import CommandFailed, RolloutFailed
 from deploy_config.schema import CommandHook
+from docker_runtime import commands
+from docker_runtime.errors import CommandFailed
+from workers.errors import RolloutFailed
 
 from .context import DeploymentContext
 

@@ -17,8 +17,8 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
+from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
-from deploy_state.reporting import report
 
 from .context import Cancelled, DeploymentContext
 

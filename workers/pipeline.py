@@ -11,8 +11,9 @@ import docker
 import requests
 from rq.timeouts import JobTimeoutException
 
-from deploy_config.errors import DeployError, PreflightFailed
+from deploy_config.errors import DeployError
 from deploy_state import Status
+from workers.errors import PreflightFailed
 
 from .backup import backup
 from .build import build

@@ -9,8 +9,9 @@ from pathlib import Path
 import docker
 import requests
 
-from deploy_config import commands
-from deploy_config.errors import CommandFailed, PreflightFailed
+from docker_runtime import commands
+from docker_runtime.errors import CommandFailed
+from workers.errors import PreflightFailed
 
 from .context import DeploymentContext, docker_host
 

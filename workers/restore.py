@@ -14,10 +14,12 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from deploy_config import EnvironmentConfig, commands
-from deploy_config.commands import Redact
-from deploy_config.compose import ComposeProject
-from deploy_config.errors import BackupFailed, CommandFailed
+from deploy_config import EnvironmentConfig
+from docker_runtime import commands
+from docker_runtime.commands import Redact
+from docker_runtime.compose import ComposeProject
+from docker_runtime.errors import CommandFailed
+from workers.errors import BackupFailed
 
 CHUNK_BYTES = 256 * 1024
 """Decompressed bytes handed to psql at a time."""

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from docker.models.containers import Container
 
-from deploy_config.errors import DeployError, RollbackFailed
+from deploy_config.errors import DeployError
 from deploy_state import Status
+from docker_runtime.containers import project_containers
+from workers.errors import RollbackFailed
 
 from .context import DeploymentContext
 from .healthcheck import health_gate
 from .rollout import compose_up, point_current_tags
-from .verify import project_containers
 
 
 def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
@@ -53,7 +54,7 @@ def _restore_hint(ctx: DeploymentContext) -> str:
 
 def describe_running(ctx: DeploymentContext) -> str:
     try:
-        containers = project_containers(ctx, ctx.env.project or "")
+        containers = project_containers(ctx.docker, ctx.env.project or "")
     except Exception as exc:  # noqa: BLE001 - a description, best effort, even when Docker is down
         return f"unknown ({exc})"
     if not containers:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import docker
 
-from deploy_config import commands
-from deploy_config.errors import CommandFailed, RolloutFailed
+from docker_runtime import commands
+from docker_runtime.containers import project_containers
+from docker_runtime.errors import CommandFailed
+from workers.errors import RolloutFailed
 
 from .context import DeploymentContext
-from .verify import project_containers
 
 
 def rollout(ctx: DeploymentContext) -> None:
@@ -67,7 +68,7 @@ def _not_healthy(ctx: DeploymentContext, unhealthy: list[str], detail: str) -> R
 def unhealthy_containers(ctx: DeploymentContext, running_only: bool = False) -> list[str]:
     """The project's containers whose healthcheck does not say healthy (starting or unhealthy), described."""
     try:
-        containers = project_containers(ctx, ctx.env.project or "", stopped_too=not running_only)
+        containers = project_containers(ctx.docker, ctx.env.project or "", stopped_too=not running_only)
     except docker.errors.DockerException:
         return []  # a description, best effort: the engine may be the problem
     found = []

@@ -11,20 +11,18 @@ from typing import Any
 
 from docker.models.containers import Container
 
-from deploy_config.errors import VerifyFailed
 from deploy_config.isolation import service_limits
+from docker_runtime.containers import SERVICE_LABEL, project_containers
+from workers.errors import VerifyFailed
 
 from .context import DeploymentContext, StepWarning
-
-PROJECT_LABEL = "com.docker.compose.project"
-SERVICE_LABEL = "com.docker.compose.service"
 
 Check = Callable[[DeploymentContext, list[Container]], list[str]]
 
 
 def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
     """Run every check; record the results; raise (or warn) when one fails."""
-    containers = project_containers(ctx, ctx.project.environment.project or "")
+    containers = project_containers(ctx.docker, ctx.project.environment.project or "")
     if not containers:
         raise VerifyFailed(f"no running containers of project {ctx.env.project!r} after the rollout")
     results = []
@@ -40,14 +38,6 @@ def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
             raise VerifyFailed(f"isolation checks failed: {summary}")
         raise StepWarning(f"isolation checks failed (verify_failure: warn): {summary}")
     return results
-
-
-def project_containers(
-    ctx: DeploymentContext, project: str, *, stopped_too: bool = False, service: str | None = None
-) -> list[Container]:
-    """The compose project's containers (running ones unless stopped_too), of one service if given."""
-    labels = [f"{PROJECT_LABEL}={project}"] + ([f"{SERVICE_LABEL}={service}"] if service else [])
-    return list(ctx.docker.containers.list(all=stopped_too, filters={"label": labels}))
 
 
 def _service(container: Container) -> str:

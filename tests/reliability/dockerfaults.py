@@ -22,8 +22,8 @@ from docker.models.containers import Container
 from test_pipeline import Bed, _bed_config, _teardown
 
 from deploy_config import load_config
-from deploy_config.compose import ComposeProject
-from deploy_config.health import probe_health
+from docker_runtime.compose import ComposeProject
+from docker_runtime.health import probe_health
 from hook_server import create_app
 
 DOCKERD_LOG = Path("/var/log/deployhook-dockerd.log")

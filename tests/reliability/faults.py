@@ -265,7 +265,7 @@ class TableLock:
         testbed.wait_for(self.held, timeout=30, what=f"the lock on {table}")
 
     def _psql_args(self, sql: str, application: str = "fault-test") -> tuple[list[str], dict[str, str]]:
-        from deploy_config.compose import ComposeProject
+        from docker_runtime.compose import ComposeProject
 
         config, env = self.bed.config, self.bed.config.environments[self.env]
         project = ComposeProject.for_environment(config, env, config.state_dir / "worktrees" / self.env)

@@ -14,9 +14,9 @@ from urllib.parse import urlsplit
 import click
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
+from hook_server.pushes import SHA
+from hook_server.refs import resolve_ref
 
-from ..pushes import SHA
-from ..refs import resolve_ref
 from .base import cli, config_option, require_env, url_option
 from .client import ServiceClient, secret_from_env
 from .display import summary

@@ -23,10 +23,10 @@ import click
 from redis import RedisError
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
-from deploy_config.compose import ComposeProject
-from deploy_config.errors import BackupFailed
 from deploy_state import DeploymentStore, EnvironmentLock, LeaseKeeper
 from deploy_state.connection import connect
+from docker_runtime.compose import ComposeProject
+from workers.errors import BackupFailed
 
 from .base import cli, config_option, require_env
 from .display import size, table, timestamp

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from . import commands, defaults
+from deploy_config import defaults
+from deploy_config.errors import DeployError
+from deploy_config.resolved import ResolvedCompose
+from deploy_config.schema import DeployConfig, EnvironmentConfig
+
+from . import commands
 from .commands import Redact
-from .errors import CommandFailed, DeployError
-from .schema import DeployConfig, EnvironmentConfig
+from .errors import CommandFailed
 
 
 @dataclass(frozen=True)
@@ -70,24 +72,9 @@ class ComposeProject:
         return ResolvedCompose.from_json(self.environment.name, self.file, json.loads(result.stdout))
 
 
-@dataclass(frozen=True)
-class ResolvedCompose:
-    """The parts of `docker compose config --format json` that the isolation rules read."""
-
-    environment: str
-    file: Path
-    project: str
-    services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    networks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def from_json(cls, environment: str, file: Path, model: Mapping[str, Any]) -> ResolvedCompose:
-        return cls(
-            environment=environment,
-            file=file,
-            project=str(model.get("name", "")),
-            services=model.get("services") or {},
-            networks=model.get("networks") or {},
-            volumes=model.get("volumes") or {},
-        )
+def resolve_stacks(config: DeployConfig, repo_dir: Path, redact: Redact | None = None) -> dict[str, ResolvedCompose]:
+    """Every environment's compose model, resolved by Compose from the checkout at repo_dir."""
+    return {
+        name: ComposeProject.for_environment(config, env, repo_dir).resolve(redact)
+        for name, env in config.environments.items()
+    }

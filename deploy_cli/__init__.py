@@ -1,6 +1,6 @@
 """The `deployhook` command line: one click group, its commands in one module per area.
 
-`hook_server.cli:main` is the console script; `python -m hook_server.cli` runs the same.
+`deploy_cli:main` is the console script; `python -m deploy_cli` runs the same.
 """
 
 # Importing the command modules registers their commands on the group.

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 
 from deploy_config import DeployConfig, defaults
+from deploy_state.models import Deployment, Status
+from deploy_state.store import DeploymentStore
 
 from . import messages
-from .models import Deployment, Status
 from .outbound import Poster
-from .store import DeploymentStore
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,10 @@ from types import FrameType
 
 import redis
 
-from deploy_config import DeployConfig, DeployError, commands
+from deploy_config import DeployConfig, DeployError
 from deploy_state.connection import embedded_socket
+
+from . import supervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class EmbeddedRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.proc = commands.spawn(
+        self.proc = supervisor.spawn(
             [
                 redis_server_binary(),
                 "--port", "0",
@@ -84,7 +86,7 @@ class EmbeddedRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            commands.stop(self.proc)
+            supervisor.stop(self.proc)
 
 
 def web_command(bind: str) -> list[str]:
@@ -99,7 +101,7 @@ def web_command(bind: str) -> list[str]:
 
 
 def deployhook_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "hook_server.cli", *args]
+    return [sys.executable, "-m", "deploy_cli", *args]
 
 
 def child_commands(config: DeployConfig, bind: str) -> list[list[str]]:
@@ -130,7 +132,7 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     children: list[subprocess.Popen[bytes]] = []
     try:
-        children += [commands.spawn(command, env=env) for command in child_commands(config, bind)]
+        children += [supervisor.spawn(command, env=env) for command in child_commands(config, bind)]
         log.info("deployhook listening on http://%s", bind)
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
@@ -138,7 +140,7 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
         return 1 if failed and not stopping else 0
     finally:
         for child in reversed(children):
-            commands.stop(child)
+            supervisor.stop(child)
         if embedded is not None:
             embedded.stop()
         for sig, handler in previous.items():

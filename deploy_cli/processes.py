@@ -22,14 +22,14 @@ def serve(config_file: Path, bind: str) -> None:
     """
     import os
 
-    from deploy_config import commands
     from deploy_state.connection import redis_url
 
-    from ..service import web_command
+    from . import supervisor
+    from .service import web_command
 
     config = load_config(config_file)
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
-    commands.replace_process(web_command(bind), env)
+    supervisor.replace_process(web_command(bind), env)
 
 
 @cli.command("worker")
@@ -58,8 +58,7 @@ def poll(config_file: Path, once: bool) -> None:
     import threading
 
     from deploy_state.connection import connect
-
-    from ..polling import poll_forever, poll_once
+    from hook_server.polling import poll_forever, poll_once
 
     config = load_config(config_file)
     if once:
@@ -84,7 +83,7 @@ def poll(config_file: Path, once: bool) -> None:
 )
 def up(config_file: Path, bind: str) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
-    from ..service import run_up
+    from .service import run_up
 
     config = load_config(config_file)
     ctx = click.get_current_context()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import Deployment, Status
+from deploy_state.models import Deployment, Status
 
 GITHUB_DESCRIPTION_LIMIT = 140
 """GitHub refuses longer descriptions on statuses (422)."""

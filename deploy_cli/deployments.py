@@ -20,8 +20,8 @@ import click
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_state import DeploymentStore, Status
+from hook_server.pushes import SHA
 
-from ..pushes import SHA
 from .base import cli, config_option, open_store, output_redactor, require_env, url_option, wait_option
 from .client import ServiceClient, api_token
 from .display import summary

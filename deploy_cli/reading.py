@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
-from deploy_config.health import probe_health
 from deploy_state import Deployment, DeploymentStore
+from docker_runtime.health import probe_health
 
 from .base import cli, config_option, open_store, output_redactor, require_env
 from .display import SHORT_SHA, summary, table, timestamp, took

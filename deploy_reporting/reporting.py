@@ -22,12 +22,12 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig
 from deploy_config.secrets import config_redactor
+from deploy_state.models import Deployment, Status
+from deploy_state.store import DeploymentStore
 
 from . import messages
 from .github import GitHub, Links
-from .models import Deployment, Status
 from .outbound import Poster, masking, url_secrets
-from .store import DeploymentStore
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,9 @@ import yaml
 
 from deploy_config import DeployConfig, load_config
 from deploy_config.errors import ConfigError
-from deploy_config.isolation import RuleResult, lint, resolve_stacks
+from deploy_config.isolation import RuleResult, lint
 from deploy_config.secrets import MASK, config_redactor, read_env_file
+from docker_runtime.compose import resolve_stacks
 
 from .base import cli, config_option, output_redactor
 
