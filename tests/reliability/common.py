@@ -95,6 +95,14 @@ def record_fault(name: str, what: str, outcome: str, injected: int = 1, survived
     record_figures("faults", {name: {"what": what, "injected": injected, "survived": survived, "outcome": outcome}})
 
 
+def record_security(finding: str, what: str, test: str, result: str = "holds") -> None:
+    """One security finding's regression test: call it after the test's assertions passed.
+
+    finding: a short name ("replayed push"); what: what the test does and checks; test: its node id.
+    """
+    record_figures("security", {finding: {"what": what, "test": test, "result": result}})
+
+
 HOSTILE: dict[str, dict[str, int]] = {}
 """Hostile inputs tried and refused, by category; written to the figures file at the session's end."""
 
