@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -36,7 +37,7 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
 @pytest.fixture
 def git_remote(tmp_path: Path) -> testbed.GitRemote:
     """A bare repository as the remote, with a work clone to commit and push from."""
-    return testbed.GitRemote(tmp_path / "git")
+    return testbed.GitRemote(testbed.remote_root(tmp_path))
 
 
 @pytest.fixture(scope="session")
@@ -72,9 +73,13 @@ def env_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def config_file(tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path) -> Path:
-    """deploy.yml for the sample app on the test's git remote, with per-test projects and ports."""
-    data = testbed.sample_config(git_remote.url, env_file=env_file, state_dir=tmp_path / "state")
+def config_file(tmp_path: Path, env_file: Path) -> Path:
+    """deploy.yml for the sample app, with per-test projects and ports.
+
+    Its repository is where the git_remote fixture creates the remote: only tests that ask for
+    git_remote pay for making one (most tests of the web app never touch git).
+    """
+    data = testbed.sample_config(testbed.remote_url(tmp_path), env_file=env_file, state_dir=tmp_path / "state")
     return testbed.write_yaml(tmp_path / "deploy.yml", data)
 
 
@@ -100,6 +105,34 @@ def app(deploy_config: DeployConfig, redis_url: str, redis_conn: redis.Redis, se
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def bed_overrides() -> dict[str, dict[str, Any]]:
+    """Per-environment config overrides; tests parametrize or override this fixture."""
+    return {}
+
+
+@pytest.fixture
+def bed(
+    tmp_path: Path,
+    git_remote: testbed.GitRemote,
+    env_file: Path,
+    docker_client: docker.DockerClient,
+    postgres_image: str,
+    redis_url: str,
+    redis_conn: redis.Redis,
+    secrets: testbed.Secrets,
+    monkeypatch: pytest.MonkeyPatch,
+    bed_overrides: dict[str, dict[str, Any]],
+) -> Iterator[testbed.Bed]:
+    config_file = testbed.bed_config(tmp_path, git_remote, env_file, **bed_overrides)
+    monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(config_file))
+    config = load_config(config_file)
+    app = create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+    bed = testbed.Bed(config, config_file, git_remote, redis_conn, app.test_client(), docker_client)
+    yield bed
+    testbed.teardown_bed(bed)
 
 
 _DOCKER_FIXTURES = {"docker_client", "compose_cli", "postgres_image"}

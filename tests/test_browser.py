@@ -23,7 +23,7 @@ import redis
 import testbed
 import testjobs
 from flask import Flask
-from test_pipeline import Bed, _bed_config, _teardown
+from testbed import Bed, bed_config, teardown_bed
 from werkzeug.serving import make_server
 
 from deploy_config import DeployConfig, load_config
@@ -142,8 +142,8 @@ def browser_bed(
     secrets: testbed.Secrets,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[Bed]:
-    """test_pipeline's bed, with event streams that end every few seconds."""
-    config_file = _bed_config(tmp_path, git_remote, env_file)
+    """testbed's Bed, with event streams that end every few seconds."""
+    config_file = bed_config(tmp_path, git_remote, env_file)
     monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(config_file))
     config = load_config(config_file)
     app = create_app(
@@ -151,7 +151,7 @@ def browser_bed(
     )
     bed = Bed(config, config_file, git_remote, redis_conn, app.test_client(), docker_client)
     yield bed
-    _teardown(bed)
+    teardown_bed(bed)
 
 
 def test_deployment_page_follows_a_real_deployment_live(browser_bed: Bed, chromium: Browser, redis_url: str) -> None:

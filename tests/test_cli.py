@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 import click
 import pytest
 import redis
-import test_pipeline
 import testbed
 import testjobs
 import yaml
@@ -58,8 +57,6 @@ SHA_A, SHA_B, SHA_C, SHA_D = ("a" * 40, "b" * 40, "c" * 40, "d" * 40)
 DUMP = b"--\n-- PostgreSQL database dump\n--\nCREATE TABLE t (id int);\n" + COMPLETE_MARKER + b"\n--\n"
 
 # The Docker round trip deploys with the pipeline tests' bed: the same fixtures, not a copy.
-bed = test_pipeline.bed
-bed_overrides = test_pipeline.bed_overrides
 
 
 # --- in-process: CliRunner ----------------------------------------------------------------------------
@@ -887,7 +884,7 @@ def run_deployhook(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_backups_restore_round_trip(
-    bed: test_pipeline.Bed, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+    bed: testbed.Bed, tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("REDIS_URL", redis_url)  # the store the service uses: the restore locks and audits there
     assert bed.deploy("staging", bed.commit()).status == Status.SUCCEEDED

@@ -8,186 +8,23 @@ PostgreSQL image stand in for the seed's stack.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import hmac
-import json
 import os
 import subprocess
 import sys
-import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import threading
+import time
 from pathlib import Path
-from typing import Any
 
 import docker
 import pytest
-import redis
-import requests
 import testbed
-from flask.testing import FlaskClient
-from rq import SimpleWorker
+from testbed import Bed, image_id, running_image_ids, step_statuses
 
-from deploy_config import DeployConfig, load_config
-from deploy_state import Deployment, DeploymentStore, Status, keys, queue_for
-from docker_runtime import commands
+from deploy_state import Status, keys
 from docker_runtime.compose import ComposeProject
-from hook_server import create_app
 
 TESTS = Path(__file__).resolve().parent
 BROKEN_BUILD = 'RUN ["/bin/false"]\n'
-
-
-@dataclass
-class Bed:
-    """One deployhook installation under test, with both environments of the sample app."""
-
-    config: DeployConfig
-    config_file: Path
-    remote: testbed.GitRemote
-    conn: redis.Redis
-    client: FlaskClient
-    docker: docker.DockerClient
-
-    @property
-    def store(self) -> DeploymentStore:
-        return DeploymentStore(self.conn)
-
-    def commit(self, files: Mapping[str, str | bytes] | None = None, message: str = "change") -> str:
-        """Commit on main (the sample app the first time); returns the sha."""
-        if not self.remote.work.head.is_valid():
-            self.remote.add_sample_app("main")
-        if files:
-            self.remote.commit(files, message, "main")
-        else:
-            self.remote.commit({"CHANGES": f"{uuid.uuid4()}\n"}, message, "main")
-        return self.remote.work.head.commit.hexsha
-
-    def push(self, branch: str, sha: str) -> None:
-        self.remote.work.git.push("--force", "origin", f"{sha}:refs/heads/{branch}")
-
-    def deliver(self, branch: str, sha: str) -> str:
-        """A signed GitHub push delivery through the real endpoint; returns the deployment id."""
-        payload = {
-            "ref": f"refs/heads/{branch}",
-            "after": sha,
-            "repository": {"full_name": self.config.repository.full_name},
-            "pusher": {"name": "alice"},
-            "head_commit": {"message": "test push", "url": f"https://example.invalid/commit/{sha}"},
-        }
-        body = json.dumps(payload).encode()
-        signature = hmac.new(testbed.WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-        response = self.client.post(
-            "/hooks/github",
-            data=body,
-            content_type="application/json",
-            headers={
-                "X-GitHub-Event": "push",
-                "X-GitHub-Delivery": str(uuid.uuid4()),
-                "X-Hub-Signature-256": f"sha256={signature}",
-            },
-        )
-        assert response.status_code in (200, 202), response.get_json()
-        return str(response.get_json()["deployment_id"])
-
-    def work(self) -> None:
-        """Run every queued job in-process with a real RQ worker, until the queues are empty."""
-        queues = [queue_for(self.conn, env) for env in self.config.environments]
-        SimpleWorker(queues, connection=self.conn).work(burst=True)
-
-    def deploy(self, branch: str, sha: str) -> Deployment:
-        self.push(branch, sha)
-        deployment_id = self.deliver(branch, sha)
-        self.work()
-        return self.store.require(deployment_id)
-
-    def health(self, env: str) -> dict[str, Any]:
-        response = requests.get(self.config.environments[env].health_url, timeout=3)
-        assert response.status_code == 200
-        return dict(response.json())
-
-    def compose(self, env: str, *args: str) -> str:
-        project = ComposeProject.for_environment(
-            self.config, self.config.environments[env], self.config.state_dir / "worktrees" / env
-        )
-        return commands.run(project.args(*args), env=project.process_env(), timeout=120).stdout
-
-    def psql(self, env: str, sql: str, database: str | None = None) -> str:
-        user, name = testbed.SAMPLE_ENV["DB_USER"], database or testbed.SAMPLE_ENV["DB_NAME"]
-        return self.compose(env, "exec", "-T", "db", "psql", "-U", user, "-d", name, "-tAc", sql).strip()
-
-    def log(self, deployment: Deployment) -> str:
-        return "\n".join(entry["line"] for entry in self.store.read_log(deployment.id))
-
-
-def _bed_config(tmp_path: Path, remote: testbed.GitRemote, env_file: Path, **overrides: Any) -> Path:
-    data = testbed.sample_config(remote.url, env_file=env_file, state_dir=tmp_path / "state")
-    environments: dict[str, dict[str, Any]] = data["environments"]  # type: ignore[assignment]
-    for env in environments.values():
-        env["health_timeout"] = 20
-    for env_name, fields in overrides.items():
-        environments[env_name].update(fields)
-    data["min_free_space"] = "10M"
-    return testbed.write_yaml(tmp_path / "deploy.yml", data)
-
-
-@pytest.fixture
-def bed_overrides() -> dict[str, dict[str, Any]]:
-    """Per-environment config overrides; tests parametrize or override this fixture."""
-    return {}
-
-
-@pytest.fixture
-def bed(
-    tmp_path: Path,
-    git_remote: testbed.GitRemote,
-    env_file: Path,
-    docker_client: docker.DockerClient,
-    postgres_image: str,
-    redis_url: str,
-    redis_conn: redis.Redis,
-    secrets: testbed.Secrets,
-    monkeypatch: pytest.MonkeyPatch,
-    bed_overrides: dict[str, dict[str, Any]],
-) -> Iterator[Bed]:
-    config_file = _bed_config(tmp_path, git_remote, env_file, **bed_overrides)
-    monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(config_file))
-    config = load_config(config_file)
-    app = create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
-    bed = Bed(config, config_file, git_remote, redis_conn, app.test_client(), docker_client)
-    yield bed
-    _teardown(bed)
-
-
-def _teardown(bed: Bed) -> None:
-    for env in bed.config.environments.values():
-        subprocess.run(
-            ["docker", "compose", "-p", str(env.project), "down", "--volumes", "--remove-orphans", "--timeout", "1"],
-            capture_output=True,
-            check=False,
-        )
-    shas = {d.sha for d in bed.store.page(limit=100)[0]}
-    for name in testbed.SAMPLE_IMAGES:
-        tags = [f"{name}:latest-{env}" for env in bed.config.environments] + [f"{name}:{sha}" for sha in shas]
-        for tag in tags:
-            try:
-                bed.docker.images.remove(tag, force=True)
-            except docker.errors.ImageNotFound:
-                pass
-
-
-def image_id(bed: Bed, ref: str) -> str:
-    return str(bed.docker.images.get(ref).id)
-
-
-def running_image_ids(bed: Bed, env: str) -> dict[str, str]:
-    project = bed.config.environments[env].project
-    containers = bed.docker.containers.list(filters={"label": f"com.docker.compose.project={project}"})
-    return {c.labels["com.docker.compose.service"]: str(c.attrs["Image"]) for c in containers}
-
-
-def step_statuses(deployment: Deployment) -> dict[str, str]:
-    return {step.name: step.status for step in deployment.steps}
 
 
 # --- staging, then production ---------------------------------------------------------------
@@ -295,16 +132,46 @@ def test_failing_smoke_command_rolls_back(bed: Bed) -> None:
 
 
 # deploy_timeout leaves ample time for a deploy of the sample app (seconds), unless its smoke test sleeps.
-SLOW_SMOKE = {"command": ["sh", "-c", "test ! -f SLOW || sleep 40"], "timeout": 60}
+# The deadline is checked between steps. The slow release's smoke test (its SLOW file names a flag
+# file) waits until the test, watching the clock, says the deadline has passed: the deadline is sure
+# to pass during the smoke test, however long the earlier steps took, and nothing sleeps for long.
+DEADLINE = 12
+WAIT_FOR_FLAG = 'test ! -f SLOW || until [ -f "$(cat SLOW)" ]; do sleep 0.2; done'
+SLOW_SMOKE = {"command": ["sh", "-c", WAIT_FOR_FLAG], "timeout": 120}
 
 
-@pytest.mark.parametrize("bed_overrides", [{"staging": {"smoke": SLOW_SMOKE, "deploy_timeout": 35}}])
-def test_a_deployment_past_its_deadline_after_the_rollout_is_rolled_back(bed: Bed) -> None:
+def flag_when_past_deadline(bed: Bed, deployment_id: str, flag: Path) -> threading.Thread:
+    """Create flag once the deployment has run longer than DEADLINE (from its start, which follows the job's)."""
+
+    def watch() -> None:
+        testbed.wait_for(lambda: bed.store.require(deployment_id).started_at, timeout=120, what="the deployment start")
+        started = bed.store.require(deployment_id).started_at
+        assert started is not None
+        testbed.wait_for(lambda: time.time() > started + DEADLINE + 0.5, timeout=DEADLINE + 5, what="the deadline")
+        flag.write_text("past the deadline\n")
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("bed_overrides", [{"staging": {"smoke": SLOW_SMOKE}}])
+def test_a_deployment_past_its_deadline_after_the_rollout_is_rolled_back(bed: Bed, tmp_path: Path) -> None:
     good = bed.commit()
     assert bed.deploy("staging", good).status == Status.SUCCEEDED
-    slow = bed.deploy("staging", bed.commit({"SLOW": "1\n"}, "a release whose smoke test takes too long"))
+    # The first deploy builds everything; only the slow one runs under the deadline
+    # (the job reads deploy.yml afresh, as a worker does for each deployment).
+    bed.set_config("staging", deploy_timeout=DEADLINE)
+    flag = tmp_path / "deadline-passed"
+    slow_sha = bed.commit({"SLOW": f"{flag}\n"}, "a release whose smoke test takes too long")
+    bed.push("staging", slow_sha)
+    slow_id = bed.deliver("staging", slow_sha)
+    watcher = flag_when_past_deadline(bed, slow_id, flag)
+    bed.work()
+    watcher.join(timeout=5)
+    slow = bed.store.require(slow_id)
     assert slow.status == Status.ROLLED_BACK, slow.reason
-    assert slow.reason.startswith("timed out after 35s (environments.staging.deploy_timeout), before verify; ")
+    assert slow.reason.startswith(f"timed out after {DEADLINE}s (environments.staging.deploy_timeout), before verify; ")
     assert step_statuses(slow)["rollback"] == "succeeded"
     assert bed.health("staging")["version"] == good
 

@@ -152,7 +152,9 @@ def test_poll_after_a_push_deploys_exactly_the_new_sha(
     assert jobs(redis_conn, "staging") == [f"deployment-{first.id}", f"deployment-{second.id}"]
 
 
-def test_poll_of_an_empty_remote_does_nothing(deploy_config: DeployConfig, redis_conn: redis.Redis) -> None:
+def test_poll_of_an_empty_remote_does_nothing(
+    deploy_config: DeployConfig, redis_conn: redis.Redis, git_remote: testbed.GitRemote
+) -> None:
     assert poll_once(deploy_config, redis_conn) == []
     assert deployments(redis_conn) == []
 

@@ -28,7 +28,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from recorder import FIRST_GITHUB_ID, Call, Recorder
 from scrape import scrape
-from test_pipeline import Bed, bed, bed_overrides  # noqa: F401 - fixtures, requested by name
+from testbed import Bed
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_reporting.reporting import report

@@ -22,7 +22,7 @@ import docker
 import pytest
 import requests
 import testbed
-from test_pipeline import _bed_config
+from testbed import bed_config
 
 from deploy_config import DeployConfig, load_config
 
@@ -90,7 +90,7 @@ def install(
     postgres_image: str,
     secrets: testbed.Secrets,
 ) -> Iterator[Install]:
-    config_file = _bed_config(tmp_path, git_remote, env_file)
+    config_file = bed_config(tmp_path, git_remote, env_file)
     config = load_config(config_file)
     yield Install(config_file, config, f"http://127.0.0.1:{testbed.free_port()}", git_remote)
     for env in config.environments.values():

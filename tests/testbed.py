@@ -5,6 +5,9 @@ Helpers here are plain functions and classes; tests/conftest.py turns them into 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import os
 import shutil
 import signal
@@ -18,12 +21,22 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker
+import docker.errors
 import git
 import pytest
 import redis
+import requests
 import yaml
+from flask.testing import FlaskClient
+from rq import SimpleWorker
+
+from deploy_config import DeployConfig
+from deploy_state import Deployment, DeploymentStore, queue_for
+from docker_runtime import commands
+from docker_runtime.compose import ComposeProject
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
@@ -143,6 +156,16 @@ def _has_interpreter(path: Path) -> bool:
     phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
     types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
     return 3 in types
+
+
+def remote_root(tmp_path: Path) -> Path:
+    """Where a test's git remote lives (GitRemote(remote_root(tmp_path)) creates it)."""
+    return tmp_path / "git"
+
+
+def remote_url(tmp_path: Path) -> str:
+    """The URL of the test's git remote, whether or not it has been created yet."""
+    return str(remote_root(tmp_path) / "remote.git")
 
 
 class GitRemote:
@@ -382,3 +405,136 @@ def write_yaml(path: Path, data: object) -> Path:
 def write_env_file(path: Path, values: Mapping[str, str] = SAMPLE_ENV) -> Path:
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     return path
+
+
+# --- the pipeline's test bed ----------------------------------------------------------------
+
+
+@dataclass
+class Bed:
+    """One deployhook installation under test, with both environments of the sample app."""
+
+    config: DeployConfig
+    config_file: Path
+    remote: GitRemote
+    conn: redis.Redis
+    client: FlaskClient
+    docker: docker.DockerClient
+
+    @property
+    def store(self) -> DeploymentStore:
+        return DeploymentStore(self.conn)
+
+    def commit(self, files: Mapping[str, str | bytes] | None = None, message: str = "change") -> str:
+        """Commit on main (the sample app the first time); returns the sha."""
+        if not self.remote.work.head.is_valid():
+            self.remote.add_sample_app("main")
+        if files:
+            self.remote.commit(files, message, "main")
+        else:
+            self.remote.commit({"CHANGES": f"{uuid.uuid4()}\n"}, message, "main")
+        return self.remote.work.head.commit.hexsha
+
+    def push(self, branch: str, sha: str) -> None:
+        self.remote.work.git.push("--force", "origin", f"{sha}:refs/heads/{branch}")
+
+    def deliver(self, branch: str, sha: str) -> str:
+        """A signed GitHub push delivery through the real endpoint; returns the deployment id."""
+        payload = {
+            "ref": f"refs/heads/{branch}",
+            "after": sha,
+            "repository": {"full_name": self.config.repository.full_name},
+            "pusher": {"name": "alice"},
+            "head_commit": {"message": "test push", "url": f"https://example.invalid/commit/{sha}"},
+        }
+        body = json.dumps(payload).encode()
+        signature = hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+        response = self.client.post(
+            "/hooks/github",
+            data=body,
+            content_type="application/json",
+            headers={
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": str(uuid.uuid4()),
+                "X-Hub-Signature-256": f"sha256={signature}",
+            },
+        )
+        assert response.status_code in (200, 202), response.get_json()
+        return str(response.get_json()["deployment_id"])
+
+    def set_config(self, env: str, **fields: Any) -> None:
+        """Change fields of one environment in deploy.yml: the next job reads the file afresh."""
+        data = yaml.safe_load(self.config_file.read_text())
+        data["environments"][env].update(fields)
+        write_yaml(self.config_file, data)
+
+    def work(self) -> None:
+        """Run every queued job in-process with a real RQ worker, until the queues are empty."""
+        queues = [queue_for(self.conn, env) for env in self.config.environments]
+        SimpleWorker(queues, connection=self.conn).work(burst=True)
+
+    def deploy(self, branch: str, sha: str) -> Deployment:
+        self.push(branch, sha)
+        deployment_id = self.deliver(branch, sha)
+        self.work()
+        return self.store.require(deployment_id)
+
+    def health(self, env: str) -> dict[str, Any]:
+        response = requests.get(self.config.environments[env].health_url, timeout=3)
+        assert response.status_code == 200
+        return dict(response.json())
+
+    def compose(self, env: str, *args: str) -> str:
+        project = ComposeProject.for_environment(
+            self.config, self.config.environments[env], self.config.state_dir / "worktrees" / env
+        )
+        return commands.run(project.args(*args), env=project.process_env(), timeout=120).stdout
+
+    def psql(self, env: str, sql: str, database: str | None = None) -> str:
+        user, name = SAMPLE_ENV["DB_USER"], database or SAMPLE_ENV["DB_NAME"]
+        return self.compose(env, "exec", "-T", "db", "psql", "-U", user, "-d", name, "-tAc", sql).strip()
+
+    def log(self, deployment: Deployment) -> str:
+        return "\n".join(entry["line"] for entry in self.store.read_log(deployment.id))
+
+
+def bed_config(tmp_path: Path, remote: GitRemote, env_file: Path, **overrides: Any) -> Path:
+    data = sample_config(remote.url, env_file=env_file, state_dir=tmp_path / "state")
+    environments: dict[str, dict[str, Any]] = data["environments"]  # type: ignore[assignment]
+    for env in environments.values():
+        env["health_timeout"] = 20
+    for env_name, fields in overrides.items():
+        environments[env_name].update(fields)
+    data["min_free_space"] = "10M"
+    return write_yaml(tmp_path / "deploy.yml", data)
+
+
+def teardown_bed(bed: Bed) -> None:
+    for env in bed.config.environments.values():
+        subprocess.run(
+            ["docker", "compose", "-p", str(env.project), "down", "--volumes", "--remove-orphans", "--timeout", "1"],
+            capture_output=True,
+            check=False,
+        )
+    shas = {d.sha for d in bed.store.page(limit=100)[0]}
+    for name in SAMPLE_IMAGES:
+        tags = [f"{name}:latest-{env}" for env in bed.config.environments] + [f"{name}:{sha}" for sha in shas]
+        for tag in tags:
+            try:
+                bed.docker.images.remove(tag, force=True)
+            except docker.errors.ImageNotFound:
+                pass
+
+
+def image_id(bed: Bed, ref: str) -> str:
+    return str(bed.docker.images.get(ref).id)
+
+
+def running_image_ids(bed: Bed, env: str) -> dict[str, str]:
+    project = bed.config.environments[env].project
+    containers = bed.docker.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+    return {c.labels["com.docker.compose.service"]: str(c.attrs["Image"]) for c in containers}
+
+
+def step_statuses(deployment: Deployment) -> dict[str, str]:
+    return {step.name: step.status for step in deployment.steps}

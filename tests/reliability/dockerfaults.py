@@ -19,7 +19,7 @@ import pytest
 import redis
 import testbed
 from docker.models.containers import Container
-from test_pipeline import Bed, _bed_config, _teardown
+from testbed import Bed, bed_config, teardown_bed
 
 from deploy_config import load_config
 from docker_runtime.compose import ComposeProject
@@ -182,13 +182,13 @@ def dump_clients(project: str) -> list[int]:
 
 @contextmanager
 def shared_bed(root: Path, client: docker.DockerClient, redis_url: str, **overrides: Any) -> Iterator[Bed]:
-    """test_pipeline's Bed for several tests at once (a module's), on its own Redis client.
+    """testbed's Bed for several tests at once (a module's), on its own Redis client.
 
     Tests that share it must not request redis_conn, which flushes Redis around each test.
     """
     remote = testbed.GitRemote(root / "git")
     env_file = testbed.write_env_file(root / "app.env")
-    config_file = _bed_config(root, remote, env_file, **overrides)
+    config_file = bed_config(root, remote, env_file, **overrides)
     conn = redis.Redis.from_url(redis_url)
     conn.flushall()
     with pytest.MonkeyPatch.context() as patch:
@@ -201,6 +201,6 @@ def shared_bed(root: Path, client: docker.DockerClient, redis_url: str, **overri
         try:
             yield bed
         finally:
-            _teardown(bed)
+            teardown_bed(bed)
             conn.flushall()
             conn.close()

@@ -2,7 +2,7 @@
 and the faults that make each pipeline step slow enough to be hit on purpose.
 
 Shared by test_worker_faults.py and test_redis_restart.py; the deployhook installation itself is
-test_pipeline's `Bed`.
+testbed's `Bed`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import requests
 import rq
 import testbed
 import yaml
-from test_pipeline import Bed, step_statuses
+from testbed import Bed, step_statuses
 
 from deploy_config import load_config
 from deploy_state import Deployment, Status, keys, queue_for

@@ -21,7 +21,7 @@ from pathlib import Path
 import docker
 import pytest
 import testbed
-from test_pipeline import Bed, image_id, step_statuses
+from testbed import Bed, image_id, step_statuses
 
 from deploy_state import Status
 

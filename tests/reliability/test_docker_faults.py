@@ -20,7 +20,7 @@ import pytest
 import testbed
 from rq.job import Job
 from rq.registry import StartedJobRegistry
-from test_pipeline import Bed, bed, bed_overrides, step_statuses  # noqa: F401 - fixtures, requested by name
+from testbed import Bed, step_statuses
 
 from deploy_state import Deployment, Status, keys, queue_for
 

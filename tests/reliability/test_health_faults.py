@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import docker
 import pytest
 import testbed
-from test_pipeline import Bed, image_id, step_statuses
+from testbed import Bed, image_id, step_statuses
 
 from deploy_state import Status
 

@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 import redis
-import test_pipeline
 import testbed
-from test_pipeline import Bed
+from testbed import Bed
 
 from deploy_state import Status, queue_for
 
@@ -36,8 +35,6 @@ from .faults import (
 )
 
 # The pipeline's fixture, by assignment (an import by name would be shadowed by the parameter).
-bed = test_pipeline.bed
-bed_overrides = test_pipeline.bed_overrides
 
 
 @pytest.fixture

@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-import test_pipeline
 import testbed
-from test_pipeline import Bed, step_statuses
+from testbed import Bed, step_statuses
 
 from deploy_state import Status
 
@@ -46,8 +45,6 @@ from .faults import (
 )
 
 # The pipeline's fixture, by assignment (an import by name would be shadowed by the parameter).
-bed = test_pipeline.bed
-bed_overrides = test_pipeline.bed_overrides
 
 LEASE = 3.0
 """Seconds: the lock lease under test, short so that a dead worker's lock expires within the test."""
