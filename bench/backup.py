@@ -44,8 +44,8 @@ def child_ours(spec: dict[str, str]) -> dict[str, object]:
     import workers.pipeline  # noqa: F401 - every step's module, as loaded in a work horse
     import workers.worker  # noqa: F401 - and rq's Worker, as loaded in the worker it forks from
     from deploy_config import load_config
-    from deploy_config.secrets import config_redactor
     from deploy_state import DeploymentStore, Status, Trigger
+    from deploy_text.redaction import config_redactor
     from docker_runtime.compose import ComposeProject
     from workers.backup import backup
     from workers.context import DeploymentContext

@@ -25,11 +25,12 @@ from redis import RedisError
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
 from deploy_state import DeploymentStore, EnvironmentLock, LeaseKeeper
 from deploy_state.connection import connect
+from deploy_text.formatting import size
 from docker_runtime.compose import ComposeProject
 from workers.errors import BackupFailed
 
 from .base import cli, config_option, require_env
-from .display import size, table, timestamp
+from .display import table, timestamp
 
 _TAKEN = re.compile(r"_(\d{8}_\d{6})\.sql\.gz$")
 
@@ -130,7 +131,7 @@ def backup_file(env: EnvironmentConfig, given: Path) -> Path:
 
 
 def _restore(config: DeployConfig, env: EnvironmentConfig, backup: Path) -> None:
-    from deploy_config.secrets import config_redactor
+    from deploy_text.redaction import config_redactor
     from workers.backup import database_credentials, dump_database, running_services, verify_backup
     from workers.restore import restore_database
 

@@ -13,8 +13,8 @@ import click
 from redis import RedisError
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, defaults
-from deploy_config.secrets import Redactor, config_redactor, display_url
 from deploy_state import DeploymentStore
+from deploy_text.redaction import Redactor, config_redactor, display_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 

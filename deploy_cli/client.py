@@ -10,7 +10,7 @@ from typing import Any
 import requests
 
 from deploy_config import DeployConfig, DeployError, defaults
-from deploy_config.secrets import display_url
+from deploy_text.redaction import display_url
 
 
 class ServiceError(DeployError):

@@ -14,7 +14,8 @@ import yaml
 from deploy_config import DeployConfig, load_config
 from deploy_config.errors import ConfigError
 from deploy_config.isolation import RuleResult, lint
-from deploy_config.secrets import MASK, config_redactor, read_env_file
+from deploy_config.secrets import read_env_file
+from deploy_text.redaction import MASK, config_redactor
 from docker_runtime.compose import resolve_stacks
 
 from .base import cli, config_option, output_redactor

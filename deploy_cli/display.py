@@ -1,4 +1,4 @@
-"""Formatting for the terminal: tables, durations, times, sizes, one-line deployment summaries."""
+"""Formatting for the terminal: tables, clocks, times, one-line deployment summaries (shas, durations: deploy_text)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from deploy_state import Deployment
-
-SHORT_SHA = 12
+from deploy_text.formatting import duration, short_sha
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -26,29 +25,9 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def duration(seconds: float) -> str:
-    """A step's or deployment's duration: 0.4s, 12.3s, 2m05s."""
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s"
-
-
 def timestamp(when: float) -> str:
     """Local time, to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(when))
-
-
-def size(count: int) -> str:
-    """Bytes in binary units: 512 B, 1.5 KiB, 12.0 MiB."""
-    if count < 1024:
-        return f"{count} B"
-    value = count / 1024
-    for unit in ("KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
 
 
 def took(deployment: Deployment) -> str:
@@ -61,5 +40,5 @@ def took(deployment: Deployment) -> str:
 def summary(deployment: Deployment | dict[str, Any]) -> str:
     """`deployment 12: staging 1a2b3c4d5e6f queued (why)`, from a record or the API's JSON for one."""
     d = deployment if isinstance(deployment, dict) else deployment.to_dict()
-    line = f"deployment {d['id']}: {d['environment']} {str(d['sha'])[:SHORT_SHA]} {d['status']}"
+    line = f"deployment {d['id']}: {d['environment']} {short_sha(str(d['sha']))} {d['status']}"
     return f"{line} ({d['reason']})" if d.get("reason") else line

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from deploy_config import load_config
+from deploy_text.formatting import short_sha
 
 from .base import cli, config_option
 
@@ -65,7 +66,7 @@ def poll(config_file: Path, once: bool) -> None:
         for result in poll_once(config, connect(config)):
             state = "queued" if result.created else "already seen"
             d = result.deployment
-            click.echo(f"{d.environment}: {d.sha[:12]} {state} (deployment {d.id}, {d.status})")
+            click.echo(f"{d.environment}: {short_sha(d.sha)} {state} (deployment {d.id}, {d.status})")
         return
     if config.poll_interval is None:
         raise click.UsageError("poll_interval is not set in deploy.yml; set it, or use --once")

@@ -19,8 +19,9 @@ from rq import Worker
 
 from deploy_config import defaults
 from deploy_state import Deployment, DeploymentStore, Status, queue_for
+from deploy_text.formatting import duration, short_sha
 
-from .display import SHORT_SHA, clock, duration
+from .display import clock
 
 LOG_BATCH = 1000
 """Log entries read at a time."""
@@ -165,7 +166,7 @@ class TtyDisplay:
 
 def frame(deployment: Deployment, tail: list[str], now: float, width: int) -> list[str]:
     """The live block for one moment, each line cut to the terminal's width (a wrapped line breaks redrawing)."""
-    header = f"deployment {deployment.id} {deployment.environment} {deployment.sha[:SHORT_SHA]}: {deployment.status}"
+    header = f"deployment {deployment.id} {deployment.environment} {short_sha(deployment.sha)}: {deployment.status}"
     current = next((step.name for step in reversed(deployment.steps) if step.status == "running"), None)
     if current and not deployment.is_final:
         header += f", step {current}"

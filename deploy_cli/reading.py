@@ -15,10 +15,11 @@ import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
 from deploy_state import Deployment, DeploymentStore
+from deploy_text.formatting import short_sha
 from docker_runtime.health import probe_health
 
 from .base import cli, config_option, open_store, output_redactor, require_env
-from .display import SHORT_SHA, summary, table, timestamp, took
+from .display import summary, table, timestamp, took
 from .progress import LogDisplay, follow, read_new
 
 REASON_WIDTH = 60
@@ -60,7 +61,7 @@ def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], hea
     rows = []
     for env in envs:
         last = store.last_succeeded(env.name)
-        deployed = f"{last.sha[:SHORT_SHA]} (#{last.id})" if last else "-"
+        deployed = f"{short_sha(last.sha)} (#{last.id})" if last else "-"
         queued = store.queued_ids(env.name)
         rows.append([
             env.name, deployed, health[env.name], store.running(env.name) or "-",
@@ -71,7 +72,7 @@ def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], hea
 
 def deployment_table(deployments: list[Deployment], redact: Callable[[str], str] = str) -> list[str]:
     rows = [
-        [d.id, d.environment, d.status, d.sha[:SHORT_SHA], d.trigger, timestamp(d.created_at), took(d),
+        [d.id, d.environment, d.status, short_sha(d.sha), d.trigger, timestamp(d.created_at), took(d),
          _cut(redact(d.reason), REASON_WIDTH)]
         for d in deployments
     ]  # fmt: skip
@@ -98,7 +99,7 @@ def probe(env: EnvironmentConfig) -> str:
         return "unreachable"
     if not health.ok:
         return health.reason
-    return f"ok {health.version[:SHORT_SHA]}" if health.version else "ok"
+    return f"ok {short_sha(health.version)}" if health.version else "ok"
 
 
 @cli.command("logs")

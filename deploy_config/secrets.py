@@ -1,20 +1,15 @@
-"""The app's env file (the seed's shared .env): reading it, and keeping its values out of output."""
+"""The app's env file (the seed's shared .env), and which values the config names as secret."""
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .schema import DeployConfig
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
-# Values this short are too common to redact without mangling ordinary output.
-MIN_SECRET_LENGTH = 6
-MASK = "********"
 
 
 def parse_env_file(text: str, source: str = ".env") -> dict[str, str]:
@@ -54,43 +49,21 @@ def read_env_file(path: Path) -> dict[str, str]:
         raise ConfigError(str(path), [f"env file cannot be read: {exc.strerror}"]) from None
 
 
-class Redactor:
-    """Replaces known secret values with a mask before text is shown or stored."""
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        values = {value for value in secrets if len(value) >= MIN_SECRET_LENGTH}
-        # Longest first, so a secret containing another is masked whole.
-        self._values = sorted(values, key=len, reverse=True)
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = (), public: Iterable[str] = ()) -> Redactor:
-        """Mask every value of env except those of the public keys, plus the extra values."""
-        shown = set(public)
-        return cls([*(value for key, value in env.items() if key not in shown), *extra])
-
-    def __call__(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, MASK)
-        return text
-
-
-def config_redactor(config: DeployConfig) -> Redactor:
-    """A redactor for everything secret the config points at: the env file, the webhook secret and every token."""
-    env = read_env_file(config.env_file) if config.env_file.is_file() else {}
-    return Redactor.from_env(env, extra=secret_env_values(config), public=config.public_env)
+def secret_env_names(config: DeployConfig) -> list[str]:
+    """The variables the config names as deployhook's own secrets: webhook secret, tokens, chat webhook URLs."""
+    reporting = config.reporting
+    names = [
+        config.webhook.secret_env,
+        config.api.token_env,
+        config.status_page.login_token_env,
+        reporting.github.token_env if reporting.github else None,
+        reporting.discord_webhook_env,
+        reporting.slack_webhook_env,
+        reporting.generic_webhook_env,
+    ]
+    return [name for name in names if name]
 
 
 def secret_env_values(config: DeployConfig) -> list[str]:
-    """The values of the variables the config names as secret: webhook secret, API, login and forge tokens."""
-    names = [config.webhook.secret_env, config.api.token_env, config.status_page.login_token_env]
-    reporting = config.reporting
-    names += [reporting.github.token_env if reporting.github else None, reporting.discord_webhook_env]
-    return [os.environ.get(name, "") for name in names if name]
-
-
-def display_url(url: str) -> str:
-    """The URL without the user and password it may carry (https://user:token@host/...), for messages."""
-    parts = urlsplit(url)
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+    """The values of the variables secret_env_names lists, as this process sees them."""
+    return [os.environ.get(name, "") for name in secret_env_names(config)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from deploy_state.models import Deployment, Status
+from deploy_text.formatting import duration, short_sha
 
 GITHUB_DESCRIPTION_LIMIT = 140
 """GitHub refuses longer descriptions on statuses (422)."""
@@ -20,22 +21,11 @@ _ICONS = {
 }
 
 
-def short_sha(deployment: Deployment) -> str:
-    return deployment.sha[:7]
-
-
 def took(deployment: Deployment) -> str:
-    """How long it ran, as 42s, 3m 05s or 1h 02m; '' if it never ran."""
+    """How long it ran; '' if it never ran."""
     if deployment.started_at is None or deployment.finished_at is None:
         return ""
-    seconds = max(int(round(deployment.finished_at - deployment.started_at)), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
+    return duration(deployment.finished_at - deployment.started_at)
 
 
 def _reason(deployment: Deployment, limit: int) -> str:
@@ -68,7 +58,7 @@ def headline(deployment: Deployment) -> str:
     icon = _ICONS.get(Status(deployment.status), "•")
     who = deployment.pusher or deployment.source or "unknown"
     return (
-        f"{icon} {deployment.environment}: deployment #{deployment.id} of {short_sha(deployment)} "
+        f"{icon} {deployment.environment}: deployment #{deployment.id} of {short_sha(deployment.sha)} "
         f"by {who} {outcome(deployment)}"
     )
 

@@ -9,14 +9,12 @@ quoting the path can leak one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-
-from deploy_config.secrets import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +34,6 @@ def host(url: str) -> str:
     """host[:port] of a URL, without the user and password it may carry: what logs may show."""
     parts = urlsplit(url)
     return parts.netloc.rpartition("@")[2] or "(no host)"
-
-
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may carry its credential, for a redactor to mask."""
-    parts = urlsplit(url)
-    path_and_query = f"{parts.path}?{parts.query}" if parts.query else parts.path
-    last_segment = parts.path.rstrip("/").rpartition("/")[2]
-    return [url, path_and_query, parts.path, parts.query, last_segment, parts.netloc.rpartition("@")[0]]
 
 
 class Poster:
@@ -88,9 +78,3 @@ class Poster:
                 return response.json() if response.content else {}
             except ValueError:
                 return {}
-
-
-def masking(secrets: Iterable[str], then: Redact) -> Redact:
-    """A redactor that masks `secrets` (longest first), then applies `then` (the config's redactor)."""
-    own = Redactor(secrets)
-    return lambda text: then(own(text))

@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import config_redactor
 from deploy_state.models import Deployment, Status
 from deploy_state.store import DeploymentStore
+from deploy_text.redaction import config_redactor
 
 from . import messages
 from .github import GitHub, Links
-from .outbound import Poster, masking, url_secrets
+from .outbound import Poster
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ class Targets:
             generic=_webhook_url("generic_webhook_env", reporting.generic_webhook_env),
         )
 
-    def secrets(self) -> list[str]:
-        urls = [url for url in (self.discord, self.slack, self.generic) if url]
-        token = [self.github.token] if self.github else []
-        return [*token, *(part for url in urls for part in url_secrets(url))]
-
 
 def enabled(config: DeployConfig) -> bool:
     reporting = config.reporting
@@ -96,7 +91,7 @@ def links(config: DeployConfig, deployment: Deployment) -> Links:
 def _report(config: DeployConfig, store: DeploymentStore, deployment: Deployment) -> None:
     targets = Targets.from_config(config)
     where = links(config, deployment)
-    with Poster(config.reporting.timeout, masking(targets.secrets(), config_redactor(config))) as poster:
+    with Poster(config.reporting.timeout, config_redactor(config)) as poster:
         if targets.github is not None:
             _report_to_github(config, store, deployment, targets.github, poster, where)
         if deployment.is_final and targets.generic:

@@ -19,11 +19,12 @@ from redis import Redis
 from redis.client import Pipeline
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import Redactor, config_redactor
 from deploy_reporting.reporting import enabled as reporting_enabled
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
 from deploy_state.claims import CLAIM_GRACE, Claim, Claims
+from deploy_text.formatting import short_sha
+from deploy_text.redaction import Redactor, config_redactor
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,7 @@ class Intake:
         if source_env is None or request.force or self.store.has_succeeded(source_env, request.sha):
             return ""
         return (
-            f"sha {request.sha[:12]} has no succeeded {source_env} deployment; deploy it to {source_env} first, "
+            f"sha {short_sha(request.sha)} has no succeeded {source_env} deployment; deploy it to {source_env} first, "
             f"or force it through the API"
         )
 
@@ -192,7 +193,7 @@ class Intake:
                 timeout=int(env.job_timeout),
                 result_ttl=JOB_RESULT_TTL,
                 failure_ttl=JOB_RESULT_TTL,
-                description=f"deploy {deployment.environment} {deployment.sha[:12]} (#{deployment.id})",
+                description=f"deploy {deployment.environment} {short_sha(deployment.sha)} (#{deployment.id})",
                 pipeline=pipe,
             )
         self.store.audit(
@@ -212,7 +213,7 @@ class Intake:
         if deployment.status == Status.BLOCKED:
             log.warning("deployment %s of %s blocked: %s", deployment.id, env.name, deployment.reason)
             return
-        log.info("deployment %s queued: %s@%s", deployment.id, env.name, deployment.sha[:12])
+        log.info("deployment %s queued: %s@%s", deployment.id, env.name, short_sha(deployment.sha))
         running = self.store.running(env.name) if env.cancel_running else None
         if running is not None:
             self.store.request_cancel(running, by=deployment.id)

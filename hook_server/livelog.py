@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import Redactor, config_redactor
 from deploy_state import Deployment, DeploymentStore
+from deploy_text.redaction import Redactor, config_redactor
 
 LOG_BATCH = 1000
 """Log entries read (and sent) at a time; a reply with this many means more may follow."""

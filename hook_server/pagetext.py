@@ -10,12 +10,7 @@ from urllib.parse import urlsplit
 
 from flask import current_app, url_for
 
-SHORT_SHA = 7
-"""Characters of a sha shown, as GitHub shows them; the full sha is in the title."""
-
-
-def short_sha(sha: str | None) -> str:
-    return (sha or "")[:SHORT_SHA]
+from deploy_text.formatting import size
 
 
 def when(epoch: float | None) -> str:
@@ -32,21 +27,6 @@ def clock(epoch: float | str | None) -> str:
     return datetime.fromtimestamp(float(epoch), UTC).strftime("%H:%M:%S")
 
 
-def duration(seconds: float | None) -> str:
-    """1.2 s, 42 s, 3 min 05 s, 2 h 04 min."""
-    if seconds is None:
-        return ""
-    seconds = max(seconds, 0.0)
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    whole = int(seconds)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60} min {whole % 60:02d} s"
-    return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-
-
 def ago(epoch: float | None, now: float | None = None) -> str:
     """How long ago, roughly: 'just now', '5 min ago', '3 h ago', '2 days ago'."""
     if not epoch:
@@ -61,15 +41,9 @@ def ago(epoch: float | None, now: float | None = None) -> str:
     return f"{round(seconds / 86400)} days ago"
 
 
-def size(value: int | None) -> str:
-    """Bytes as the compose file would write them: 512 MiB, 1 GiB."""
-    if not value:
-        return "no limit"
-    units = ["B", "KiB", "MiB", "GiB", "TiB"]
-    amount, unit = float(value), 0
-    while amount >= 1024 and unit < len(units) - 1:
-        amount, unit = amount / 1024, unit + 1
-    return f"{amount:.0f} {units[unit]}" if amount == int(amount) else f"{amount:.1f} {units[unit]}"
+def memory(value: int | None) -> str:
+    """A memory limit: 512 MiB, 1 GiB, or 'no limit'."""
+    return size(value) if value else "no limit"
 
 
 def cpus(value: float | None) -> str:

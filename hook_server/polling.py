@@ -13,6 +13,7 @@ from redis import Redis, RedisError
 
 from deploy_config import DeployConfig, DeployError
 from deploy_state import Trigger
+from deploy_text.formatting import short_sha
 
 from .intake import DeployRequest, Intake, IntakeResult
 from .refs import ls_remote
@@ -40,7 +41,7 @@ def poll_once(config: DeployConfig, connection: Redis, job: str | None = None) -
         )
         result = intake.submit(request)
         if result.created:
-            log.info("poll: %s moved to %s; deployment %s", env.branch, sha[:12], result.deployment.id)
+            log.info("poll: %s moved to %s; deployment %s", env.branch, short_sha(sha), result.deployment.id)
         results.append(result)
     return results
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import git
 
 from deploy_config import DeployError, defaults
-from deploy_config.secrets import display_url
+from deploy_text.redaction import display_url
 
 GIT_TIMEOUT = 30
 """Seconds a `git ls-remote` may take: a hung remote must not hang a request or the poller."""

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from redis import RedisError
 
 from deploy_state import Deployment, DeploymentStore, Status, Step
+from deploy_text import formatting
 
 from . import livelog, overview, pagetext, statusauth
 from .extensions import deploy_config, store
@@ -23,12 +24,12 @@ bp = Blueprint("status", __name__)
 bp.record_once(statusauth.setup)
 bp.before_request(statusauth.require_login)
 bp.context_processor(statusauth.template_context)
-bp.add_app_template_filter(pagetext.short_sha, "short")
+bp.add_app_template_filter(formatting.short_sha, "short")
 bp.add_app_template_filter(pagetext.when, "when")
 bp.add_app_template_filter(pagetext.ago, "ago")
 bp.add_app_template_filter(pagetext.clock, "clock")
-bp.add_app_template_filter(pagetext.duration, "duration")
-bp.add_app_template_filter(pagetext.size, "size")
+bp.add_app_template_filter(formatting.duration, "duration")
+bp.add_app_template_filter(pagetext.memory, "memory")
 bp.add_app_template_filter(pagetext.cpus, "cpus")
 bp.add_app_template_filter(pagetext.http_url, "http_url")
 bp.add_app_template_filter(pagetext.first_line, "first_line")

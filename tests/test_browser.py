@@ -207,7 +207,7 @@ def test_deployment_page_follows_a_real_deployment_live(browser_bed: Bed, chromi
         page.goto(f"{base}/")
         for env in ("staging", "production"):
             card = page.inner_text(f"#env-{env}")
-            assert "healthy" in card and sha[:7] in card and "test push" in card  # the delivery's head_commit
+            assert "healthy" in card and sha[:12] in card and "test push" in card  # the delivery's head_commit
             assert "app" in card and "db" in card and "discord" in card and "running" in card
         assert "512 MiB" in page.inner_text("#env-staging")
         page.screenshot(path=ARTIFACTS / "index.png", full_page=True)

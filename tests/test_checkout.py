@@ -14,8 +14,8 @@ import testbed
 import yaml
 
 from deploy_config import DeployConfig, load_config
-from deploy_config.secrets import config_redactor
 from deploy_state import DeploymentStore
+from deploy_text.redaction import config_redactor
 from workers.checkout import checkout
 from workers.context import DeploymentContext
 from workers.errors import CheckoutFailed

@@ -38,11 +38,12 @@ from rq import SimpleWorker
 from test_queueing import WorkerProcess, running_worker
 
 from deploy_cli import cli
-from deploy_cli.display import clock, duration, size
+from deploy_cli.display import clock
 from deploy_cli.progress import PlainDisplay, TtyDisplay, fit, frame, no_worker_hint
 from deploy_cli.webhook import PUSHER
 from deploy_config import DeployConfig, load_config, parse_config
 from deploy_state import Deployment, DeploymentStore, Status, Step, keys, queue_for
+from deploy_text.formatting import duration, short_sha, size
 from docker_runtime import commands
 from docker_runtime.errors import CommandFailed
 from hook_server import create_app
@@ -629,8 +630,9 @@ def test_tty_frame_shows_status_step_elapsed_and_log_tail() -> None:
 @pytest.mark.parametrize(
     ("formatted", "expected"),
     [
-        (size(512), "512 B"), (size(1536), "1.5 KiB"), (size(5 * 1024**3), "5.0 GiB"), (size(3 * 1024**4), "3.0 TiB"),
-        (clock(42.9), "0:42"), (clock(3725), "1:02:05"), (duration(59.94), "59.9s"), (duration(125), "2m05s"),
+        (size(512), "512 B"), (size(1536), "1.5 KiB"), (size(5 * 1024**3), "5 GiB"), (size(3 * 1024**4), "3 TiB"),
+        (clock(42.9), "0:42"), (clock(3725), "1:02:05"), (duration(0.44), "0.4s"), (duration(9.94), "9.9s"),
+        (duration(59.94), "59s"), (duration(125), "2m05s"), (duration(7384), "2h03m"), (short_sha("a" * 40), "a" * 12),
     ],
 )  # fmt: skip
 def test_display_units(formatted: str, expected: str) -> None:

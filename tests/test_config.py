@@ -21,7 +21,8 @@ from deploy_cli import main
 from deploy_config import ConfigError, DeployConfig, config_path, load_config
 from deploy_config.defaults import CONFIG_ENVVAR
 from deploy_config.schema import parse_memory
-from deploy_config.secrets import MASK, Redactor, config_redactor, parse_env_file, read_env_file
+from deploy_config.secrets import parse_env_file, read_env_file
+from deploy_text.redaction import MASK, Redactor, config_redactor
 from docker_runtime.commands import run
 from docker_runtime.errors import CommandFailed
 

@@ -10,8 +10,8 @@ import redis
 import testbed
 
 from deploy_config import DeployConfig, DeployError
-from deploy_config.secrets import config_redactor
 from deploy_state import DeploymentStore
+from deploy_text.redaction import config_redactor
 from workers.context import DeadlinePassed, DeploymentContext, LockLost, StepSkipped, StepWarning
 
 

@@ -33,7 +33,7 @@ from deploy_config.isolation import (
     service_limits,
 )
 from deploy_config.resolved import ResolvedCompose
-from deploy_config.secrets import MASK
+from deploy_text.redaction import MASK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "deploy.yml"

@@ -31,6 +31,7 @@ from scrape import scrape
 from testbed import Bed
 
 from deploy_config import DeployConfig, DeployError, load_config
+from deploy_reporting.messages import took
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, Trigger
 from hook_server import create_app
@@ -228,17 +229,18 @@ def test_a_succeeded_deployment_reports_to_github_and_every_chat(
             assert call.body["environment"] == "staging"
         else:
             assert call.body["target_url"] == page(done) and call.body["context"] == "deployhook/staging"
-    assert github[-1].body["description"] == "staging: succeeded in 0s"
+    assert github[-1].body["description"] == f"staging: succeeded in {took(done)}"
 
     [discord] = recorder.under("/discord/")
     assert discord.path == f"/discord/api/webhooks/42/{DISCORD_TOKEN}"
     assert discord.body == {
-        "content": f"✅ staging: deployment #{done.id} of {done.sha[:7]} by alice succeeded in 0s\n{page(done)}",
+        "content": f"✅ staging: deployment #{done.id} of {done.sha[:12]} by alice succeeded in {took(done)}\n"
+        f"{page(done)}",
         "allowed_mentions": {"parse": []},
     }
     [slack] = recorder.under("/slack/")
     assert slack.body == {
-        "text": f"✅ staging: deployment #{done.id} of {done.sha[:7]} by alice succeeded in 0s\n"
+        "text": f"✅ staging: deployment #{done.id} of {done.sha[:12]} by alice succeeded in {took(done)}\n"
         f"<{page(done)}|deployment #{done.id}>"
     }
     [generic] = recorder.under("/generic/")
@@ -254,10 +256,14 @@ def test_a_failed_deployment_reports_failure_with_its_reason(
 
     assert done.status == Status.FAILED
     assert github_trail(recorder, done) == [*QUEUED_THEN_RUNNING, ("deployment", "failure"), ("commit", "failure")]
-    assert recorder.under("/api/v3/")[-1].body["description"] == "staging: failed after 0s: image build failed: exit 2"
+    assert (
+        recorder.under("/api/v3/")[-1].body["description"]
+        == f"staging: failed after {took(done)}: image build failed: exit 2"
+    )
     [discord] = recorder.under("/discord/")
     assert discord.body["content"] == (
-        f"❌ staging: deployment #{done.id} of {done.sha[:7]} by alice failed after 0s: image build failed: exit 2\n"
+        f"❌ staging: deployment #{done.id} of {done.sha[:12]} by alice failed after {took(done)}: "
+        "image build failed: exit 2\n"
         f"{page(done)}"
     )
     assert len(recorder.under("/slack/")) == 1
@@ -273,10 +279,11 @@ def test_a_rolled_back_deployment_reports_failure_and_says_rolled_back(
     assert github_trail(recorder, done) == [*QUEUED_THEN_RUNNING, ("deployment", "failure"), ("commit", "failure")]
     [discord] = recorder.under("/discord/")
     assert discord.body["content"].startswith(
-        f"↩️ staging: deployment #{done.id} of {done.sha[:7]} by alice rolled back after 0s: health check failed"
+        f"↩️ staging: deployment #{done.id} of {done.sha[:12]} by alice rolled back after {took(done)}: "
+        "health check failed"
     )
     [slack] = recorder.under("/slack/")
-    assert "rolled back after 0s: health check failed" in slack.body["text"]
+    assert f"rolled back after {took(done)}: health check failed" in slack.body["text"]
     assert generic_events(recorder) == [("deployment.rolled_back", done.id)]
 
 
@@ -562,7 +569,7 @@ def test_a_real_deployment_of_the_sample_app_reports_success(reporting_bed: Bed,
     assert success.body["log_url"] == page(done)
     assert success.body["environment_url"] == reporting_bed.config.environments["staging"].base_url
     [discord] = recorder.under("/discord/")
-    assert discord.body["content"].startswith(f"✅ staging: deployment #{done.id} of {sha[:7]} by alice succeeded in ")
+    assert discord.body["content"].startswith(f"✅ staging: deployment #{done.id} of {sha[:12]} by alice succeeded in ")
     assert discord.body["content"].endswith(f"\n{page(done)}")
     assert generic_events(recorder) == [("deployment.succeeded", done.id)]
 

@@ -169,10 +169,10 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     staging_card, production_card = html.split('id="env-production"')
     assert 'class="card env-card env-staging"' in staging_card
     assert f'href="https://github.com/example/sample-app/commit/{version}"' in staging_card
-    assert f">{version[:7]}</a>" in staging_card and f"#{deployed.id}<" in staging_card
+    assert f">{version[:12]}</a>" in staging_card and f"#{deployed.id}<" in staging_card
     assert f"#{old.id}<" not in staging_card
     assert "Add the inventory command" in staging_card and "alice" in staging_card
-    assert "healthy" in staging_card and f"serving <code>{version[:7]}</code>" in staging_card
+    assert "healthy" in staging_card and f"serving <code>{version[:12]}</code>" in staging_card
     assert "Last failure" not in staging_card and "Degraded" not in staging_card
     assert "Docker is unreachable" in staging_card  # best-effort: said on the card, never a 500
 
@@ -263,7 +263,7 @@ def test_history_renders_pages_of_ten_thousand_records(
     assert _row_ids(filtered) == [str(n) for n in range(4_990, 4_490, -10)]
     staging = page(client, "/deployments?environment=staging")
     assert _row_ids(staging) == [str(n) for n in range(9_999, 9_899, -2)]
-    assert "release 9999" in staging and "42 s" in staging
+    assert "release 9999" in staging and "42s" in staging
 
 
 # --- a deployment's page ------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ import git
 
 from deploy_config import defaults
 from deploy_config.errors import DeployError
-from deploy_config.secrets import display_url
+from deploy_text.formatting import short_sha
+from deploy_text.redaction import display_url
 from docker_runtime.compose import ComposeProject
 from workers.errors import CheckoutFailed
 
@@ -33,13 +34,13 @@ def checkout(ctx: DeploymentContext) -> Path:
     ctx.worktree = worktree
     ctx.compose = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
     commit = mirror.commit(sha)
-    ctx.log(f"checked out {sha[:12]} ({str(commit.summary)!r} by {commit.author.name}) in {worktree}")
+    ctx.log(f"checked out {short_sha(sha)} ({str(commit.summary)!r} by {commit.author.name}) in {worktree}")
     if not ctx.deployment.message:
         ctx.save(message=str(commit.message).strip())
     try:
         ctx.resolved = ctx.compose.resolve(ctx.redact)
     except DeployError as exc:
-        raise CheckoutFailed(f"the compose file does not resolve at {sha[:12]}: {exc}") from None
+        raise CheckoutFailed(f"the compose file does not resolve at {short_sha(sha)}: {exc}") from None
     return worktree
 
 
@@ -80,13 +81,13 @@ def _require_on_branch(mirror: git.Repo, sha: str, branch: str) -> None:
         mirror.git.cat_file("-e", f"{sha}^{{commit}}")
     except git.GitCommandError:
         raise CheckoutFailed(
-            f"commit {sha[:12]} does not exist in the repository (force-pushed away, or a forged payload)"
+            f"commit {short_sha(sha)} does not exist in the repository (force-pushed away, or a forged payload)"
         ) from None
     try:
         mirror.git.merge_base("--is-ancestor", sha, f"refs/heads/{branch}")
     except git.GitCommandError:
         raise CheckoutFailed(
-            f"commit {sha[:12]} is not on branch {branch} (force-pushed away, or a forged payload); refusing it"
+            f"commit {short_sha(sha)} is not on branch {branch} (force-pushed away, or a forged payload); refusing it"
         ) from None
 
 
@@ -102,7 +103,7 @@ def _checked_out(ctx: DeploymentContext, mirror: git.Repo, worktree: Path, sha: 
             # Build from exactly the commit: nothing left over from an earlier deploy.
             tree.git.clean("-ffdx")
     except git.GitCommandError as exc:
-        raise CheckoutFailed(f"cannot check out {sha[:12]} in {worktree}: {_git_error(exc)}") from None
+        raise CheckoutFailed(f"cannot check out {short_sha(sha)} in {worktree}: {_git_error(exc)}") from None
     return worktree
 
 

@@ -17,8 +17,8 @@ import requests
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig
 from deploy_config.resolved import ResolvedCompose
-from deploy_config.secrets import Redactor
 from deploy_state import Deployment, DeploymentStore, Step
+from deploy_text.redaction import Redactor
 from docker_runtime.compose import ComposeProject
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from deploy_text.formatting import short_sha
 from docker_runtime.health import probe_health
 from workers.errors import HealthCheckFailed
 
@@ -30,9 +31,10 @@ def probe(url: str, sha: str, previous_sha: str = "") -> str | None:
     if not health.ok:
         return health.reason
     if health.version and health.version != sha:
+        mismatch = f"version is {short_sha(health.version)}, not {short_sha(sha)}"
         if previous_sha and health.version == previous_sha:
-            return f"version is {health.version[:12]}, not {sha[:12]} (the old release is still answering)"
-        return f"version is {health.version[:12]}, not {sha[:12]} (the app reports another version than was built)"
+            return f"{mismatch} (the old release is still answering)"
+        return f"{mismatch} (the app reports another version than was built)"
     return None
 
 
@@ -125,7 +127,7 @@ def health_gate(ctx: DeploymentContext, sha: str | None = None, watch: HealthWat
         if time.monotonic() - gate_started >= timeout and not watch.streaking():
             raise HealthCheckFailed(_failure(ctx, watch, timeout))
         time.sleep(_GATE_POLL)
-    ctx.log(f"{watch.url} healthy with {watch.sha[:12]} {since:.1f}s into the rollout, and for {STABLE_FOR:g}s "
+    ctx.log(f"{watch.url} healthy with {short_sha(watch.sha)} {since:.1f}s into the rollout, and for {STABLE_FOR:g}s "
             f"since ({watch.failed} failed probes)")  # fmt: skip
     return {"failed_probes": watch.failed, "seconds_to_healthy": round(since, 2)}
 
@@ -137,6 +139,6 @@ def _failure(ctx: DeploymentContext, watch: HealthWatch, timeout: float) -> str:
         else ""
     )
     return (
-        f"{watch.url} was not healthy with {watch.sha[:12]} within {timeout:g}s ({flapping}{watch.failed} failed "
+        f"{watch.url} was not healthy with {short_sha(watch.sha)} within {timeout:g}s ({flapping}{watch.failed} failed "
         f"probes; last: {watch.last}); environments.{ctx.env.name}.health_timeout"
     )

@@ -16,9 +16,10 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError, load_config
-from deploy_config.secrets import config_redactor
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
+from deploy_text.formatting import short_sha
+from deploy_text.redaction import config_redactor
 
 from .context import Cancelled, DeploymentContext
 
@@ -89,7 +90,7 @@ def _run(
     context = DeploymentContext(config, env, store, deployment, config_redactor(config))
     context.deadline = began + env.deploy_timeout
     context.lock_lost = keeper.lost
-    log.info("deployment %s: %s@%s running", deployment.id, env.name, deployment.sha[:12])
+    log.info("deployment %s: %s@%s running", deployment.id, env.name, short_sha(deployment.sha))
     try:
         report(config, store, deployment)
         status = pipeline(context)

@@ -10,6 +10,7 @@ from docker.models.containers import Container
 
 from deploy_config.errors import DeployError
 from deploy_state import Status
+from deploy_text.formatting import short_sha
 from docker_runtime.containers import project_containers
 from workers.errors import RollbackFailed
 
@@ -27,7 +28,7 @@ def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
         )
     try:
         with ctx.step("rollback", cancellable=False, deadline=False):  # past the deadline too: that is its job
-            ctx.log(f"rolling back to {sha[:12] or 'the previous images'} because: {cause}")
+            ctx.log(f"rolling back to {short_sha(sha) or 'the previous images'} because: {cause}")
             point_current_tags(ctx, previous)
             compose_up(ctx)
             if sha:
@@ -36,10 +37,12 @@ def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
         running = describe_running(ctx)
         ctx.store.mark_degraded(ctx.env.name, f"rollback of deployment {ctx.deployment.id} failed; running: {running}")
         raise RollbackFailed(
-            f"{cause}; the rollback to {sha[:12] or 'the previous images'} failed too: {exc}; "
+            f"{cause}; the rollback to {short_sha(sha) or 'the previous images'} failed too: {exc}; "
             f"{ctx.env.name} is degraded; running now: {running}"
         ) from None
-    ctx.save(reason=f"{cause}; rolled back: {sha[:12] or 'the previous release'} is serving again{_restore_hint(ctx)}")
+    ctx.save(
+        reason=f"{cause}; rolled back: {short_sha(sha) or 'the previous release'} is serving again{_restore_hint(ctx)}"
+    )
     return Status.ROLLED_BACK
 
 
