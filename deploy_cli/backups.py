@@ -199,8 +199,7 @@ def _environment_locked(config: DeployConfig, env: EnvironmentConfig) -> Iterato
 
 def deployed_project(config: DeployConfig, env: EnvironmentConfig) -> ComposeProject:
     """The compose project as the last deployment ran it: its compose file, in the environment's worktree."""
-    worktree = config.state_dir / "worktrees" / env.name
-    project = ComposeProject.for_environment(config, env, worktree)
+    project = ComposeProject.for_environment(config, env, config.worktree(env.name))
     if not project.file.is_file():
         raise NotDeployed(
             f"{env.name} has not been deployed from {config.state_dir}: {project.file} does not exist; "

@@ -373,5 +373,14 @@ class DeployConfig(Model):
                 )
         return envs
 
+    @property
+    def mirror_dir(self) -> Path:
+        """The one clone of the repository that every environment's worktree checks out from."""
+        return self.state_dir / "repo.git"
+
+    def worktree(self, environment: str) -> Path:
+        """Where an environment's deployed commit is checked out: its compose file and hooks run there."""
+        return self.state_dir / "worktrees" / environment
+
     def environment_for_branch(self, branch: str) -> EnvironmentConfig | None:
         return next((env for env in self.environments.values() if env.branch == branch), None)

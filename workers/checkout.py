@@ -28,9 +28,9 @@ def checkout(ctx: DeploymentContext) -> Path:
     state = ctx.config.state_dir
     sha, branch = ctx.deployment.sha, ctx.env.branch
     with _mirror_lock(state):
-        mirror = _fetched_mirror(ctx, state / "repo.git")
+        mirror = _fetched_mirror(ctx, ctx.config.mirror_dir)
         _require_on_branch(mirror, sha, branch)
-        worktree = _checked_out(ctx, mirror, state / "worktrees" / ctx.env.name, sha)
+        worktree = _checked_out(ctx, mirror, ctx.config.worktree(ctx.env.name), sha)
     ctx.worktree = worktree
     ctx.compose = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
     commit = mirror.commit(sha)
