@@ -114,6 +114,12 @@ def bed_overrides() -> dict[str, dict[str, Any]]:
 
 
 @pytest.fixture
+def bed_app_config() -> dict[str, Any]:
+    """Extra Flask config for the bed's app; tests override this fixture."""
+    return {}
+
+
+@pytest.fixture
 def bed(
     tmp_path: Path,
     git_remote: testbed.GitRemote,
@@ -125,11 +131,12 @@ def bed(
     secrets: testbed.Secrets,
     monkeypatch: pytest.MonkeyPatch,
     bed_overrides: dict[str, dict[str, Any]],
+    bed_app_config: dict[str, Any],
 ) -> Iterator[testbed.Bed]:
     config_file = testbed.bed_config(tmp_path, git_remote, env_file, **bed_overrides)
     monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(config_file))
     config = load_config(config_file)
-    app = create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+    app = create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True, **bed_app_config})
     bed = testbed.Bed(config, config_file, git_remote, redis_conn, app.test_client(), docker_client)
     yield bed
     testbed.teardown_bed(bed)

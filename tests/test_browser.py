@@ -17,18 +17,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import docker
 import pytest
 import redis
 import testbed
 import testjobs
 from flask import Flask
-from testbed import Bed, bed_config, teardown_bed
+from testbed import Bed
 from werkzeug.serving import make_server
 
-from deploy_config import DeployConfig, load_config
+from deploy_config import DeployConfig
 from deploy_state import DeploymentStore, Status
-from hook_server import create_app
 from workers.jobs import run_deployment
 
 if TYPE_CHECKING:  # imported in the fixture at run time, so that a missing package skips with its reason
@@ -131,31 +129,12 @@ WATCH = """() => {
 
 
 @pytest.fixture
-def browser_bed(
-    tmp_path: Path,
-    git_remote: testbed.GitRemote,
-    env_file: Path,
-    docker_client: docker.DockerClient,
-    postgres_image: str,
-    redis_url: str,
-    redis_conn: redis.Redis,
-    secrets: testbed.Secrets,
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[Bed]:
-    """testbed's Bed, with event streams that end every few seconds."""
-    config_file = bed_config(tmp_path, git_remote, env_file)
-    monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(config_file))
-    config = load_config(config_file)
-    app = create_app(
-        {"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True, "STATUS_STREAM_SECONDS": STREAM_SECONDS}
-    )
-    bed = Bed(config, config_file, git_remote, redis_conn, app.test_client(), docker_client)
-    yield bed
-    teardown_bed(bed)
+def bed_app_config() -> dict[str, Any]:
+    """The bed's app with event streams that end every few seconds."""
+    return {"STATUS_STREAM_SECONDS": STREAM_SECONDS}
 
 
-def test_deployment_page_follows_a_real_deployment_live(browser_bed: Bed, chromium: Browser, redis_url: str) -> None:
-    bed = browser_bed
+def test_deployment_page_follows_a_real_deployment_live(bed: Bed, chromium: Browser, redis_url: str) -> None:
     sha = bed.commit(message="Add the inventory command")
     bed.push("staging", sha)
     deployment_id = bed.deliver("staging", sha)
