@@ -1,4 +1,4 @@
-"""Step 3, backup: pg_dump through `docker compose exec`, streamed through gzip, verified, then kept.
+"""The backup step: pg_dump through `docker compose exec`, streamed through gzip, verified, then kept.
 
 The dump is never held in memory: it streams from pg_dump's stdout into gzip and onto
 disk in chunks. It lands under its final name only once pg_dump exited 0, the file is

@@ -1,4 +1,4 @@
-"""Step 2, build: every image the environment deploys, built locally from the worktree as <image>:<sha>.
+"""The build step: every image the environment deploys, built locally from the worktree as <image>:<sha>.
 
 When <image>:<sha> already exists (built for staging), production reuses that very image:
 what was tested is byte-for-byte what ships, and a promotion takes seconds.

@@ -1,4 +1,4 @@
-"""Step 1, checkout: one mirror of the repository, one worktree per environment, exactly the pushed sha.
+"""The checkout step: one mirror of the repository, one worktree per environment, exactly the pushed sha.
 
 Staging and production never share a working tree, so a staging deploy can never
 change the files a production deploy is building from.

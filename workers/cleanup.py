@@ -1,4 +1,4 @@
-"""Step 8, cleanup: keep the images of the environment's last K releases; remove its older unused ones.
+"""The cleanup step: keep the images of the environment's last K releases; remove its older unused ones.
 
 Only releases this environment deployed are candidates, and never one that another
 environment keeps or a container (running or stopped) uses.

@@ -1,4 +1,4 @@
-"""Step 5, health gate: the environment's health URL must answer healthy, with the deployed version,
+"""The health gate step: the environment's health URL must answer healthy, with the deployed version,
 and keep answering so for STABLE_FOR seconds: an app that flaps does not pass on one lucky probe.
 The probing starts with the rollout (HealthWatch), so the window overlaps compose's own wait."""
 

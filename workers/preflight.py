@@ -1,4 +1,4 @@
-"""Step 0, preflight: before touching anything, check that everything the deploy needs is there."""
+"""The preflight step: before touching anything, check that everything the deploy needs is there."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 7, rollback: when anything after the rollout fails, put the previous release back.
+"""The rollback step: when anything after the rollout fails, put the previous release back.
 
 The database is never restored automatically: the record names the backup taken
 before the rollout and the command that restores it.

@@ -1,4 +1,4 @@
-"""Step 4, rollout: point <image>:latest-<env> at the new build, then `docker compose up -d`."""
+"""The rollout step: point <image>:latest-<env> at the new build, then `docker compose up -d`."""
 
 from __future__ import annotations
 

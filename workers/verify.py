@@ -1,4 +1,4 @@
-"""Step 6, verify: the seed's verification checklist, run against the live containers.
+"""The verify step: the seed's verification checklist, run against the live containers.
 
 Each check is recorded on the deployment. A failure rolls back, or is a warning, as
 the environment's verify_failure says (error for production by default).
