@@ -1,4 +1,4 @@
-"""The smoke step, and the pre_deploy and post_deploy hooks: the environment's smoke, pre_deploy and post_deploy commands.
+"""The smoke step, and the environment's pre_deploy and post_deploy commands.
 
 They run in the worktree with a small, explicit environment: none of deployhook's own
 secrets (webhook secret, API token) reach code that comes from the repository.
