@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .schema import DeployConfig
@@ -80,12 +80,54 @@ def config_redactor(config: DeployConfig) -> Redactor:
     return Redactor.from_env(env, extra=secret_env_values(config), public=config.public_env)
 
 
-def secret_env_values(config: DeployConfig) -> list[str]:
-    """The values of the variables the config names as secret: webhook secret, API, login and forge tokens."""
-    names = [config.webhook.secret_env, config.api.token_env, config.status_page.login_token_env]
+def secret_env_names(config: DeployConfig) -> list[str]:
+    """The variables the config names as deployhook's secrets: webhook secret, API, login and forge
+    tokens, and every chat or generic webhook URL (each carries its own token)."""
     reporting = config.reporting
-    names += [reporting.github.token_env if reporting.github else None, reporting.discord_webhook_env]
-    return [os.environ.get(name, "") for name in names if name]
+    names = [
+        config.webhook.secret_env,
+        config.api.token_env,
+        config.status_page.login_token_env,
+        reporting.github.token_env if reporting.github else None,
+        reporting.discord_webhook_env,
+        reporting.slack_webhook_env,
+        reporting.generic_webhook_env,
+    ]
+    return [name for name in names if name]
+
+
+def secret_env_values(config: DeployConfig) -> list[str]:
+    """The values of the variables the config names as secret (secret_env_names), and of the URLs
+    among them the parts that carry their token wherever they are printed alone: an HTTP library's
+    error names the path without the host (`... url: /services/T0/B0/XXXX`)."""
+    values = []
+    for name in secret_env_names(config):
+        value = os.environ.get(name, "")
+        values.append(value)
+        if "://" in value:
+            values += [part for part in url_secrets(value) if len(part) >= MIN_URL_PART_LENGTH]
+    return [*values, *url_secrets(config.repository.url, credentials_only=True)]
+
+
+MIN_URL_PART_LENGTH = 12
+"""URL parts shorter than this (`/hooks`, `json`) are ordinary words, not tokens: masking them would garble output."""
+
+
+def url_secrets(url: str, credentials_only: bool = False) -> list[str]:
+    """The parts of a URL that may carry its credential, for a redactor to mask: the whole URL, its
+    user and password, and (unless credentials_only) its path, query and last path segment."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    user, _, password = userinfo.partition(":")
+    # user:password: the user is a login name (masking "deploy" would garble every line), the
+    # password the secret. A user alone over http(s) is a token (https://TOKEN@host); over ssh a login.
+    secret = password or (user if parts.scheme in ("http", "https") else "")
+    credentials = [part for part in (userinfo, secret) if part and (password or secret)]
+    if credentials_only:
+        return credentials
+    path_and_query = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    last_segment = parts.path.rstrip("/").rpartition("/")[2]
+    return [url, path_and_query, parts.path, parts.query, last_segment, *credentials]
 
 
 def display_url(url: str) -> str:
@@ -94,3 +136,17 @@ def display_url(url: str) -> str:
     if not parts.netloc or "@" not in parts.netloc:
         return url
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str]:
+    """(the URL without credentials, its user, its password) for an http(s) URL that carries them
+    (https://user:token@host/..., https://TOKEN@host/...); (url, None, "") for any other URL.
+
+    ssh URLs keep their user: it is a login name, the key is elsewhere.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, None, ""
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user), unquote(password)

@@ -38,14 +38,6 @@ def host(url: str) -> str:
     return parts.netloc.rpartition("@")[2] or "(no host)"
 
 
-def url_secrets(url: str) -> list[str]:
-    """The parts of a URL that may carry its credential, for a redactor to mask."""
-    parts = urlsplit(url)
-    path_and_query = f"{parts.path}?{parts.query}" if parts.query else parts.path
-    last_segment = parts.path.rstrip("/").rpartition("/")[2]
-    return [url, path_and_query, parts.path, parts.query, last_segment, parts.netloc.rpartition("@")[0]]
-
-
 class Poster:
     """POSTs JSON with a timeout per call; a context manager over one requests session."""
 

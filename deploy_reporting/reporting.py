@@ -21,13 +21,13 @@ from urllib.parse import urlsplit
 from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import config_redactor
+from deploy_config.secrets import config_redactor, url_secrets
 from deploy_state.models import Deployment, Status
 from deploy_state.store import DeploymentStore
 
 from . import messages
 from .github import GitHub, Links
-from .outbound import Poster, masking, url_secrets
+from .outbound import Poster, masking
 
 log = logging.getLogger(__name__)
 
