@@ -30,6 +30,7 @@ from rq import SimpleWorker
 
 from deploy_config import DeployConfig, load_config
 from deploy_state import Deployment, DeploymentStore, Status, keys, queue_for
+from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
 from docker_runtime.compose import ComposeProject
 from hook_server import create_app
@@ -93,7 +94,7 @@ class Bed:
     def work(self) -> None:
         """Run every queued job in-process with a real RQ worker, until the queues are empty."""
         queues = [queue_for(self.conn, env) for env in self.config.environments]
-        SimpleWorker(queues, connection=self.conn).work(burst=True)
+        SimpleWorker(queues, connection=self.conn, serializer=SERIALIZER).work(burst=True)
 
     def deploy(self, branch: str, sha: str) -> Deployment:
         self.push(branch, sha)
