@@ -8,6 +8,7 @@ import click
 
 from deploy_config import load_config
 from deploy_text.formatting import short_sha
+from docker_runtime.private import private_umask
 
 from .base import cli, config_option
 
@@ -28,6 +29,7 @@ def serve(config_file: Path, bind: str) -> None:
     from . import supervisor
     from .service import web_command
 
+    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
     supervisor.replace_process(web_command(bind), env)
@@ -47,6 +49,7 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool) -> Non
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
+    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
     run_worker(connect(config), config, config_file, environments or tuple(config.environments), burst=burst)
 
@@ -61,6 +64,7 @@ def poll(config_file: Path, once: bool) -> None:
     from deploy_state.connection import connect
     from hook_server.polling import poll_forever, poll_once
 
+    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
     if once:
         for result in poll_once(config, connect(config)):
@@ -86,6 +90,7 @@ def up(config_file: Path, bind: str) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
     from .service import run_up
 
+    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))

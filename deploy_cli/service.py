@@ -17,6 +17,7 @@ import redis
 
 from deploy_config import DeployConfig, DeployError
 from deploy_state.connection import embedded_socket
+from docker_runtime.private import private_dir
 
 from . import supervisor
 
@@ -60,7 +61,9 @@ class EmbeddedRedis:
         return f"unix://{self.socket}"
 
     def start(self, timeout: float = 10.0) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # Every deployment record is in its append-only file: 0700 here, and 0600 files through the
+        # umask redis-server inherits from `deployhook up` (private_umask).
+        private_dir(self.data_dir)
         self.proc = supervisor.spawn(
             [
                 redis_server_binary(),
@@ -118,6 +121,7 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
     """Run Redis (unless REDIS_URL is set) and the service's processes until one exits or we are stopped."""
     embedded = None
     redis_url = os.environ.get("REDIS_URL")
+    private_dir(config.state_dir)
     if not redis_url:
         embedded = EmbeddedRedis(embedded_socket(config.state_dir).parent)
         redis_url = embedded.start()

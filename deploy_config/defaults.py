@@ -69,6 +69,9 @@ GIT_ENV = {"GIT_TERMINAL_PROMPT": "0"}
 DEFAULT_LOG_RETENTION = 500
 """Deployments per environment whose logs Redis keeps; older records stay, their logs go."""
 
+DEFAULT_LOG_MAX_LINES = 10_000
+"""Lines one deployment's log keeps (its first fifth and its last lines); ~1 MB of Redis at most."""
+
 SERVICE_URL_ENVVAR = "DEPLOYHOOK_URL"
 """Environment variable that can name the running service's URL for the CLI."""
 

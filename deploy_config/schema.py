@@ -137,6 +137,8 @@ class StatusPageConfig(Model):
     """When set, the page (not the webhooks) asks for the token this variable holds."""
     log_retention: int = Field(default=defaults.DEFAULT_LOG_RETENTION, ge=1)
     """Deployments per environment whose logs are kept; older ones keep their record, not their log."""
+    log_max_lines: int = Field(default=defaults.DEFAULT_LOG_MAX_LINES, ge=10)
+    """Lines one deployment's log keeps: its first and last ones, with a note of how many were dropped."""
 
 
 class GitHubReporting(Model):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .errors import ConfigError
 from .schema import DeployConfig
@@ -67,3 +68,17 @@ def secret_env_names(config: DeployConfig) -> list[str]:
 def secret_env_values(config: DeployConfig) -> list[str]:
     """The values of the variables secret_env_names lists, as this process sees them."""
     return [os.environ.get(name, "") for name in secret_env_names(config)]
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str]:
+    """(the URL without credentials, its user, its password) for an http(s) URL that carries them
+    (https://user:token@host/..., https://TOKEN@host/...); (url, None, "") for any other URL.
+
+    ssh URLs keep their user: it is a login name, the key is elsewhere.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return url, None, ""
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return urlunsplit(parts._replace(netloc=host)), unquote(user), unquote(password)

@@ -11,8 +11,9 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from deploy_config import DeployError
+from deploy_config.defaults import DEFAULT_LOG_MAX_LINES
 
-from . import keys, stats
+from . import keys, logcap, stats
 from .locks import Lease
 from .models import FINAL_STATUSES, Deployment, Status, Step
 
@@ -305,15 +306,22 @@ class DeploymentStore:
 
     # --- logs ------------------------------------------------------------------------------
 
-    def append_log(self, deployment_id: str, line: str) -> str:
-        fields: dict[Any, Any] = {"t": f"{time.time():.3f}", "line": line}
-        return _text(self.conn.xadd(keys.log(deployment_id), fields))
+    def append_log(self, deployment_id: str, line: str, max_lines: int = DEFAULT_LOG_MAX_LINES) -> str:
+        """Append a line; past max_lines, the log keeps its head and tail (logcap.py)."""
+        when = f"{time.time():.3f}"
+        return logcap.append(self.conn, keys.log(deployment_id), keys.deployment(deployment_id), when, line, max_lines)
 
     def read_log(self, deployment_id: str, since: str | None = None, count: int | None = None) -> list[dict[str, str]]:
         """Log entries after `since` (an entry id), oldest first: {id, t, line}."""
         start = f"({since}" if since else "-"
         entries: Any = self.conn.xrange(keys.log(deployment_id), min=start, max="+", count=count)
-        return [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries]
+        read = []
+        for entry_id, raw in entries:
+            fields = _decode(raw)
+            line = logcap.marker_line(self.conn, keys.deployment(deployment_id), fields)
+            if line is not None:
+                read.append({"id": _text(entry_id), "t": fields.get("t", ""), "line": line})
+        return read
 
     def trim_logs(self, env: str, keep: int) -> int:
         """Delete the logs of env's final deployments older than its newest `keep`; returns how many.

@@ -37,30 +37,36 @@ def config_redactor(config: DeployConfig) -> Redactor:
     """The redactor for everything secret the config points at.
 
     The env file's values (but its public_env keys), the webhook secret, every token, the chat
-    webhook URLs (which carry their credential in the path), and a password in repository.url.
+    webhook URLs (and the parts of them an HTTP library's error prints alone), and the credential
+    in repository.url.
     """
     env = read_env_file(config.env_file) if config.env_file.is_file() else {}
     values = secret_env_values(config)
-    extra = [*values, *(part for url in values if "://" in url for part in url_secrets(url))]
-    extra += url_credentials(config.repository.url)
+    urls = [value for value in values if "://" in value]
+    url_parts = [part for url in urls for part in url_secrets(url) if len(part) >= MIN_URL_PART_LENGTH]
+    extra = [*values, *url_parts, *url_secrets(config.repository.url, credentials_only=True)]
     return Redactor.from_env(env, extra=extra, public=config.public_env)
 
 
-def url_secrets(url: str) -> list[str]:
-    """The parts of a secret URL that may carry its credential (a chat webhook's path, its query)."""
+MIN_URL_PART_LENGTH = 12
+"""URL parts shorter than this (`/hooks`, `json`) are ordinary words, not tokens: masking them would garble output."""
+
+
+def url_secrets(url: str, credentials_only: bool = False) -> list[str]:
+    """The parts of a URL that may carry its credential, for a redactor to mask: the whole URL, its
+    user and password, and (unless credentials_only) its path, query and last path segment."""
     parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0] if "@" in parts.netloc else ""
+    user, _, password = userinfo.partition(":")
+    # user:password: the user is a login name (masking "deploy" would garble every line), the
+    # password the secret. A user alone over http(s) is a token (https://TOKEN@host); over ssh a login.
+    secret = password or (user if parts.scheme in ("http", "https") else "")
+    credentials = [part for part in (userinfo, secret) if part and (password or secret)]
+    if credentials_only:
+        return credentials
     path_and_query = f"{parts.path}?{parts.query}" if parts.query else parts.path
     last_segment = parts.path.rstrip("/").rpartition("/")[2]
-    return [url, path_and_query, parts.path, parts.query, last_segment, *url_credentials(url)]
-
-
-def url_credentials(url: str) -> list[str]:
-    """The user:password (and the password alone) that a URL such as https://user:token@host/ carries."""
-    netloc = urlsplit(url).netloc
-    if "@" not in netloc:
-        return []
-    credential = netloc.rpartition("@")[0]
-    return [credential, credential.partition(":")[2]]
+    return [url, path_and_query, parts.path, parts.query, last_segment, *credentials]
 
 
 def display_url(url: str) -> str:

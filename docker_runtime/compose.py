@@ -7,7 +7,6 @@ re-implements Compose's interpolation, merging or defaults.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +14,10 @@ from deploy_config import defaults
 from deploy_config.errors import DeployError
 from deploy_config.resolved import ResolvedCompose
 from deploy_config.schema import DeployConfig, EnvironmentConfig
+from deploy_config.secrets import secret_env_names
 
 from . import commands
+from .childenv import child_environment
 from .commands import Redact
 from .errors import CommandFailed
 
@@ -28,11 +29,14 @@ class ComposeProject:
     environment: EnvironmentConfig
     file: Path
     env_file: Path | None
+    secret_names: tuple[str, ...] = ()
+    """The variables deploy.yml names as deployhook's secrets: never in Compose's environment."""
 
     @classmethod
     def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
         env_file = config.env_file if config.env_file.is_file() else None
-        return cls(environment=env, file=(repo_dir / env.compose_file).resolve(), env_file=env_file)
+        file = (repo_dir / env.compose_file).resolve()
+        return cls(environment=env, file=file, env_file=env_file, secret_names=tuple(secret_env_names(config)))
 
     def args(self, *subcommand: str) -> list[str]:
         args = ["docker", "compose"]
@@ -44,11 +48,11 @@ class ComposeProject:
         return [*args, *subcommand]
 
     def process_env(self) -> dict[str, str]:
-        """The environment compose runs with: ours, minus COMPOSE_* that would override -p/-f."""
-        env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
-        env.update(self.environment.compose_env)
-        env["ENVIRONMENT"] = self.environment.name
-        return env
+        """The environment compose runs with, which a compose file can interpolate into containers:
+        the allow-listed part of ours (no COMPOSE_* that would override -p/-f, none of deployhook's
+        secrets), then compose_env and ENVIRONMENT."""
+        extra = {**self.environment.compose_env, "ENVIRONMENT": self.environment.name}
+        return child_environment(extra, secret_names=self.secret_names)
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
         """The fully resolved compose model, as Compose itself computes it."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import git
 
-from deploy_config import DeployError, defaults
+from deploy_config import DeployError
 from deploy_text.redaction import display_url
+from docker_runtime.gitauth import git_access
 
 GIT_TIMEOUT = 30
 """Seconds a `git ls-remote` may take: a hung remote must not hang a request or the poller."""
@@ -14,7 +15,8 @@ GIT_TIMEOUT = 30
 def ls_remote(url: str, *refs: str) -> dict[str, str]:
     """{ref name: sha} for the refs (branches, tags, full refs) the remote has."""
     try:
-        output = git.cmd.Git().ls_remote(url, *refs, kill_after_timeout=GIT_TIMEOUT, env=defaults.GIT_ENV)
+        with git_access(url) as (remote, env):
+            output = git.cmd.Git().ls_remote(remote, *refs, kill_after_timeout=GIT_TIMEOUT, env=env)
     except git.GitCommandError as exc:
         stderr = str(exc.stderr).strip().strip("'").strip()
         raise DeployError(f"cannot read refs from {display_url(url)}: {stderr or exc}") from None

@@ -43,6 +43,7 @@ from deploy_cli.progress import PlainDisplay, TtyDisplay, fit, frame, no_worker_
 from deploy_cli.webhook import PUSHER
 from deploy_config import DeployConfig, load_config, parse_config
 from deploy_state import Deployment, DeploymentStore, Status, Step, keys, queue_for
+from deploy_state.queues import SERIALIZER
 from deploy_text.formatting import duration, short_sha, size
 from docker_runtime import commands
 from docker_runtime.errors import CommandFailed
@@ -491,7 +492,7 @@ def history(
         assert reply.status_code == 202, reply.get_json()
         made.append(str(reply.get_json()["id"]))
         if sha != SHA_D:
-            SimpleWorker([queue_for(redis_conn, env)], connection=redis_conn).work(burst=True)
+            SimpleWorker([queue_for(redis_conn, env)], connection=redis_conn, serializer=SERIALIZER).work(burst=True)
     store = DeploymentStore(redis_conn)
     return [store.require(deployment_id) for deployment_id in made]
 

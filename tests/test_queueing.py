@@ -45,6 +45,7 @@ from deploy_state import (
     keys,
     queue_for,
 )
+from deploy_state.queues import SERIALIZER
 from hook_server import create_app
 from hook_server.intake import DeployRequest, Intake
 from workers.context import DeploymentContext
@@ -116,6 +117,7 @@ def worker_env(redis_url: str, step_seconds: float) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "PYTHONPATH": pythonpath,
         "DEPLOYHOOK_TEST_STEP_SECONDS": str(step_seconds),
+        "DEPLOYHOOK_DEPLOY_JOB": TEST_JOB,  # the worker runs only the job the service enqueues
     }
 
 
@@ -546,7 +548,7 @@ def test_deployment_cancelled_while_queued_never_runs(
     skipped = store.require(cancelled.id)
     assert skipped.status == Status.CANCELLED
     assert skipped.steps == [] and skipped.started_at is None and store.read_log(skipped.id) == []
-    job = Job.fetch(f"deployment-{cancelled.id}", connection=redis_conn)
+    job = Job.fetch(f"deployment-{cancelled.id}", connection=redis_conn, serializer=SERIALIZER)
     assert job.return_value() == Status.CANCELLED
     # With the newer one cancelled, the earlier push is the newest queued: it is not superseded.
     ran = store.require(earlier.id)

@@ -30,6 +30,7 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig, load_config
 from deploy_state import DeploymentStore, Status, keys
+from deploy_state.queues import SERIALIZER
 from deploy_state.rejections import rejection_totals
 from hook_server import create_app, rejections, signatures
 
@@ -372,7 +373,7 @@ def test_mapped_push_records_and_enqueues_one_deployment(client: FlaskClient, re
 
     staging = queue(redis_conn)
     assert staging.job_ids == [f"deployment-{deployment_id}"]
-    job = Job.fetch(f"deployment-{deployment_id}", connection=redis_conn)
+    job = Job.fetch(f"deployment-{deployment_id}", connection=redis_conn, serializer=SERIALIZER)
     assert job.func_name == DEPLOY_JOB
     assert list(job.args) == [deployment_id]
     assert queue(redis_conn, "production").count == 0
@@ -805,7 +806,10 @@ def test_gunicorn_accepts_a_signed_push(gunicorn_port: int, redis_conn: redis.Re
     assert status == 202, data
     assert data["status_url"] == f"http://127.0.0.1:{gunicorn_port}/api/deployments/{data['deployment_id']}"
     assert queue(redis_conn).job_ids == [f"deployment-{data['deployment_id']}"]
-    assert Job.fetch(f"deployment-{data['deployment_id']}", connection=redis_conn).func_name == DEPLOY_JOB
+    assert (
+        Job.fetch(f"deployment-{data['deployment_id']}", connection=redis_conn, serializer=SERIALIZER).func_name
+        == DEPLOY_JOB
+    )
 
 
 def chunked(body: bytes, size: int = 300) -> bytes:

@@ -35,6 +35,7 @@ from rq import SimpleWorker
 
 from deploy_config import DeployConfig
 from deploy_state import Deployment, DeploymentStore, queue_for
+from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
 from docker_runtime.compose import ComposeProject
 
@@ -471,7 +472,7 @@ class Bed:
     def work(self) -> None:
         """Run every queued job in-process with a real RQ worker, until the queues are empty."""
         queues = [queue_for(self.conn, env) for env in self.config.environments]
-        SimpleWorker(queues, connection=self.conn).work(burst=True)
+        SimpleWorker(queues, connection=self.conn, serializer=SERIALIZER).work(burst=True)
 
     def deploy(self, branch: str, sha: str) -> Deployment:
         self.push(branch, sha)

@@ -23,6 +23,7 @@ from docker_runtime.commands import Redact
 from docker_runtime.compose import ComposeProject
 from docker_runtime.containers import project_containers
 from docker_runtime.errors import CommandFailed
+from docker_runtime.private import open_private, private_dir
 from workers.errors import BackupFailed
 
 from .context import DeploymentContext, StepSkipped, StepWarning
@@ -92,8 +93,7 @@ def dump_database(
     it needs only the environment's compose project, the credentials and somewhere to log.
     """
     assert env.database is not None
-    directory = env.backups.dir
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_dir(env.backups.dir)  # full dumps: 0700 directory, 0600 files
     for stale in directory.glob(f".backup_{env.name}_*.partial"):
         stale.unlink()  # left by a worker that died mid-dump; never a final name
     final = directory / backup_name(env.name, time.time())
@@ -111,7 +111,7 @@ def dump_database(
     args = project.args("exec", "-T", "-e", f"PGAPPNAME={tag}", service, "pg_dump", "-U", user, "-d", name)
     started = time.monotonic()
     try:
-        with open(partial, "wb") as raw:
+        with open_private(partial) as raw:
             name_inside = final.name.removesuffix(".gz")
             with gzip.GzipFile(fileobj=raw, mode="wb", filename=name_inside, compresslevel=GZIP_LEVEL) as gz:
                 commands.stream_to(

@@ -13,14 +13,16 @@ from pathlib import Path
 
 import git
 
-from deploy_config import defaults
 from deploy_config.errors import DeployError
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import display_url
 from docker_runtime.compose import ComposeProject
+from docker_runtime.gitauth import git_access
+from docker_runtime.private import open_private, private_dir, private_file, private_tree, shared_umask
 from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
+from .isolation import lint_checkout
 
 
 def checkout(ctx: DeploymentContext) -> Path:
@@ -41,14 +43,15 @@ def checkout(ctx: DeploymentContext) -> Path:
         ctx.resolved = ctx.compose.resolve(ctx.redact)
     except DeployError as exc:
         raise CheckoutFailed(f"the compose file does not resolve at {short_sha(sha)}: {exc}") from None
+    lint_checkout(ctx)
     return worktree
 
 
 @contextmanager
 def _mirror_lock(state: Path) -> Iterator[None]:
     """Workers of different environments share the mirror: one fetch or worktree change at a time."""
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / "repo.lock", "w") as handle:
+    private_dir(state)
+    with open_private(state / "repo.lock", truncate=False) as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
@@ -63,17 +66,25 @@ def _fetched_mirror(ctx: DeploymentContext, path: Path) -> git.Repo:
         else:
             ctx.log(f"cloning a mirror of {display_url(url)}")
             mirror = git.Repo.init(path, bare=True)
-        if "origin" in (remote.name for remote in mirror.remotes):
-            mirror.git.remote("set-url", "origin", url)
-        else:
-            mirror.git.remote("add", "origin", url)
-        mirror.git.fetch(
-            "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", env=defaults.GIT_ENV,
-            kill_after_timeout=ctx.config.repository.fetch_timeout,
-        )  # fmt: skip
+        _make_private(mirror, path)
+        with git_access(url) as (plain_url, env):
+            # Set on every fetch: it also rewrites a URL with credentials that an older version stored.
+            verb = "set-url" if "origin" in (remote.name for remote in mirror.remotes) else "add"
+            mirror.git.remote(verb, "origin", plain_url)
+            mirror.git.fetch(
+                "--prune", "origin", "+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", env=env,
+                kill_after_timeout=ctx.config.repository.fetch_timeout,
+            )  # fmt: skip
         return mirror
     except git.GitCommandError as exc:
         raise CheckoutFailed(f"cannot fetch {display_url(url)}: {_git_error(exc)}") from None
+
+
+def _make_private(mirror: git.Repo, path: Path) -> None:
+    """Git creates the mirror's files 0600 and its directories 0700 from now on, whatever the umask."""
+    if mirror.git.config("--get", "core.sharedRepository", with_exceptions=False) != "0600":
+        mirror.git.config("core.sharedRepository", "0600")
+    private_file(path / "config")
 
 
 def _require_on_branch(mirror: git.Repo, sha: str, branch: str) -> None:
@@ -92,16 +103,20 @@ def _require_on_branch(mirror: git.Repo, sha: str, branch: str) -> None:
 
 
 def _checked_out(ctx: DeploymentContext, mirror: git.Repo, worktree: Path, sha: str) -> Path:
+    private_dir(worktree.parent)
     try:
-        if not (worktree / ".git").exists():
-            worktree.parent.mkdir(parents=True, exist_ok=True)
-            mirror.git.worktree("prune")
-            mirror.git.worktree("add", "--detach", "--force", str(worktree), sha)
-        else:
-            tree = git.Repo(worktree)
-            tree.git.checkout("--detach", "--force", sha)
-            # Build from exactly the commit: nothing left over from an earlier deploy.
-            tree.git.clean("-ffdx")
+        # The usual modes inside the worktree (its 0700 parent keeps it private): Docker's COPY keeps
+        # a file's mode, and an image whose user is not root must still read what it copied.
+        with shared_umask():
+            if not (worktree / ".git").exists():
+                mirror.git.worktree("prune")
+                mirror.git.worktree("add", "--detach", "--force", str(worktree), sha)
+            else:
+                tree = git.Repo(worktree)
+                tree.git.checkout("--detach", "--force", sha)
+                # Build from exactly the commit: nothing left over from an earlier deploy.
+                tree.git.clean("-ffdx")
+        private_tree(Path(mirror.git_dir) / "worktrees")  # git's record of the worktree, made under that umask
     except git.GitCommandError as exc:
         raise CheckoutFailed(f"cannot check out {short_sha(sha)} in {worktree}: {_git_error(exc)}") from None
     return worktree

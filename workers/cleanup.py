@@ -30,7 +30,9 @@ def cleanup(ctx: DeploymentContext) -> list[str]:
     for other in ctx.config.environments.values():
         if other.name != ctx.env.name:
             keep |= set(_succeeded_shas(ctx, other.name)[: other.keep_releases])
-    in_use = {c.image.id for c in ctx.docker.containers.list(all=True) if c.image is not None}
+    # Sparse: the list alone names each container's image. A full listing inspects every container,
+    # and one that another process removes meanwhile (the other environment's rollout) fails it.
+    in_use = {str(c.attrs.get("ImageID")) for c in ctx.docker.containers.list(all=True, sparse=True)}
     removed, failures = [], []
     for sha in mine:
         if sha in keep:

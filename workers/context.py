@@ -95,7 +95,8 @@ class DeploymentContext:
 
     def log(self, line: str) -> None:
         """Append a line to the deployment's log, with every known secret masked."""
-        self.store.append_log(self.deployment.id, self.redact(line.rstrip("\n")))
+        line = self.redact(line.rstrip("\n"))
+        self.store.append_log(self.deployment.id, line, self.config.status_page.log_max_lines)
 
     def check_cancelled(self) -> None:
         by = self.store.cancel_requested(self.deployment.id)

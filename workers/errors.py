@@ -35,3 +35,7 @@ class VerifyFailed(DeployError):
 
 class RollbackFailed(DeployError):
     """Going back to the previous release failed too: the environment is degraded."""
+
+
+class IsolationLintFailed(CheckoutFailed):
+    """The compose files at the pushed sha break a rule of the isolation lint: nothing was built or touched."""

@@ -1,34 +1,31 @@
 """The smoke step, and the environment's pre_deploy and post_deploy commands.
 
-They run in the worktree with a small, explicit environment: none of deployhook's own
-secrets (webhook secret, API token) reach code that comes from the repository.
+They run in the worktree with the allow-listed environment Compose gets (childenv.py): none of
+deployhook's own secrets (webhook secret, tokens, chat URLs) reach code that comes from the repository.
 """
 
 from __future__ import annotations
 
-import os
-
 from deploy_config.schema import CommandHook
+from deploy_config.secrets import secret_env_names
 from docker_runtime import commands
+from docker_runtime.childenv import child_environment
 from docker_runtime.errors import CommandFailed
 from workers.errors import RolloutFailed
 
 from .context import DeploymentContext
 
-_PASSED_THROUGH = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "DOCKER_HOST")
-
 
 def hook_environment(ctx: DeploymentContext) -> dict[str, str]:
-    env = {name: os.environ[name] for name in _PASSED_THROUGH if name in os.environ}
-    env.update(
-        TARGET_URL=ctx.env.base_url,
-        ENVIRONMENT=ctx.env.name,
-        GIT_SHA=ctx.deployment.sha,
-        COMPOSE_PROJECT_NAME=ctx.env.project or "",
-    )
+    extra = {
+        "TARGET_URL": ctx.env.base_url,
+        "ENVIRONMENT": ctx.env.name,
+        "GIT_SHA": ctx.deployment.sha,
+        "COMPOSE_PROJECT_NAME": ctx.env.project or "",
+    }
     if ctx.env.name == "staging":
-        env["STAGING_URL"] = ctx.env.base_url  # the seed's `STAGING_URL=... make test-staging`
-    return env
+        extra["STAGING_URL"] = ctx.env.base_url  # the seed's `STAGING_URL=... make test-staging`
+    return child_environment(extra, secret_names=secret_env_names(ctx.config))
 
 
 def run_hook(ctx: DeploymentContext, name: str, hook: CommandHook) -> None:

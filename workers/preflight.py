@@ -10,7 +10,9 @@ import docker
 import requests
 
 from docker_runtime import commands
+from docker_runtime.childenv import child_environment
 from docker_runtime.errors import CommandFailed
+from docker_runtime.private import private_dir
 from workers.errors import PreflightFailed
 
 from .context import DeploymentContext, docker_host
@@ -20,7 +22,9 @@ def preflight(ctx: DeploymentContext) -> None:
     """Docker answers, Compose v2 is there, the env file is readable, and the disks have room."""
     _docker_answers(ctx)
     try:
-        version = commands.run(["docker", "compose", "version", "--short"], timeout=30).stdout.strip()
+        version = commands.run(
+            ["docker", "compose", "version", "--short"], env=child_environment(), timeout=30
+        ).stdout.strip()
     except CommandFailed:
         raise PreflightFailed(
             "Docker Compose v2 is not installed: `docker compose version` failed; install the docker-compose "
@@ -33,8 +37,7 @@ def preflight(ctx: DeploymentContext) -> None:
             f"env file {env_file} is missing or not readable by this worker; create it from .env.example "
             "(env_file in deploy.yml)"
         )
-    backups = ctx.env.backups.dir
-    backups.mkdir(parents=True, exist_ok=True)
+    backups = private_dir(ctx.env.backups.dir)
     _free_space(ctx, backups, "the backup directory")
     root = Path(str(ctx.docker.info().get("DockerRootDir", "")))
     if root.is_dir():

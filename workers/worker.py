@@ -10,11 +10,14 @@ from pathlib import Path
 from types import FrameType
 
 from redis import Redis
-from rq import Worker
-from rq.job import Job
+from rq import Queue, Worker
+from rq.exceptions import DeserializationError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry
 
 from deploy_config import DeployConfig, DeployError, defaults
 from deploy_state import queue_for
+from deploy_state.queues import SERIALIZER
 
 from .jobs import fail_killed_horse, recover_lost_deployments
 
@@ -35,6 +38,18 @@ class DeployWorker(Worker):
     config: DeployConfig | None = None
     """Set by run_worker: what handle_work_horse_killed needs to fail the deployment."""
 
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run only the deploy job: a job that is not one (written to Redis by someone else) fails unrun."""
+        refusal = refused(job)
+        if refusal is not None:
+            log.error("job %s on %s refused: %s", job.id, queue.name, refusal)
+            with self.connection.pipeline() as pipe:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                FailedJobRegistry(queue=queue).add(job, exc_string=f"refused: {refusal}", pipeline=pipe)
+                pipe.execute()
+            return
+        super().execute_job(job, queue)
+
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
         signal.signal(signal.SIGTERM, _finish_first)
@@ -49,6 +64,27 @@ class DeployWorker(Worker):
             fail_killed_horse(self.connection, self.config, str(job.args[0]), retpid, how)
         except Exception:  # noqa: BLE001 - the worker must go on serving; a restart recovers it too
             log.exception("could not record the death of job %s's work horse (%s)", job.id, how)
+
+
+DEPLOY_JOB = "workers.jobs.deploy"
+"""The one function a deploy queue's job may name (the web process enqueues it by this name)."""
+
+DEPLOY_JOB_ENVVAR = "DEPLOYHOOK_DEPLOY_JOB"
+"""The web process's testing hook that names another job (tests/testjobs.py); the worker then runs that one."""
+
+
+def refused(job: Job) -> str | None:
+    """Why the worker must not run this job, or None: it names the deploy job with one deployment id."""
+    try:
+        name, args, kwargs = job.func_name, job.args, job.kwargs
+    except DeserializationError:
+        return "its data is not JSON (a pickled job?)"
+    allowed = {DEPLOY_JOB, os.environ.get(DEPLOY_JOB_ENVVAR) or DEPLOY_JOB}
+    if name not in allowed:
+        return f"it calls {name!r}, not {DEPLOY_JOB}"
+    if kwargs or len(args) != 1 or not isinstance(args[0], str):
+        return "its arguments are not one deployment id"
+    return None
 
 
 def _death(status: int) -> str:
@@ -82,6 +118,6 @@ def run_worker(
         log.warning("deployment %s of %s marked failed: %s", lost.id, lost.environment, lost.reason)
     queues = [queue_for(connection, env) for env in environments]
     log.info("worker serving %s", ", ".join(q.name for q in queues))
-    worker = DeployWorker(queues, connection=connection)
+    worker = DeployWorker(queues, connection=connection, serializer=SERIALIZER)
     worker.config = config
     worker.work(burst=burst, logging_level="INFO")

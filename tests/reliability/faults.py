@@ -29,6 +29,7 @@ from testbed import Bed, step_statuses
 
 from deploy_config import load_config
 from deploy_state import Deployment, Status, keys, queue_for
+from deploy_state.queues import SERIALIZER
 from workers.backup import verify_backup
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
@@ -171,7 +172,7 @@ def assert_ran_once(bed: Bed, deployment_id: str) -> None:
     assert times_started(bed, deployment) == 1, bed.log(deployment)
     assert [step.name for step in deployment.steps].count("preflight") == 1
     queue = queue_for(bed.conn, deployment.environment)
-    job = rq.job.Job.fetch(f"deployment-{deployment_id}", connection=bed.conn)
+    job = rq.job.Job.fetch(f"deployment-{deployment_id}", connection=bed.conn, serializer=SERIALIZER)
     assert not job.retries_left, "a deploy job must never carry RQ retries"
     rq.registry.StartedJobRegistry(queue=queue).cleanup(timestamp=time.time() + 10 * 24 * 3600)
     assert job.id not in queue.get_job_ids(), "RQ requeued the half-finished deployment"

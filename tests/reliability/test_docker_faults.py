@@ -23,6 +23,7 @@ from rq.registry import StartedJobRegistry
 from testbed import Bed, step_statuses
 
 from deploy_state import Deployment, Status, keys, queue_for
+from deploy_state.queues import SERIALIZER
 
 from .common import record_fault
 from .dockerfaults import assert_serving, start_dockerd, stop_dockerd
@@ -94,7 +95,7 @@ def test_dockerd_stopped_mid_build_fails_the_deployment_once_and_the_next_push_d
         assert busy < 1.0, f"the idle worker used {busy:.1f}s of CPU in {IDLE_SECONDS:g}s"
         assert len(bed.store.read_log(doomed)) == log_lines
         assert bed.log(failed).count("==> preflight") == 1
-        job = Job.fetch(f"deployment-{doomed}", connection=bed.conn)
+        job = Job.fetch(f"deployment-{doomed}", connection=bed.conn, serializer=SERIALIZER)
         assert job.get_status() in ("finished", "failed")
         assert queue_for(bed.conn, "staging").count == 0
         assert StartedJobRegistry("deploy-staging", connection=bed.conn).count == 0

@@ -1,0 +1,43 @@
+"""Checkout's isolation lint: the compose files at the pushed sha, under the rules of `config check`.
+
+`deployhook config check` lints the files of one checkout on the operator's machine; what a push
+deploys is another matter. Each deployment lints its own commit: this environment's resolved
+compose file against every other environment's file from the same worktree. A push that makes
+staging publish production's port or join production's network fails here, before the build,
+with the rule's name and message, and nothing running is touched.
+"""
+
+from __future__ import annotations
+
+from deploy_config.errors import DeployError
+from deploy_config.isolation import lint
+from deploy_config.resolved import ResolvedCompose
+from docker_runtime.compose import ComposeProject
+from workers.errors import IsolationLintFailed
+
+from .context import DeploymentContext
+
+
+def lint_checkout(ctx: DeploymentContext) -> None:
+    """Run every isolation rule on the worktree's compose files; raise IsolationLintFailed on a violation."""
+    assert ctx.worktree is not None and ctx.resolved is not None, "checkout resolves the compose file first"
+    sha = ctx.deployment.sha[:12]
+    stacks: dict[str, ResolvedCompose] = {ctx.env.name: ctx.resolved}
+    for name, env in ctx.config.environments.items():
+        if name == ctx.env.name:
+            continue
+        try:
+            stacks[name] = ComposeProject.for_environment(ctx.config, env, ctx.worktree).resolve(ctx.redact)
+        except DeployError as exc:
+            raise IsolationLintFailed(
+                f"the isolation lint cannot run at {sha}: {name}'s compose file does not resolve there: {exc}"
+            ) from None
+    results = lint(ctx.config, stacks)
+    failed = [result for result in results if not result.passed]
+    if failed:
+        summary = "; ".join(f"{r.rule.name}: {' '.join(r.violations)}" for r in failed)
+        raise IsolationLintFailed(
+            f"the compose files at {sha} break the isolation lint ({', '.join(r.rule.name for r in failed)}): "
+            f"{summary}; fix them and push again (`deployhook config check --repo-dir <checkout>` shows the same)"
+        )
+    ctx.log(f"isolation lint at {sha}: all {len(results)} rules hold ({', '.join(sorted(stacks))})")
