@@ -8,7 +8,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 
 from deploy_config import DeployError
 from deploy_reporting.reporting import report
@@ -62,10 +62,18 @@ def _string(data: dict[str, Any], name: str) -> str:
     return value
 
 
+def _shown(deployment: Deployment) -> dict[str, Any]:
+    """A record as the API answers with it: known secrets masked, whatever the record holds."""
+    if "page_redactor" not in g:
+        g.page_redactor = livelog.page_redactor(deploy_config())
+    redact: livelog.Redact = g.page_redactor
+    return deployment.redacted(redact).to_dict()
+
+
 def _submit(deploy: DeployRequest) -> Reply:
     result = intake().submit(deploy)
     deployment = result.deployment
-    body = {**deployment.to_dict(), "status_url": status_url(deployment.id)}
+    body = {**_shown(deployment), "status_url": status_url(deployment.id)}
     return body, 202
 
 
@@ -153,7 +161,7 @@ def cancel(deployment_id: str) -> Reply:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
     store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
     report(deploy_config(), store(), cancelled)
-    return cancelled.to_dict(), 200
+    return _shown(cancelled), 200
 
 
 def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -> DeployRequest:
@@ -188,7 +196,7 @@ def list_deployments() -> Reply:
     except ValueError:
         return error(400, "'limit' and 'cursor' must be whole numbers")
     items, next_cursor = store().page(environment=environment, status=status, limit=limit, cursor=cursor)
-    return {"deployments": [d.to_dict() for d in items], "next_cursor": next_cursor}, 200
+    return {"deployments": [_shown(d) for d in items], "next_cursor": next_cursor}, 200
 
 
 @bp.get("/deployments/<deployment_id>")
@@ -196,7 +204,7 @@ def get_deployment(deployment_id: str) -> Reply:
     deployment = store().get(deployment_id)
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
-    return deployment.to_dict(), 200
+    return _shown(deployment), 200
 
 
 @bp.get("/deployments/<deployment_id>/log")
@@ -227,7 +235,7 @@ def environments() -> Reply:
                 "running": current.running(env.name),
                 "degraded": current.degraded(env.name),
                 "queued": current.queued_ids(env.name),
-                "last_succeeded": last.to_dict() if last else None,
+                "last_succeeded": _shown(last) if last else None,
             }
         )
     return {"environments": body}, 200
