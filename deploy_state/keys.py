@@ -49,6 +49,11 @@ def head(env: str) -> str:
     return f"{PREFIX}:env:{env}:head"
 
 
+def newest_push(env: str) -> str:
+    """The push time (Unix seconds) of the newest push to env's branch that intake accepted."""
+    return f"{PREFIX}:env:{env}:newest-push"
+
+
 def cancel_requested(deployment_id: str) -> str:
     return f"{PREFIX}:deployment:{deployment_id}:cancel"
 

@@ -24,7 +24,7 @@ from deploy_state import DeploymentStore, Status
 from workers.checkout import checkout
 from workers.context import DeploymentContext
 
-from .common import record_security
+from .common import github_headers, record_security
 
 BEARER = {"Authorization": f"Bearer {testbed.API_TOKEN}"}
 DB_PASSWORD = testbed.SAMPLE_ENV["DB_PASSWORD"]
@@ -39,6 +39,65 @@ def node(name: str) -> str:
 def recorder() -> Iterator[Recorder]:
     with Recorder() as server:
         yield server
+
+
+# --- 1. replayed pushes ---------------------------------------------------------------------------
+
+
+def signed_push(sha: str, pushed_at: int, branch: str = "staging") -> bytes:
+    """A GitHub push as GitHub signs it: repository.pushed_at is inside the signed body."""
+    payload = {
+        "ref": f"refs/heads/{branch}",
+        "after": sha,
+        "repository": {"full_name": "example/sample-app", "pushed_at": pushed_at},
+        "pusher": {"name": "alice"},
+        "head_commit": {"id": sha, "message": "m", "timestamp": "2026-01-01T00:00:00+00:00"},
+    }
+    return json.dumps(payload).encode()
+
+
+def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    old_sha, new_sha = "a" * 40, "b" * 40
+    captured = signed_push(old_sha, pushed_at=1_760_000_000)
+    first = client.post("/hooks/github", data=captured, headers=github_headers(captured))
+    assert first.status_code == 202 and "deployment_id" in first.get_json()
+    newer = signed_push(new_sha, pushed_at=1_760_000_600)
+    second = client.post("/hooks/github", data=newer, headers=github_headers(newer))
+    assert second.status_code == 202
+    newest = second.get_json()["deployment_id"]
+
+    # The captured push, re-sent under a new delivery id: same signed bytes, new header.
+    replay = client.post("/hooks/github", data=captured, headers=github_headers(captured, delivery="replayed-1"))
+    assert replay.status_code == 202, replay.get_data(as_text=True)
+    assert replay.get_json() == {"ignored": "older than what is deployed"}
+    [latest], _ = store.page(environment="staging", limit=1)
+    assert latest.id == newest and latest.sha == new_sha, "the replay became the newest deployment"
+    audit = store.audit_entries(count=1)[0]
+    assert (audit["action"], audit["outcome"], audit["sha"], audit["delivery"]) == (
+        "webhook",
+        "ignored",
+        old_sha,
+        "replayed-1",
+    )
+    assert audit["reason"] == "older than what is deployed"
+
+    # A push of the same second (two quick pushes) still deploys; so does the API's explicit deploy of the old sha.
+    same_second = signed_push("c" * 40, pushed_at=1_760_000_600)
+    assert (
+        "deployment_id"
+        in client.post("/hooks/github", data=same_second, headers=github_headers(same_second)).get_json()
+    )
+    explicit = client.post("/api/deployments", json={"environment": "staging", "sha": old_sha}, headers=BEARER)
+    assert explicit.status_code == 202 and explicit.get_json()["sha"] == old_sha
+    record_security(
+        "replayed push",
+        "a captured signed push for an older sha, re-sent with a new delivery id after a newer push: answered "
+        "202 ignored 'older than what is deployed', no deployment, audited; the API can still deploy that sha",
+        node("test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it"),
+    )
 
 
 # --- 3. secrets in commit messages -----------------------------------------------------------------
