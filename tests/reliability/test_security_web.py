@@ -7,6 +7,7 @@ repositories; each test records its row of the security table after its assertio
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import yaml
 from flask.testing import FlaskClient
 from recorder import Recorder
 
-from deploy_config import DeployConfig, load_config
+from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
 from deploy_reporting.reporting import report
 from deploy_state import DeploymentStore, Status
 from workers.checkout import checkout
 from workers.context import DeploymentContext
+from workers.jobs import run_deployment
 
 from .common import github_headers, record_security
 
@@ -149,4 +151,94 @@ def test_a_commit_message_holding_an_env_file_secret_is_masked_when_recorded_ser
         "an API deploy of a commit whose message holds an env-file secret: checkout records it masked; "
         "a record holding one is masked in GET /api/deployments[/<id>], /api/environments and the generic webhook",
         node("test_a_commit_message_holding_an_env_file_secret_is_masked_when_recorded_served_and_sent"),
+    )
+
+
+# --- 11. a production push made together with staging's -----------------------------------------------
+
+
+def succeeds(context: DeploymentContext) -> Status:
+    context.log("deployed")
+    return Status.SUCCEEDED
+
+
+def fails(context: DeploymentContext) -> Status:
+    raise DeployError("the health gate failed")
+
+
+def with_promotion_wait(config_file: Path, seconds: float) -> DeployConfig:
+    data = yaml.safe_load(config_file.read_text())
+    data["environments"]["production"]["promotion_wait"] = seconds
+    return load_config(testbed.write_yaml(config_file.with_name("promotion.yml"), data))
+
+
+def push_both(client: FlaskClient, sha: str) -> tuple[str, str]:
+    """Staging's push, then production's of the same sha while staging's deployment is still queued."""
+    ids = []
+    for branch in ("staging", "production"):
+        body = signed_push(sha, pushed_at=1_760_000_000, branch=branch)
+        answer = client.post("/hooks/github", data=body, headers=github_headers(body))
+        assert answer.status_code == 202, answer.get_data(as_text=True)
+        ids.append(answer.get_json()["deployment_id"])
+    return ids[0], ids[1]
+
+
+def run_in_thread(deployment_id: str, conn: redis.Redis, config: DeployConfig) -> tuple[threading.Thread, list[str]]:
+    outcome: list[str] = []
+
+    def work() -> None:
+        outcome.append(run_deployment(deployment_id, succeeds, connection=conn, config=config))
+
+    worker = threading.Thread(target=work, name=f"worker-{deployment_id}")
+    worker.start()
+    return worker, outcome
+
+
+@pytest.mark.parametrize("staging_outcome", ["succeeds", "fails"])
+def test_a_production_push_made_with_stagings_waits_for_it_then_runs_or_is_blocked(
+    client: FlaskClient, redis_conn: redis.Redis, config_file: Path, staging_outcome: str
+) -> None:
+    config = with_promotion_wait(config_file, 30)
+    store = DeploymentStore(redis_conn)
+    staging_id, production_id = push_both(client, "d" * 40)
+    assert store.require(production_id).status == Status.QUEUED, store.require(production_id).reason
+
+    # Production's worker starts first and waits; staging's worker then runs staging's deployment.
+    worker, outcome = run_in_thread(production_id, redis_conn, config)
+    testbed.wait_for(lambda: any("waiting up to 30s" in e["line"] for e in store.read_log(production_id)), 10)
+    assert worker.is_alive() and store.require(production_id).status == Status.QUEUED
+    pipeline = succeeds if staging_outcome == "succeeds" else fails
+    run_deployment(staging_id, pipeline, connection=redis_conn, config=config)
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    production = store.require(production_id)
+    if staging_outcome == "succeeds":
+        assert outcome == [Status.SUCCEEDED] and production.status == Status.SUCCEEDED
+    else:
+        assert outcome == [Status.BLOCKED] and production.status == Status.BLOCKED
+        assert production.reason.startswith(f"sha dddddddddddd: staging deployment {staging_id} ended failed")
+    record_security(
+        "production push made with staging's",
+        "production's push arrives while staging's deploy of the same sha is queued: it is queued, its worker "
+        "waits (promotion_wait), then runs when staging succeeds, or ends blocked saying staging failed",
+        node(f"test_a_production_push_made_with_stagings_waits_for_it_then_runs_or_is_blocked[{staging_outcome}]"),
+    )
+
+
+def test_a_production_deploy_waits_no_longer_than_promotion_wait(
+    client: FlaskClient, redis_conn: redis.Redis, config_file: Path
+) -> None:
+    config = with_promotion_wait(config_file, 1)
+    store = DeploymentStore(redis_conn)
+    staging_id, production_id = push_both(client, "e" * 40)
+    status = run_deployment(production_id, succeeds, connection=redis_conn, config=config)
+    assert status == Status.BLOCKED
+    reason = store.require(production_id).reason
+    assert f"staging deployment {staging_id} was still queued after environments.production.promotion_wait" in reason
+    assert store.require(staging_id).status == Status.QUEUED
+    record_security(
+        "production push made with staging's (bounded wait)",
+        "staging's deploy of the sha stays queued: production's waits promotion_wait (1 s), then ends blocked "
+        "naming the staging deployment",
+        node("test_a_production_deploy_waits_no_longer_than_promotion_wait"),
     )
