@@ -8,20 +8,25 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import pytest
 import redis
 import testbed
 import yaml
+from flask import Flask
 from flask.testing import FlaskClient
 from recorder import Recorder
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
 from deploy_reporting.reporting import report
-from deploy_state import DeploymentStore, Status
+from deploy_state import DeploymentStore, Status, keys
+from hook_server import create_app
+from hook_server.statusauth import LOGIN_ATTEMPTS, LOGIN_WINDOW, SESSION_SECONDS
 from workers.checkout import checkout
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment
@@ -241,4 +246,98 @@ def test_a_production_deploy_waits_no_longer_than_promotion_wait(
         "staging's deploy of the sha stays queued: production's waits promotion_wait (1 s), then ends blocked "
         "naming the staging deployment",
         node("test_a_production_deploy_waits_no_longer_than_promotion_wait"),
+    )
+
+
+# --- 6. the login token covers the API; sessions ------------------------------------------------------
+
+LOGIN_ENV = "DEPLOYHOOK_TEST_LOGIN_TOKEN"
+LOGIN_TOKEN = "status-login-token-for-security-tests-8a1e"
+
+
+@pytest.fixture
+def login_app(
+    config_file: Path,
+    redis_url: str,
+    redis_conn: redis.Redis,
+    secrets: testbed.Secrets,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Flask:
+    monkeypatch.setenv(LOGIN_ENV, LOGIN_TOKEN)
+    data = yaml.safe_load(config_file.read_text())
+    data["status_page"] = {"login_token_env": LOGIN_ENV}
+    config = load_config(testbed.write_yaml(config_file.with_name("login.yml"), data))
+    return create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+
+
+def api_reads(deployment_id: str) -> list[str]:
+    return [
+        "/api/deployments",
+        f"/api/deployments/{deployment_id}",
+        f"/api/deployments/{deployment_id}/log",
+        "/api/environments",
+    ]
+
+
+def test_with_a_login_token_api_reads_need_a_session_that_expires_and_that_logout_ends_everywhere(
+    login_app: Flask, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    deployment = store.create(store.new("staging", "a" * 40, message="secret plans"))
+    store.append_log(deployment.id, "backup written to /srv/backups/db.sql.gz")
+    anonymous = login_app.test_client()
+    for path in api_reads(deployment.id):
+        answer = anonymous.get(path)
+        assert answer.status_code == 401, path
+        assert "secret plans" not in answer.get_data(as_text=True) and "backups" not in answer.get_data(as_text=True)
+        assert anonymous.get(path, headers=BEARER).status_code == 200, path
+
+    # Logged in over HTTPS: a Secure cookie that expires with the session, and every read answers.
+    browser = login_app.test_client()
+    accepted = browser.post("/login", data={"token": LOGIN_TOKEN}, base_url="https://deploy.example.test")
+    assert accepted.status_code == 302
+    cookie = accepted.headers["Set-Cookie"]
+    assert "Secure" in cookie and "HttpOnly" in cookie
+    expires = parsedate_to_datetime(cookie.split("Expires=")[1].split(";")[0]).timestamp()
+    assert abs(expires - (time.time() + SESSION_SECONDS)) < 60
+    [session_key] = redis_conn.keys(keys.login_session("*"))
+    assert 0 < int(redis_conn.ttl(session_key)) <= SESSION_SECONDS
+    for path in api_reads(deployment.id):
+        assert browser.get(path, base_url="https://deploy.example.test").status_code == 200, path
+    assert "Secure" not in login_app.test_client().post("/login", data={"token": LOGIN_TOKEN}).headers["Set-Cookie"]
+
+    # The same cookie in another browser; logging out in the first ends it there too.
+    elsewhere = login_app.test_client()
+    elsewhere.set_cookie("session", cookie.split(";")[0].split("=", 1)[1], domain="deploy.example.test")
+    assert elsewhere.get("/api/deployments", base_url="https://deploy.example.test").status_code == 200
+    assert browser.post("/logout", base_url="https://deploy.example.test").status_code == 302
+    assert elsewhere.get("/api/deployments", base_url="https://deploy.example.test").status_code == 401
+    assert elsewhere.get("/", base_url="https://deploy.example.test").status_code == 302
+    record_security(
+        "login token covers the API; sessions",
+        "with a login token: the 4 API reads answer 401 anonymously, 200 with the API token or a session; the "
+        "session cookie is Secure over HTTPS and expires in 12 h; logout ends a copied cookie too",
+        node("test_with_a_login_token_api_reads_need_a_session_that_expires_and_that_logout_ends_everywhere"),
+    )
+
+
+def test_failed_logins_are_rate_limited_per_client_address(login_app: Flask, redis_conn: redis.Redis) -> None:
+    attacker = login_app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "203.0.113.9"
+    for _ in range(LOGIN_ATTEMPTS):
+        assert attacker.post("/login", data={"token": "guess"}).status_code == 401
+    refused = attacker.post("/login", data={"token": LOGIN_TOKEN})  # even the right token, from that address
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == str(LOGIN_WINDOW)
+    assert "session" not in refused.headers.get("Set-Cookie", "")
+    counter = keys.login_failures("203.0.113.9")
+    assert 0 < int(redis_conn.ttl(counter)) <= LOGIN_WINDOW  # bounded: the count lapses
+
+    someone_else = login_app.test_client()
+    someone_else.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert someone_else.post("/login", data={"token": LOGIN_TOKEN}).status_code == 302
+    record_security(
+        "login rate limit",
+        f"{LOGIN_ATTEMPTS} wrong tokens from one address, then even the right one is answered 429 for "
+        f"{LOGIN_WINDOW} s (a counter in Redis that expires); another address still logs in",
+        node("test_failed_logins_are_rate_limited_per_client_address"),
     )
