@@ -7,8 +7,11 @@ repositories; each test records its row of the security table after its assertio
 from __future__ import annotations
 
 import json
+import selectors
+import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -27,11 +30,12 @@ from deploy_reporting.reporting import report
 from deploy_state import DeploymentStore, Status, keys
 from hook_server import create_app
 from hook_server.statusauth import LOGIN_ATTEMPTS, LOGIN_WINDOW, SESSION_SECONDS
+from hook_server.streamslots import STREAMS_PER_CLIENT, STREAMS_PER_PROCESS
 from workers.checkout import checkout
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment
 
-from .common import github_headers, record_security
+from .common import github_headers, gunicorn_server, record_security
 
 BEARER = {"Authorization": f"Bearer {testbed.API_TOKEN}"}
 DB_PASSWORD = testbed.SAMPLE_ENV["DB_PASSWORD"]
@@ -104,6 +108,92 @@ def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_de
         "a captured signed push for an older sha, re-sent with a new delivery id after a newer push: answered "
         "202 ignored 'older than what is deployed', no deployment, audited; the API can still deploy that sha",
         node("test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it"),
+    )
+
+
+# --- 2. live-log streams ----------------------------------------------------------------------------
+
+STREAMS = 64
+CLIENTS = 16
+WEB_WORKERS = 2
+"""gunicorn's processes as service.web_command runs them."""
+
+
+def open_stream(port: int, path: str, source: str) -> socket.socket:
+    """An EventSource's request, from a given loopback address (one per simulated client)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: deploy\r\nAccept: text/event-stream\r\n\r\n".encode())
+    return sock
+
+
+def status_lines(socks: list[socket.socket], within: float) -> dict[socket.socket, int | None]:
+    """The HTTP status each socket got within `within` seconds (None: no answer yet)."""
+    answered: dict[socket.socket, int | None] = dict.fromkeys(socks)
+    with selectors.DefaultSelector() as selector:
+        for sock in socks:
+            selector.register(sock, selectors.EVENT_READ)
+        deadline = time.monotonic() + within
+        while any(v is None for v in answered.values()) and time.monotonic() < deadline:
+            for key, _ in selector.select(timeout=max(0.0, deadline - time.monotonic())):
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                head = sock.recv(4096)
+                answered[sock] = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+                selector.unregister(sock)
+    return answered
+
+
+def still_open(sock: socket.socket) -> bool:
+    sock.settimeout(0.2)
+    try:
+        return sock.recv(4096) != b""
+    except TimeoutError:
+        return True  # nothing to say yet, and not closed
+
+
+def test_64_live_log_streams_leave_webhooks_their_threads_on_a_real_gunicorn(
+    config_file: Path, redis_url: str, redis_conn: redis.Redis, tmp_path: Path
+) -> None:
+    store = DeploymentStore(redis_conn)
+    queued = store.create(store.new("staging", "a" * 40))  # never final: an admitted stream stays open
+    sources = [f"127.0.0.{2 + i % CLIENTS}" for i in range(STREAMS)]
+    socks: list[socket.socket] = []
+    with gunicorn_server(config_file, redis_url, tmp_path / "gunicorn.log") as port:
+        try:
+            for source in sources:
+                socks.append(open_stream(port, f"/deployments/{queued.id}/events", source))
+            answered = status_lines(socks, within=8)
+
+            # Streams are open; a signed webhook and the polling endpoint still get threads at once.
+            body = signed_push("b" * 40, pushed_at=1_760_000_000)
+            hook = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/github", data=body, method="POST")
+            for name, value in github_headers(body).items():
+                hook.add_header(name, value)
+            with urllib.request.urlopen(hook, timeout=5) as reply:
+                assert reply.status == 202
+            log_url = f"http://127.0.0.1:{port}/api/deployments/{queued.id}/log"
+            with urllib.request.urlopen(log_url, timeout=5) as polled:
+                assert polled.status == 200
+
+            admitted = [sock for sock, status in answered.items() if status == 200]
+            refused = [sock for sock, status in answered.items() if status == 503]
+            assert len(admitted) + len(refused) == STREAMS, sorted(map(str, answered.values()))
+            assert 1 <= len(admitted) <= WEB_WORKERS * STREAMS_PER_PROCESS
+            per_client = {source: 0 for source in sources}
+            for sock in admitted:
+                per_client[sock.getsockname()[0]] += 1
+            assert max(per_client.values()) <= WEB_WORKERS * STREAMS_PER_CLIENT
+            assert all(still_open(sock) for sock in admitted), "the admitted streams were still open"
+        finally:
+            for sock in socks:
+                sock.close()
+    record_security(
+        "live-log streams starve webhooks",
+        f"{STREAMS} live-log streams from {CLIENTS} addresses against gunicorn (2 workers x 8 threads): at most "
+        f"{STREAMS_PER_PROCESS} per process and {STREAMS_PER_CLIENT} per address per process are served, the rest "
+        "are refused at once (503, the page polls); a signed webhook (202) and the polling endpoint answer "
+        "while the served streams are open",
+        node("test_64_live_log_streams_leave_webhooks_their_threads_on_a_real_gunicorn"),
     )
 
 
