@@ -48,6 +48,12 @@ DEFAULT_DEPLOY_TIMEOUT = 1800.0
 DEFAULT_LOCK_LEASE = 30.0
 """Seconds an environment lock lives without renewal; a live worker renews it every third of that."""
 
+DEFAULT_PROMOTION_WAIT = 1800.0
+"""Seconds a promoted deployment waits for its source environment's queued or running deploy of the same sha.
+
+As long as a staging deployment may run (DEFAULT_DEPLOY_TIMEOUT): a production push made
+together with staging's waits for staging to finish, then runs or ends blocked."""
+
 DEFAULT_ROLLOUT_TIMEOUT = 300.0
 """Seconds `docker compose up` may take."""
 

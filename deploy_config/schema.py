@@ -265,6 +265,8 @@ class EnvironmentConfig(Model):
     """Stop a running deployment at its next step boundary when a newer one is queued."""
     promote_from: str | None = None
     """Only deploy shas that succeeded there first (production: staging, unless set to null)."""
+    promotion_wait: float = Field(default=defaults.DEFAULT_PROMOTION_WAIT, ge=0)
+    """Seconds a deployment waits for promote_from's queued or running deploy of its sha before it is blocked."""
     deploy_timeout: PositiveSeconds = defaults.DEFAULT_DEPLOY_TIMEOUT
     """Seconds a whole deployment may take before the worker stops it."""
     rollout_timeout: PositiveSeconds = defaults.DEFAULT_ROLLOUT_TIMEOUT
@@ -292,7 +294,8 @@ class EnvironmentConfig(Model):
 
         The pipeline enforces deploy_timeout itself, between steps, so that it can still roll back;
         RQ's limit only stops a step that hangs past both."""
-        return self.deploy_timeout + self.rollout_timeout + self.health_timeout + defaults.ROLLBACK_MARGIN
+        waits = self.promotion_wait if self.promote_from else 0.0  # the job may wait for its staging deploy first
+        return waits + self.deploy_timeout + self.rollout_timeout + self.health_timeout + defaults.ROLLBACK_MARGIN
 
     @property
     def backup_required(self) -> bool:

@@ -94,6 +94,8 @@ def _report(config: DeployConfig, store: DeploymentStore, deployment: Deployment
     with Poster(config.reporting.timeout, config_redactor(config)) as poster:
         if targets.github is not None:
             _report_to_github(config, store, deployment, targets.github, poster, where)
+        # What leaves the server carries no known secret, whatever the record holds (a pasted commit message).
+        deployment = deployment.redacted(poster.redact)
         if deployment.is_final and targets.generic:
             poster.post(targets.generic, _generic_body(deployment, where), f"deployment {deployment.id}: webhook")
         if deployment.status in CHAT_STATUSES:

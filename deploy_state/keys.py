@@ -49,6 +49,21 @@ def head(env: str) -> str:
     return f"{PREFIX}:env:{env}:head"
 
 
+def newest_push(env: str) -> str:
+    """The push time (Unix seconds) of the newest push to env's branch that intake accepted."""
+    return f"{PREFIX}:env:{env}:newest-push"
+
+
+def login_session(session_id: str) -> str:
+    """A status-page login session: its token fingerprint, expiring with the session."""
+    return f"{PREFIX}:login-session:{session_id}"
+
+
+def login_failures(address: str) -> str:
+    """Failed status-page logins from one client address in the current window."""
+    return f"{PREFIX}:login-failures:{address}"
+
+
 def cancel_requested(deployment_id: str) -> str:
     return f"{PREFIX}:deployment:{deployment_id}:cancel"
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
@@ -87,6 +87,23 @@ class Deployment:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def redacted(self, redact: Callable[[str], str]) -> Deployment:
+        """A copy with its free text masked: served and sent records pass through it, whatever was stored.
+
+        A pusher may paste a secret into a commit message; records written before masking at
+        record time existed, or by a checkout that read the message from git, are masked here too.
+        """
+        return replace(
+            self,
+            pusher=redact(self.pusher),
+            ref=redact(self.ref),
+            message=redact(self.message),
+            commit_url=redact(self.commit_url),
+            reason=redact(self.reason),
+            steps=[replace(step, message=redact(step.message)) for step in self.steps],
+            checks=[{key: redact(value) for key, value in check.items()} for check in self.checks],
+        )
 
     @classmethod
     def from_hash(cls, data: Mapping[bytes | str, bytes | str]) -> Deployment:

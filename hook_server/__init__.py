@@ -30,9 +30,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # off at the limit, which webhooks._body() turns into a 413 too.
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
 
-    from . import api, extensions, health, metrics, openapi, responses, status, webhooks
+    from . import api, extensions, health, metrics, openapi, responses, status, streamslots, webhooks
 
     extensions.init_app(app, config)
+    streamslots.init_app(app)
     responses.init_app(app)
     app.register_blueprint(health.bp)
     app.register_blueprint(webhooks.bp)

@@ -8,13 +8,13 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 
 from deploy_config import DeployError
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, Status, StatusConflict, Trigger
 
-from . import livelog
+from . import livelog, statusauth
 from .extensions import deploy_config, intake, store
 from .intake import DeployRequest
 from .pushes import SHA
@@ -35,12 +35,35 @@ def token_required(view: Callable[..., Reply]) -> Callable[..., Reply]:
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Reply:
         name = deploy_config().api.token_env
-        expected = os.environ.get(name, "")
-        if not expected:
+        if not os.environ.get(name, ""):
             return error(503, f"the API token is not configured on the server: set {name}")
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        if not _has_api_token():
             return error(401, "a valid API token is required: send 'Authorization: Bearer <token>'")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _has_api_token() -> bool:
+    """The request carries `Authorization: Bearer <the API token>` (and one is configured)."""
+    expected = os.environ.get(deploy_config().api.token_env, "")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return (
+        bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
+    )
+
+
+def read_access(view: Callable[..., Reply]) -> Callable[..., Reply]:
+    """With a login token configured, reads need the status page's login session or the API token.
+
+    Records, logs and environments say what runs where, with commit messages and backup
+    paths: whoever the page asks to log in must not read them through the API instead.
+    """
+
+    @wraps(view)
+    def wrapped(*args: Any, **kwargs: Any) -> Reply:
+        if deploy_config().status_page.login_token_env and not (_has_api_token() or statusauth.logged_in()):
+            return error(401, "log in on the status page, or send 'Authorization: Bearer <API token>'")
         return view(*args, **kwargs)
 
     return wrapped
@@ -62,10 +85,18 @@ def _string(data: dict[str, Any], name: str) -> str:
     return value
 
 
+def _shown(deployment: Deployment) -> dict[str, Any]:
+    """A record as the API answers with it: known secrets masked, whatever the record holds."""
+    if "page_redactor" not in g:
+        g.page_redactor = livelog.page_redactor(deploy_config())
+    redact: livelog.Redact = g.page_redactor
+    return deployment.redacted(redact).to_dict()
+
+
 def _submit(deploy: DeployRequest) -> Reply:
     result = intake().submit(deploy)
     deployment = result.deployment
-    body = {**deployment.to_dict(), "status_url": status_url(deployment.id)}
+    body = {**_shown(deployment), "status_url": status_url(deployment.id)}
     return body, 202
 
 
@@ -153,7 +184,7 @@ def cancel(deployment_id: str) -> Reply:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
     store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
     report(deploy_config(), store(), cancelled)
-    return cancelled.to_dict(), 200
+    return _shown(cancelled), 200
 
 
 def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -> DeployRequest:
@@ -173,6 +204,7 @@ def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -
 
 
 @bp.get("/deployments")
+@read_access
 def list_deployments() -> Reply:
     args = request.args
     environment, status = args.get("environment") or None, args.get("status") or None
@@ -188,18 +220,20 @@ def list_deployments() -> Reply:
     except ValueError:
         return error(400, "'limit' and 'cursor' must be whole numbers")
     items, next_cursor = store().page(environment=environment, status=status, limit=limit, cursor=cursor)
-    return {"deployments": [d.to_dict() for d in items], "next_cursor": next_cursor}, 200
+    return {"deployments": [_shown(d) for d in items], "next_cursor": next_cursor}, 200
 
 
 @bp.get("/deployments/<deployment_id>")
+@read_access
 def get_deployment(deployment_id: str) -> Reply:
     deployment = store().get(deployment_id)
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
-    return deployment.to_dict(), 200
+    return _shown(deployment), 200
 
 
 @bp.get("/deployments/<deployment_id>/log")
+@read_access
 def deployment_log(deployment_id: str) -> Reply:
     """Log entries after `since` (an entry id), oldest first, at most LOG_BATCH; the status page's polling fallback."""
     deployment = store().get(deployment_id)
@@ -214,6 +248,7 @@ def deployment_log(deployment_id: str) -> Reply:
 
 
 @bp.get("/environments")
+@read_access
 def environments() -> Reply:
     current = store()
     body = []
@@ -227,7 +262,7 @@ def environments() -> Reply:
                 "running": current.running(env.name),
                 "degraded": current.degraded(env.name),
                 "queued": current.queued_ids(env.name),
-                "last_succeeded": last.to_dict() if last else None,
+                "last_succeeded": _shown(last) if last else None,
             }
         )
     return {"environments": body}, 200

@@ -23,6 +23,7 @@ from deploy_reporting.reporting import enabled as reporting_enabled
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, Trigger, queue_for
 from deploy_state.claims import CLAIM_GRACE, Claim, Claims
+from deploy_state.promotion import pending_deployment
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import Redactor, config_redactor
 
@@ -177,6 +178,8 @@ class Intake:
         source_env = self.config.environments[request.environment].promote_from
         if source_env is None or request.force or self.store.has_succeeded(source_env, request.sha):
             return ""
+        if pending_deployment(self.store, source_env, request.sha) is not None:
+            return ""  # the worker waits for it (environments.<name>.promotion_wait), then runs or blocks
         return (
             f"sha {short_sha(request.sha)} has no succeeded {source_env} deployment; deploy it to {source_env} first, "
             f"or force it through the API"

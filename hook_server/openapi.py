@@ -183,6 +183,9 @@ _TOKEN = {
     "401": _error("no or a wrong API token"),
     "503": _error("Redis is unavailable, or the API token is not configured on the server"),
 }
+_READ_LOGIN = _error(
+    "status_page.login_token_env is set, and the request has neither the status page's login session nor the API token"
+)
 _DEPLOYMENT_ID = {"name": "deployment_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _ENV_NAME = {"name": "env_name", "in": "path", "required": True, "schema": {"type": "string"}}
 _AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
@@ -234,7 +237,11 @@ PATHS: dict[str, Schema] = {
             "operationId": "listEnvironments",
             "tags": ["read"],
             "summary": "Each environment: what runs, what is queued, its last success",
-            "responses": {"200": _json(_ref("Environments"), "every environment"), "503": _UNAVAILABLE},
+            "responses": {
+                "200": _json(_ref("Environments"), "every environment"),
+                "401": _READ_LOGIN,
+                "503": _UNAVAILABLE,
+            },
         }
     },
     "/api/deployments": {
@@ -251,6 +258,7 @@ PATHS: dict[str, Schema] = {
             "responses": {
                 "200": _json(_ref("DeploymentPage"), "one page"),
                 "400": _error("an unknown environment or status, or a limit or cursor that is not a number"),
+                "401": _READ_LOGIN,
                 "503": _UNAVAILABLE,
             },
         },
@@ -274,6 +282,7 @@ PATHS: dict[str, Schema] = {
             "parameters": [_DEPLOYMENT_ID],
             "responses": {
                 "200": _json(_ref("Deployment"), "the deployment"),
+                "401": _READ_LOGIN,
                 "404": _error("no such deployment"),
                 "503": _UNAVAILABLE,
             },
@@ -288,6 +297,7 @@ PATHS: dict[str, Schema] = {
             "responses": {
                 "200": _json(_ref("LogPage"), "the entries, and the deployment's status when they were read"),
                 "400": _error("'since' is not a log entry id"),
+                "401": _READ_LOGIN,
                 "404": _error("no such deployment"),
                 "503": _UNAVAILABLE,
             },

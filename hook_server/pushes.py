@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -29,6 +30,8 @@ class Push:
     pusher: str
     message: str = ""
     commit_url: str = ""
+    pushed_at: float | None = None
+    """When the push happened (Unix seconds), from the signed payload; None when it does not say."""
 
     @property
     def branch(self) -> str | None:
@@ -81,13 +84,35 @@ def _head_commit(commit: Mapping[str, Any] | None, path: str) -> tuple[str, str]
     return str(message), str(url)
 
 
+def _time(value: object) -> float | None:
+    """A payload time as Unix seconds: a number (GitHub's repository.pushed_at) or ISO 8601; else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        return moment.timestamp() if moment.tzinfo is not None else None
+    return None
+
+
+def _push_time(repository: Mapping[str, Any], commit: Mapping[str, Any] | None) -> float | None:
+    """The push's time: repository.pushed_at (GitHub), else the head commit's timestamp (Gitea, GitLab)."""
+    pushed = _time(repository.get("pushed_at"))
+    if pushed is not None:
+        return pushed
+    return _time(commit.get("timestamp")) if commit is not None else None
+
+
 def github_push(data: Mapping[str, Any]) -> Push:
     """GitHub's (and Gitea/Forgejo's, which mirrors it) push event."""
     repository = _field(data, "repository", dict)
     pusher = _field(data, "pusher", dict, optional=True) or {}
     name = next((pusher.get(k) for k in ("name", "login", "username") if isinstance(pusher.get(k), str)), "")
     after = _sha(data, "after")
-    message, url = _head_commit(_field(data, "head_commit", dict, optional=True), "head_commit.")
+    head_commit = _field(data, "head_commit", dict, optional=True)
+    message, url = _head_commit(head_commit, "head_commit.")
     deleted = data.get("deleted")
     if deleted is not None and not isinstance(deleted, bool):
         raise PayloadError(f"payload field 'deleted' must be true or false, got {type(deleted).__name__}")
@@ -99,6 +124,7 @@ def github_push(data: Mapping[str, Any]) -> Push:
         pusher=str(name or ""),
         message=message,
         commit_url=url,
+        pushed_at=_push_time(repository, head_commit),
     )
 
 
@@ -117,4 +143,5 @@ def gitlab_push(data: Mapping[str, Any]) -> Push:
         pusher=str(_field(data, "user_username", str, optional=True) or ""),
         message=message,
         commit_url=url,
+        pushed_at=_push_time({}, head),
     )

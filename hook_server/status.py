@@ -17,7 +17,7 @@ from redis import RedisError
 from deploy_state import Deployment, DeploymentStore, Status, Step
 from deploy_text import formatting
 
-from . import livelog, overview, pagetext, statusauth
+from . import livelog, overview, pagetext, statusauth, streamslots
 from .extensions import deploy_config, store
 
 bp = Blueprint("status", __name__)
@@ -190,10 +190,16 @@ def events(deployment_id: str) -> ResponseReturnValue:
     since = request.headers.get("Last-Event-ID") or request.args.get("since") or None
     if since is not None and not livelog.ENTRY_ID.fullmatch(since):
         return page_error(400, "Last-Event-ID and 'since' must be log entry ids such as 1700000000000-0.")
+    client = request.remote_addr or "unknown"
+    if not streamslots.slots().take(client):
+        # Refused at once, so the thread is back in a moment; the browser polls the log endpoint instead.
+        message = "Too many live streams are open; polling instead."
+        return render_template("error.html", status=503, message=message), 503, {"Retry-After": "30"}
     seconds = float(current_app.config.get("STATUS_STREAM_SECONDS", livelog.STREAM_SECONDS))
     stream = livelog.event_stream(current, deployment_id, since, livelog.page_redactor(deploy_config()), seconds)
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream, mimetype="text/event-stream", headers=headers)
+    held = streamslots.HeldStream(stream, streamslots.slots(), client)
+    return Response(held, mimetype="text/event-stream", headers=headers)
 
 
 bp.add_url_rule("/login", "login", statusauth.login, methods=["GET", "POST"])

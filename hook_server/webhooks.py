@@ -17,8 +17,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from deploy_state import Trigger
 
-from . import pushes, signatures
-from .extensions import deploy_config, intake, store
+from . import pushes, replays, signatures
+from .extensions import deploy_config, intake, redis_conn, store
 from .intake import DeployRequest, IntakeResult
 from .pushes import PayloadError, Push
 from .rejections import record_rejection
@@ -111,9 +111,10 @@ def _served() -> dict[str, str]:
     return {env.name: env.branch for env in deploy_config().environments.values()}
 
 
-def _ignored(reason: str) -> Reply:
+def _ignored(reason: str, **details: str) -> Reply:
     try:
-        store().audit("webhook", request.remote_addr or "unknown", "ignored", reason=reason, path=request.path)
+        actor = request.remote_addr or "unknown"
+        store().audit("webhook", actor, "ignored", None, reason=reason, path=request.path, **details)
     except RedisError:
         log.warning("ignored delivery not audited: Redis unavailable")
     return {"ignored": reason}, 202
@@ -135,6 +136,12 @@ def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id
     env = config.environment_for_branch(push.branch)
     if env is None:
         return _ignored(f"branch {push.branch} deploys no environment")
+    try:
+        if not replays.in_order(redis_conn(), env.name, push):
+            return _ignored(replays.OLDER, environment=env.name, sha=push.after, delivery=delivery_id)
+    except RedisError as exc:
+        log.error("could not check the order of %s delivery %s: %s", source, delivery_id, exc)
+        return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")
     deploy = DeployRequest(
         environment=env.name,
         sha=push.after,

@@ -33,8 +33,8 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
     "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, "
-    "compose_env, cancel_running, promote_from, deploy_timeout, rollout_timeout, backup_timeout, smoke, pre_deploy, "
-    "post_deploy, verify_failure, keep_releases"
+    "compose_env, cancel_running, promote_from, promotion_wait, deploy_timeout, rollout_timeout, backup_timeout, "
+    "smoke, pre_deploy, post_deploy, verify_failure, keep_releases"
 )
 
 

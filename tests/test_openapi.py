@@ -30,6 +30,7 @@ from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig, defaults
+from deploy_config.schema import StatusPageConfig
 from deploy_state import Deployment, DeploymentStore, Status
 from hook_server import create_app
 from hook_server.openapi import document
@@ -106,6 +107,8 @@ class World:
     ids: dict[str, str] = field(default_factory=dict)
     body: Any = None
     """The JSON body of the last request, for the request-side check."""
+    guarded: FlaskClient | None = None
+    """The app with a status-page login token configured: API reads ask for the login."""
 
     def call(
         self,
@@ -114,11 +117,12 @@ class World:
         json_body: Any = None,
         token: bool = True,
         dead: bool = False,
+        guarded: bool = False,
         **kwargs: Any,
     ) -> TestResponse:
         headers = {**(AUTH if token else {}), **kwargs.pop("headers", {})}
         self.body = json_body
-        client = self.dead if dead else self.client
+        client = self.dead if dead else self.guarded if guarded and self.guarded else self.client
         if json_body is not None:
             kwargs["json"] = json_body
         return client.open(path, method=method, headers=headers, **kwargs)
@@ -169,7 +173,12 @@ def world(
         create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": url, "TESTING": True})
         for url in (redis_url, f"redis://127.0.0.1:{testbed.free_port()}/0")  # the second: no Redis there
     ]
+    behind_login = deploy_config.model_copy(
+        update={"status_page": StatusPageConfig(login_token_env="DEPLOYHOOK_TEST_LOGIN_TOKEN")}
+    )
+    apps.append(create_app({"DEPLOY_CONFIG": behind_login, "REDIS_URL": redis_url, "TESTING": True}))
     live = World(apps[0].test_client(), apps[1].test_client(), redis_conn, deploy_config)
+    live.guarded = apps[2].test_client()
     _seed(live, git_remote)
     yield live
     for app in apps:
@@ -448,6 +457,15 @@ def _cases() -> list[Case]:
             503,
             "no Redis",
             lambda w: w.call("POST", "/api/environments/staging/rollback", dead=True),
+        ),
+        *(
+            case(operation, 401, "behind the login", lambda w, p=path: w.call("GET", p(w), token=False, guarded=True))
+            for operation, path in (
+                ("GET /api/environments", lambda w: "/api/environments"),
+                ("GET /api/deployments", lambda w: "/api/deployments"),
+                ("GET /api/deployments/{deployment_id}", lambda w: f"/api/deployments/{w.ids['first']}"),
+                ("GET /api/deployments/{deployment_id}/log", lambda w: f"/api/deployments/{w.ids['first']}/log"),
+            )
         ),
         case("GET /api/openapi.json", 200, "itself", lambda w: w.call("GET", "/api/openapi.json")),
         case("GET /healthz", 200, "up", lambda w: w.call("GET", "/healthz")),

@@ -464,7 +464,7 @@ def login_client(
     return app_with(config, redis_url).test_client()
 
 
-def test_login_token_guards_the_pages_but_not_hooks_health_or_api(
+def test_login_token_guards_the_pages_and_api_reads_but_not_hooks_or_health(
     login_client: FlaskClient, store: DeploymentStore
 ) -> None:
     deployment = record(store, "staging")
@@ -475,7 +475,10 @@ def test_login_token_guards_the_pages_but_not_hooks_health_or_api(
     assert login_client.get(f"/deployments/{deployment.id}/events").status_code == 401
     assert login_client.get("/healthz").status_code == 200
     assert login_client.post("/hooks/github", data=b"{}").status_code == 401  # the signature check, not the login
-    assert login_client.get("/api/deployments").status_code == 200
+    # API reads are behind the login too (issue 14, finding 6), or the API token.
+    assert login_client.get("/api/deployments").status_code == 401
+    bearer = {"Authorization": f"Bearer {testbed.API_TOKEN}"}
+    assert login_client.get("/api/deployments", headers=bearer).status_code == 200
     with login_client.get("/static/status.css") as stylesheet:
         assert stylesheet.status_code == 200
 
@@ -491,6 +494,7 @@ def test_login_token_guards_the_pages_but_not_hooks_health_or_api(
     html = page(login_client, f"/deployments/{deployment.id}")
     assert "Log out" in html
     assert stream(login_client, f"/deployments/{deployment.id}/events").status_code == 200
+    assert login_client.get("/api/deployments").status_code == 200
 
     assert login_client.post("/logout").status_code == 302
     assert login_client.get("/").status_code == 302

@@ -38,7 +38,8 @@ def checkout(ctx: DeploymentContext) -> Path:
     commit = mirror.commit(sha)
     ctx.log(f"checked out {short_sha(sha)} ({str(commit.summary)!r} by {commit.author.name}) in {worktree}")
     if not ctx.deployment.message:
-        ctx.save(message=str(commit.message).strip())
+        # Masked like every other trigger's message: a pusher may paste an env-file secret into a commit.
+        ctx.save(message=ctx.redact(str(commit.message).strip()))
     try:
         ctx.resolved = ctx.compose.resolve(ctx.redact)
     except DeployError as exc:

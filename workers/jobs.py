@@ -22,6 +22,7 @@ from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
 
 from .context import Cancelled, DeploymentContext
+from .promotion import await_promotion
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,8 @@ def run_deployment(
     keeper.start()
     try:
         recover_lost(store, deployment.environment, config)
+        blocked, waited = await_promotion(store, config, deployment, lambda: _interrupted(store, deployment_id))
+        began += waited  # deploy_timeout counts from the end of the wait; job_timeout allows for it
         # Read it again under the lock: it may have been cancelled or superseded while this job waited.
         deployment = store.require(deployment_id)
         if deployment.is_final:
@@ -66,6 +69,8 @@ def run_deployment(
         newer = _newer(store, deployment)
         if newer is not None:
             return _supersede(store, deployment, newer, config).status
+        if blocked:
+            return _block(store, deployment, blocked, config).status
         try:
             running = store.set_status(deployment, Status.RUNNING, expect=deployment.status)
         except StatusConflict as conflict:
@@ -157,6 +162,21 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
         return store.require(deployment.id)
     log.info("deployment %s superseded by %s", deployment.id, by)
     return superseded
+
+
+def _block(store: DeploymentStore, deployment: Deployment, reason: str, config: DeployConfig) -> Deployment:
+    """The promotion guard stops it: blocked, unless its status changed since it was read."""
+    try:
+        return _finish(store, config, deployment, Status.BLOCKED, expect=deployment.status, reason=reason)
+    except StatusConflict as conflict:
+        log.info("deployment %s not blocked: %s", deployment.id, conflict)
+        return store.require(deployment.id)
+
+
+def _interrupted(store: DeploymentStore, deployment_id: str) -> bool:
+    """Whether a wait should end early: the deployment ended (cancelled) or a newer one is queued."""
+    current = store.require(deployment_id)
+    return current.is_final or _newer(store, current) is not None
 
 
 def _newer(store: DeploymentStore, deployment: Deployment) -> str | None:
