@@ -26,6 +26,7 @@ from .base import cli, config_option, open_store, output_redactor, require_env, 
 from .client import ServiceClient, api_token
 from .display import summary
 from .progress import Display, PlainDisplay, TtyDisplay, follow
+from .reading import no_worker_note
 
 
 @cli.command("deploy")
@@ -91,6 +92,9 @@ def _submit(config: DeployConfig, url: str, path: str, body: dict[str, Any], wai
     if deployment["status"] == Status.BLOCKED:
         raise DeployError(f"deployment {deployment['id']} is blocked and will not run: {deployment['reason']}")
     if store is not None:
+        unserved = no_worker_note(store, deployment["environment"])
+        if unserved:
+            click.echo(f"Warning: {unserved}", err=True)
         _wait(store, str(deployment["id"]), output_redactor(config))
 
 

@@ -24,10 +24,11 @@ def serve(config_file: Path, bind: str) -> None:
 
     from deploy_state.connection import redis_url
 
-    from . import supervisor
+    from . import instance, supervisor
     from .service import web_command
 
     config = load_config(config_file)
+    instance.acquire(config.state_dir, f"deployhook serve --bind {bind}")  # kept through the exec
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
     supervisor.replace_process(web_command(bind), env)
 
@@ -41,13 +42,22 @@ def serve(config_file: Path, bind: str) -> None:
     help="Environment whose queue to serve (repeatable; default: every environment).",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-def worker(config_file: Path, environments: tuple[str, ...], burst: bool) -> None:
-    """Run an RQ worker that runs deployments (REDIS_URL, or the embedded Redis of `deployhook up`)."""
+@click.option(
+    "--shared-queue",
+    is_flag=True,
+    help="Serve queues another live worker serves too (failover); the environment lock still runs one at a time.",
+)
+def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared_queue: bool) -> None:
+    """Run an RQ worker that runs deployments (REDIS_URL, or the embedded Redis of `deployhook up`).
+
+    It refuses to start on a queue that a live worker already serves, unless --shared-queue.
+    """
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
     config = load_config(config_file)
-    run_worker(connect(config), config, config_file, environments or tuple(config.environments), burst=burst)
+    envs = environments or tuple(config.environments)
+    run_worker(connect(config), config, config_file, envs, burst=burst, shared=shared_queue)
 
 
 @cli.command("poll")
@@ -83,8 +93,11 @@ def poll(config_file: Path, once: bool) -> None:
 )
 def up(config_file: Path, bind: str) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
+    from . import instance
     from .service import run_up
 
     config = load_config(config_file)
+    # Before anything else: a second `up` must not start a Redis on the first one's socket.
+    instance.acquire(config.state_dir, f"deployhook up --bind {bind}")
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))

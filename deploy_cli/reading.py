@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
-from deploy_state import Deployment, DeploymentStore
+from deploy_state import Deployment, DeploymentStore, queue_name
+from deploy_state.queue_workers import live_workers
 from docker_runtime.health import probe_health
 
 from .base import cli, config_option, open_store, output_redactor, require_env
@@ -46,6 +47,9 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
         degraded = store.degraded(env.name)
         if degraded:
             click.echo(f"{env.name} is degraded: {redact(degraded)}")
+        unserved = no_worker_note(store, env.name)
+        if unserved:
+            click.echo(unserved)
     recent, _ = store.page(environment=env_name or None, limit=limit)
     click.echo("")
     if not recent:
@@ -54,6 +58,17 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
     click.echo("Recent deployments:")
     for line in deployment_table(recent, redact):
         click.echo(line)
+
+
+def no_worker_note(store: DeploymentStore, env: str) -> str:
+    """A line saying the environment's queued deployments wait for a worker, or '' when one serves them."""
+    queued = store.queued_ids(env)
+    if not queued or live_workers(store.conn, env):
+        return ""
+    return (
+        f"{env}: {len(queued)} queued, but no worker serves queue {queue_name(env)}; they wait until one starts "
+        f"(`deployhook up`, or `deployhook worker --env {env}`)"
+    )
 
 
 def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], health: dict[str, str]) -> list[str]:

@@ -15,6 +15,7 @@ from flask.typing import ResponseReturnValue
 from redis import RedisError
 
 from deploy_state import Deployment, DeploymentStore, Status, Step
+from deploy_state.queue_workers import live_workers
 
 from . import livelog, overview, pagetext, statusauth
 from .extensions import deploy_config, store
@@ -65,6 +66,8 @@ class EnvCard:
     last_failure: Deployment | None
     degraded: str | None
     live: overview.Live
+    no_worker: bool = False
+    """Deployments are queued but no live worker serves the environment's queue."""
 
 
 @bp.after_request
@@ -111,16 +114,18 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     newest_failure = max(failures, key=lambda d: int(d.id), default=None)
     if newest_failure is not None and deployed is not None and int(newest_failure.id) < int(deployed.id):
         newest_failure = None
+    queued = current.queued_ids(env)
     return EnvCard(
         name=env,
         health_url=health_url,
         deployed=deployed,
         running=running,
         step=step,
-        queued=current.queued_ids(env),
+        queued=queued,
         last_failure=newest_failure,
         degraded=current.degraded(env),
         live=live,
+        no_worker=bool(queued) and not live_workers(current.conn, env),
     )
 
 
@@ -169,6 +174,7 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
         "last_entry_id": entries[-1]["id"] if entries else "",
         "retention": deploy_config().status_page.log_retention,
         "is_current": deployed is not None and deployed.id == found.id,
+        "no_worker": found.status == Status.QUEUED and not live_workers(current.conn, found.environment),
         "now": time.time(),
         "active": "history",
     }

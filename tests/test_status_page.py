@@ -180,6 +180,8 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     assert "Degraded." in production_card and "the previous images are gone" in production_card
     assert f"#{running.id}</a>" in production_card and "step <strong>build</strong>" in production_card
     assert "Queue: <strong>1</strong> waiting" in production_card and f"#{queued.id}</a>" in production_card
+    assert "No worker serves this queue" in production_card  # nothing serves deploy-production here
+    assert "No worker serves" not in staging_card  # nothing queued there
     assert "Last failure" in production_card and f"#{failed.id}</a>" in production_card
     assert "health check failed; rolled back" in production_card
     assert "Docker is unreachable" in production_card
