@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
-from deploy_state import Deployment, DeploymentStore, queue_name
+from deploy_state import Deployment, DeploymentStore, Status, queue_name
 from deploy_state.queue_workers import live_workers
 from docker_runtime.health import probe_health
 
@@ -121,7 +121,7 @@ def probe(env: EnvironmentConfig) -> str:
 @click.argument("deployment_id", metavar="ID")
 @click.option("--follow", "-f", "follow_log", is_flag=True, help="Keep printing new lines until the deployment ends.")
 def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
-    """Print a deployment's log (secrets masked)."""
+    """Print a deployment's log (secrets masked); with --follow, exit 1 unless it succeeded."""
     config = load_config(config_file)
     store = open_store(config)
     deployment = store.get(deployment_id)
@@ -129,7 +129,12 @@ def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
         raise DeployError(f"no deployment {deployment_id}; `deployhook status` lists the recent ones")
     redact = output_redactor(config)
     if follow_log:
-        follow(store, deployment.id, LogDisplay(), redact=redact)
+        ended = follow(store, deployment.id, LogDisplay(), redact=redact)
+        if ended.status != Status.SUCCEEDED:
+            # As --wait does: a script following a deployment learns from the exit code how it ended.
+            raise DeployError(
+                f"deployment {ended.id} {ended.status}" + (f": {redact(ended.reason)}" if ended.reason else "")
+            )
         return
     entries = read_new(store, deployment.id, None)
     for entry in entries:

@@ -19,7 +19,7 @@ from hook_server.refs import resolve_ref
 
 from .base import cli, config_option, require_env, url_option
 from .client import ServiceClient, secret_from_env
-from .display import summary
+from .display import page_url, summary
 
 PUSHER = "deployhook-simulate-push"
 """Who a simulated push names as its pusher: the audit trail then says it was simulated."""
@@ -54,7 +54,7 @@ def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
     if "ignored" in reply:
         raise DeployError(f"the service ignored the push: {reply['ignored']}")
     click.echo(summary({**reply, "id": reply["deployment_id"]}))
-    click.echo(f"status: {reply['status_url']}")
+    click.echo(f"page: {page_url(reply['status_url'])}")
     if "duplicate" in reply:
         click.echo(f"Note: {reply['duplicate']}")
     if reply["status"] == "blocked":

@@ -174,6 +174,7 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
         "last_entry_id": entries[-1]["id"] if entries else "",
         "retention": deploy_config().status_page.log_retention,
         "is_current": deployed is not None and deployed.id == found.id,
+        "promote_to": [e.name for e in deploy_config().environments.values() if e.promote_from == found.environment],
         "no_worker": found.status == Status.QUEUED and not live_workers(current.conn, found.environment),
         "now": time.time(),
         "active": "history",

@@ -313,6 +313,9 @@ def test_deployment_page_shows_steps_log_backup_reason_and_actions(client: Flask
     current = record(store, "staging")
     assert '{"to": "' + previous.id + '"}' in page(client, f"/deployments/{previous.id}").replace("&#34;", '"')
     assert 'data-body="{}"' in page(client, f"/deployments/{current.id}")
+    # Staging's current release can be promoted to production (which promotes from staging); older ones cannot.
+    assert 'data-url="/api/environments/production/promote"' in page(client, f"/deployments/{current.id}")
+    assert 'data-action="promote"' not in page(client, f"/deployments/{previous.id}")
 
     superseded = record(store, "production", Status.SUPERSEDED, superseded_by=queued.id)
     assert f'Superseded by <a href="/deployments/{queued.id}">deployment #{queued.id}</a>' in page(
