@@ -9,6 +9,7 @@ import click
 from deploy_config import load_config
 
 from .base import cli, config_option
+from .startup import warn_at_start
 
 
 @cli.command("serve")
@@ -29,6 +30,7 @@ def serve(config_file: Path, bind: str) -> None:
 
     config = load_config(config_file)
     instance.acquire(config.state_dir, f"deployhook serve --bind {bind}")  # kept through the exec
+    warn_at_start(config, web=True)
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
     supervisor.replace_process(web_command(bind), env)
 
@@ -56,6 +58,7 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared
     from workers.worker import run_worker
 
     config = load_config(config_file)
+    warn_at_start(config, web=False)
     envs = environments or tuple(config.environments)
     run_worker(connect(config), config, config_file, envs, burst=burst, shared=shared_queue)
 
@@ -99,5 +102,6 @@ def up(config_file: Path, bind: str) -> None:
     config = load_config(config_file)
     # Before anything else: a second `up` must not start a Redis on the first one's socket.
     instance.acquire(config.state_dir, f"deployhook up --bind {bind}")
+    warn_at_start(config, web=True)
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))

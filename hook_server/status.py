@@ -17,13 +17,14 @@ from redis import RedisError
 from deploy_state import Deployment, DeploymentStore, Status, Step
 from deploy_state.queue_workers import live_workers
 
-from . import livelog, overview, pagetext, statusauth
+from . import livelog, overview, pagetext, readiness, statusauth
 from .extensions import deploy_config, store
 
 bp = Blueprint("status", __name__)
 bp.record_once(statusauth.setup)
 bp.before_request(statusauth.require_login)
 bp.context_processor(statusauth.template_context)
+bp.context_processor(lambda: {"setup_warnings": readiness.setup_warnings()})
 bp.add_app_template_filter(pagetext.short_sha, "short")
 bp.add_app_template_filter(pagetext.when, "when")
 bp.add_app_template_filter(pagetext.ago, "ago")

@@ -865,3 +865,19 @@ def test_run_redacts_output_on_timeout() -> None:
         run(python(code), env=env, timeout=1, redact=Redactor([secret]))
     assert secret not in str(info.value)
     assert str(info.value).splitlines()[-1] == MASK
+
+
+def test_config_warnings_name_each_missing_secret_and_the_env_file(
+    deploy_config: DeployConfig, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy_config.readiness import config_warnings
+
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", "s")
+    monkeypatch.setenv("DEPLOYHOOK_API_TOKEN", "t")
+    assert config_warnings(deploy_config) == []
+    monkeypatch.delenv("DEPLOYHOOK_API_TOKEN")
+    env_file.unlink()
+    warnings = config_warnings(deploy_config)
+    assert [w.split(" ")[0] for w in warnings] == ["DEPLOYHOOK_API_TOKEN", "env"]
+    # A worker needs neither secret: only the env file.
+    assert [w.split(" ")[0] for w in config_warnings(deploy_config, web=False)] == ["env"]

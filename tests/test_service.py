@@ -97,6 +97,38 @@ def test_a_second_up_or_serve_on_the_same_state_dir_refuses_and_leaves_the_first
         assert stop_up(again) == 0
 
 
+def test_up_warns_once_at_start_about_each_missing_piece_and_the_page_shows_them(
+    tmp_path: Path, config_file: Path, env_file: Path
+) -> None:
+    env_file.unlink()
+    port = testbed.free_port()
+    dead_docker = f"unix://{tmp_path / 'no-docker.sock'}"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("REDIS_URL", "DEPLOYHOOK_WEBHOOK_SECRET", "DEPLOYHOOK_API_TOKEN")}  # fmt: skip
+    stderr = tmp_path / "up.stderr"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([DEPLOYHOOK, "up", "--config", str(config_file), "--bind", f"127.0.0.1:{port}"],
+                                env={**env, "DOCKER_HOST": dead_docker}, stderr=err)  # fmt: skip
+    try:
+        testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook up to answer /healthz")
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            page = response.read().decode()
+    finally:
+        assert stop_up(proc) == 0
+    warnings = [line for line in stderr.read_text().splitlines() if line.startswith("Warning: ")]
+    expected = ["DEPLOYHOOK_WEBHOOK_SECRET", "DEPLOYHOOK_API_TOKEN", "env", "Docker"]
+    assert [w.split(" ", 2)[1] for w in warnings] == expected
+    assert "every push is refused until it is" in warnings[0]
+    assert f"env file {env_file} is missing or not readable" in warnings[2]
+    assert warnings[3].startswith(f"Warning: Docker is not reachable at {dead_docker}: ")
+    assert "start the engine (systemctl start docker)" in warnings[3]
+    # Said once: `up`'s workers do not repeat them. The page says the same in its banner.
+    assert 'class="banner banner-error setup-warnings"' in page
+    for text in ("DEPLOYHOOK_WEBHOOK_SECRET is not set", "DEPLOYHOOK_API_TOKEN is not set",
+                 f"env file {env_file} is missing", f"Docker is not reachable at {dead_docker}"):  # fmt: skip
+        assert text in page
+
+
 def test_healthz_reports_unreachable_redis(deploy_config: DeployConfig) -> None:
     unreachable = f"redis://127.0.0.1:{testbed.free_port()}/0"
     client = create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": unreachable}).test_client()
