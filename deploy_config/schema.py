@@ -250,6 +250,9 @@ class EnvironmentConfig(Model):
     project: ProjectName | None = None
     """Compose project name (-p). Must be set: the isolation lint fails without it."""
     images: tuple[ImageConfig, ...] = ()
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """The app's published host port, the one place to move it: health_url defaults to
+    http://localhost:<port>/healthz and Compose reads it as APP_PORT, unless either is set."""
     health_url: HttpUrl
     health_timeout: PositiveSeconds = defaults.DEFAULT_HEALTH_TIMEOUT
     database: DatabaseConfig | None = None
@@ -279,6 +282,18 @@ class EnvironmentConfig(Model):
     """What a failed isolation check does: error (roll back) or warn. Default: error for production."""
     keep_releases: int = Field(default=defaults.DEFAULT_KEEP_RELEASES, ge=1)
     """Releases whose images are kept for this environment; older unused ones are removed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_port(cls, data: Any) -> Any:
+        """health_url and compose_env's APP_PORT follow from `port` where they are not set."""
+        if not isinstance(data, dict) or not isinstance(data.get("port"), int) or isinstance(data["port"], bool):
+            return data
+        port = data["port"]
+        compose_env = data.get("compose_env") or {}
+        if isinstance(compose_env, dict):
+            compose_env = {defaults.PORT_VARIABLE: str(port), **compose_env}
+        return {"health_url": f"http://localhost:{port}{defaults.HEALTH_PATH}", **data, "compose_env": compose_env}
 
     @property
     def is_production(self) -> bool:

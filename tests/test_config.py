@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from deploy_cli import main
-from deploy_config import ConfigError, DeployConfig, config_path, load_config
+from deploy_config import ConfigError, DeployConfig, config_path, load_config, parse_config
 from deploy_config.defaults import CONFIG_ENVVAR
 from deploy_config.schema import parse_memory
 from deploy_config.secrets import MASK, Redactor, config_redactor, parse_env_file, read_env_file
@@ -31,7 +31,7 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
-    "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, "
+    "branch, compose_file, project, images, port, health_url, health_timeout, database, backups, expected_limits, "
     "compose_env, cancel_running, promote_from, deploy_timeout, rollout_timeout, backup_timeout, smoke, pre_deploy, "
     "post_deploy, verify_failure, keep_releases"
 )
@@ -513,10 +513,11 @@ def test_bad_config(in_tmp: Path, mutate: Mutation, message: str) -> None:
 
 
 def test_misspelt_required_field_gives_both_problems(in_tmp: Path) -> None:
-    write_config(in_tmp, rename("environments.production.health_url", "helth_url"))
+    # (health_url is no longer in the example: `port` stands for it; compose_file is required.)
+    write_config(in_tmp, rename("environments.production.compose_file", "compose_fle"))
     assert config_error().problems == [
-        "environments.production.health_url: required field is missing",
-        f"environments.production.helth_url: unknown field; expected one of: {EXPECTED_ENV_FIELDS}",
+        "environments.production.compose_file: required field is missing",
+        f"environments.production.compose_fle: unknown field; expected one of: {EXPECTED_ENV_FIELDS}",
     ]
 
 
@@ -881,3 +882,16 @@ def test_config_warnings_name_each_missing_secret_and_the_env_file(
     assert [w.split(" ")[0] for w in warnings] == ["DEPLOYHOOK_API_TOKEN", "env"]
     # A worker needs neither secret: only the env file.
     assert [w.split(" ")[0] for w in config_warnings(deploy_config, web=False)] == ["env"]
+
+
+def test_port_is_the_one_place_for_the_apps_port(tmp_path: Path, env_file: Path) -> None:
+    base = {"branch": "staging", "compose_file": "docker-compose.staging.yml", "project": "app-staging"}
+    data = {"repository": {"url": "/srv/app.git", "full_name": "o/app"}, "env_file": str(env_file),
+            "environments": {"staging": {**base, "port": 18081}}}  # fmt: skip
+    env = parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml").environments["staging"]
+    assert (env.health_url, env.compose_env) == ("http://localhost:18081/healthz", {"APP_PORT": "18081"})
+    # Whatever is set explicitly wins.
+    data["environments"]["staging"] = {**base, "port": 18081, "health_url": "http://127.0.0.1:9/up",
+                                       "compose_env": {"APP_PORT": "9", "DB_PORT": "5433"}}  # fmt: skip
+    env = parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml").environments["staging"]
+    assert (env.health_url, env.compose_env) == ("http://127.0.0.1:9/up", {"APP_PORT": "9", "DB_PORT": "5433"})
