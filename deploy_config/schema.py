@@ -341,12 +341,15 @@ class DeployConfig(Model):
     state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
     env_file: Path
     """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
+    secrets_file: Path | None = None
+    """deployhook's own secrets (KEY=VALUE, mode 0600), e.g. the webhook secret and API token that
+    `deployhook init` generates: every command reads them into its environment; variables set win."""
     public_env: tuple[EnvVarName, ...] = defaults.DEFAULT_PUBLIC_ENV
     """env-file variables whose values are not secret; every other value is masked in output."""
     tags: TagScheme = TagScheme()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 
-    _resolve_paths = field_validator("state_dir", "env_file")(_resolve_path)
+    _resolve_paths = field_validator("state_dir", "env_file", "secrets_file")(_resolve_path)
 
     @field_validator("min_free_space", mode="before")
     @classmethod

@@ -895,3 +895,28 @@ def test_port_is_the_one_place_for_the_apps_port(tmp_path: Path, env_file: Path)
                                        "compose_env": {"APP_PORT": "9", "DB_PORT": "5433"}}  # fmt: skip
     env = parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml").environments["staging"]
     assert (env.health_url, env.compose_env) == ("http://127.0.0.1:9/up", {"APP_PORT": "9", "DB_PORT": "5433"})
+
+
+def test_secrets_file_fills_the_environment_and_must_be_private(
+    tmp_path: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "deployhook.secrets"
+    secrets.write_text("DEPLOYHOOK_WEBHOOK_SECRET=from-file\nDEPLOYHOOK_API_TOKEN=token-from-file\n")
+    secrets.chmod(0o644)
+    data = {"repository": {"url": "/srv/app.git", "full_name": "o/app"}, "env_file": str(env_file),
+            "secrets_file": "deployhook.secrets",
+            "environments": {"staging": {"branch": "staging", "compose_file": "c.yml", "port": 18081}}}  # fmt: skip
+    config_file = tmp_path / "deploy.yml"
+    config_file.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", "")  # restored after the test, whatever load_config sets
+    monkeypatch.delenv("DEPLOYHOOK_WEBHOOK_SECRET")
+    monkeypatch.setenv("DEPLOYHOOK_API_TOKEN", "set-wins")
+    with pytest.raises(ConfigError) as loose:
+        load_config(config_file)
+    assert loose.value.problems == [
+        f"readable by others (mode 644; secrets_file in {config_file}); chmod 600 {secrets}"
+    ]
+    secrets.chmod(0o600)
+    load_config(config_file)
+    assert os.environ["DEPLOYHOOK_WEBHOOK_SECRET"] == "from-file"
+    assert os.environ["DEPLOYHOOK_API_TOKEN"] == "set-wins"
