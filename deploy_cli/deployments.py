@@ -121,10 +121,15 @@ def _submit(config: DeployConfig, url: str, path: str, body: dict[str, Any], wai
     if deployment["status"] == Status.BLOCKED:
         raise DeployError(f"deployment {deployment['id']} is blocked and will not run: {deployment['reason']}")
     if store is not None:
-        unserved = no_worker_note(store, deployment["environment"])
-        if unserved:
-            click.echo(f"Warning: {unserved}", err=True)
-        _wait(store, str(deployment["id"]), output_redactor(config))
+        follow_to_end(config, store, str(deployment["id"]))
+
+
+def follow_to_end(config: DeployConfig, store: DeploymentStore, deployment_id: str) -> None:
+    """--wait: say if no worker serves the queue, then follow the deployment; exit 0 only if it succeeded."""
+    unserved = no_worker_note(store, store.require(deployment_id).environment)
+    if unserved:
+        click.echo(f"Warning: {unserved}", err=True)
+    _wait(store, deployment_id, output_redactor(config))
 
 
 def _wait(store: DeploymentStore, deployment_id: str, redact: Callable[[str], str]) -> None:

@@ -94,14 +94,24 @@ def poll(config_file: Path, once: bool) -> None:
     envvar="DEPLOYHOOK_BIND",
     help="Address the web server listens on.",
 )
-def up(config_file: Path, bind: str) -> None:
+@click.option("--demo", is_flag=True,
+              help="Deploy the sample app from a demo repository made under .demo (no config needed).")  # fmt: skip
+def up(config_file: Path, bind: str, demo: bool) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
+    import os
+
+    from . import demo as demo_setup
     from . import instance
     from .service import run_up
 
+    if demo:
+        config_file = demo_setup.ensure_demo(demo_setup.demo_dir())
     config = load_config(config_file)
     # Before anything else: a second `up` must not start a Redis on the first one's socket.
     instance.acquire(config.state_dir, f"deployhook up --bind {bind}")
     warn_at_start(config, web=True)
+    if demo:
+        for line in demo_setup.next_steps(config_file, bind, os.environ.get(config.api.token_env, "")):
+            click.echo(line)
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))

@@ -17,8 +17,9 @@ from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_con
 from hook_server.pushes import SHA
 from hook_server.refs import resolve_ref
 
-from .base import cli, config_option, require_env, url_option
+from .base import cli, config_option, open_store, require_env, url_option, wait_option
 from .client import ServiceClient, secret_from_env
+from .deployments import follow_to_end
 from .display import page_url, summary
 
 PUSHER = "deployhook-simulate-push"
@@ -30,17 +31,20 @@ PUSHER = "deployhook-simulate-push"
 @url_option
 @click.argument("env_name", metavar="ENV")
 @click.option("--sha", default="", help="Commit to push (default: the head of ENV's branch, from git ls-remote).")
-def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
+@wait_option
+def simulate_push(config_file: Path, url: str, env_name: str, sha: str, wait: bool) -> None:
     """Post a signed push of ENV's branch to the service, as GitHub would.
 
     The push names the branch's current head (git ls-remote), or --sha. Exits 0 when the service
-    queued (or already had) the deployment, 1 when it refused or ignored the push.
+    queued (or already had) the deployment, 1 when it refused or ignored the push (with --wait, also
+    when the deployment did not succeed).
     """
     if sha and not SHA.fullmatch(sha.lower()):
         raise click.BadParameter(f"{sha!r} is not a full commit sha (40 or 64 hex digits)", param_hint="'--sha'")
     config = load_config(config_file)
     env = require_env(config, env_name)
     secret = webhook_secret(config)
+    store = open_store(config) if wait else None
     sha = sha.lower() or resolve_ref(config.repository.url, f"refs/heads/{env.branch}")
     body = json.dumps(push_payload(config, env, sha)).encode()
     headers = {
@@ -59,6 +63,8 @@ def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
         click.echo(f"Note: {reply['duplicate']}")
     if reply["status"] == "blocked":
         raise DeployError(f"deployment {reply['deployment_id']} is blocked and will not run: {reply['reason']}")
+    if store is not None:
+        follow_to_end(config, store, str(reply["deployment_id"]))
 
 
 def webhook_secret(config: DeployConfig) -> str:
