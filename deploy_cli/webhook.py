@@ -104,15 +104,13 @@ def push_payload(config: DeployConfig, env: EnvironmentConfig, sha: str) -> dict
     "--print",
     "print_only",
     is_flag=True,
-    help="Print the webhook settings to paste into GitHub (deployhook never changes them itself).",
+    help="Accepted for older scripts: printing is all install-hook does (it never changes GitHub's settings).",
 )
 def install_hook(config_file: Path, url: str, print_only: bool) -> None:
-    """Print the GitHub webhook settings to paste into the repository.
+    """Print the GitHub webhook settings to paste into the repository (deployhook never changes them itself).
 
     Payload URL (public_url, or --url), content type, the secret's variable (never its value), events.
     """
-    if not print_only:
-        raise click.UsageError("pass --print: deployhook prints the settings to paste into GitHub, never changes them")
     config = load_config(config_file)
     base = url or config.public_url
     if not base:
@@ -122,7 +120,7 @@ def install_hook(config_file: Path, url: str, print_only: bool) -> None:
 
 
 def hook_settings(config: DeployConfig, base: str) -> list[str]:
-    """The lines `install-hook --print` shows."""
+    """The lines `install-hook` prints."""
     payload_url = f"{base.rstrip('/')}/hooks/github"
     secret_env = config.webhook.secret_env
     is_set = "set" if os.environ.get(secret_env) else "NOT set"

@@ -133,7 +133,7 @@ def test_python_dash_m_runs_the_same_cli() -> None:
         (["simulate-push", "staging", "--sha", "HEAD"], "simulate-push [OPTIONS] ENV",
          "Invalid value for '--sha': 'HEAD' is not a full commit sha (40 or 64 hex digits)"),
         (["install-hook"], "install-hook [OPTIONS]",
-         "pass --print: deployhook prints the settings to paste into GitHub, never changes them"),
+         "no URL for GitHub to call: set public_url in deploy.yml, or pass --url"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(runner: CliRunner, config_file: Path, args: list[str], usage: str, message: str) -> None:
@@ -254,7 +254,7 @@ def test_config_show_of_an_invalid_config_exits_2(runner: CliRunner, tmp_path: P
 def test_install_hook_prints_the_github_settings(
     runner: CliRunner, secretive_config: Path, secrets: testbed.Secrets
 ) -> None:
-    result = invoke(runner, ["install-hook", "--print", "--config", str(secretive_config)])
+    result = invoke(runner, ["install-hook", "--config", str(secretive_config)])  # printing is the default
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == (
         "GitHub webhook for example/sample-app\n"

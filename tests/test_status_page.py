@@ -236,6 +236,21 @@ def test_history_is_newest_first_with_a_cursor_and_filters(client: FlaskClient, 
     assert "must be a deployment id" in page(client, "/deployments?cursor=abc", status=400)
 
 
+def test_history_marks_rollbacks_and_promotions_and_gives_failures_their_reason(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    failed = record(store, "staging")
+    failed = store.set_status(store.require(failed.id), Status.FAILED, reason="pg_dump failed: the database is down")
+    rollback = record(store, "staging", trigger="rollback", reason="rollback to deployment 1")
+    promotion = record(store, "production", trigger="promote", reason="promotion of staging's release")
+    rows = page(client, "/deployments").split('<td class="id">')[1:]
+    by_id = {row.split("/deployments/", 1)[1].split('"', 1)[0]: row for row in rows}
+    assert '<div class="reason bad">pg_dump failed: the database is down</div>' in by_id[failed.id]
+    assert '<span class="trigger trigger-rollback">rollback</span>' in by_id[rollback.id]
+    assert "rollback to deployment 1" in by_id[rollback.id]
+    assert '<span class="trigger trigger-promote">promote</span>' in by_id[promotion.id]
+
+
 def _row_ids(html: str) -> list[str]:
     return [part.split('"', 1)[0] for part in html.split('<td class="id"><a href="/deployments/')[1:]]
 
