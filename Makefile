@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEPLOYHOOK_CONFIG ?= examples/deploy.yml
-export DEPLOYHOOK_CONFIG
+# `make run` deploys the demo (deployhook up --demo: a local repository of the sample app under
+# .demo) unless DEPLOYHOOK_CONFIG or ./deploy.yml names a config of your own.
+DEMO := $(if $(or $(DEPLOYHOOK_CONFIG),$(wildcard deploy.yml)),,--demo)
 
 .PHONY: run test lint typecheck check-config bench clean
 
@@ -16,7 +17,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/deployhook up
+	$(BIN)/deployhook up $(DEMO)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -31,7 +32,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 check-config: $(STAMP)
-	$(BIN)/deployhook config check
+	$(BIN)/deployhook config check --config $(or $(DEPLOYHOOK_CONFIG),examples/deploy.yml)
 
 # Benchmarks (bench/README.md): each prints a table and writes bench/results/<name>.json.
 # The last three need the Docker engine with Compose v2; the whole run takes about 10 minutes.

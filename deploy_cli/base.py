@@ -41,14 +41,25 @@ def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def default_config() -> str:
+    """./deploy.yml; without one, the demo's config once `deployhook up --demo` has made it."""
+    if not Path(defaults.DEFAULT_CONFIG_PATH).exists():
+        from .demo import demo_config_path
+
+        demo = demo_config_path()
+        if demo.is_file():
+            return str(demo)
+    return defaults.DEFAULT_CONFIG_PATH
+
+
 def config_option(func: F) -> F:
     """The --config option every command shares."""
     return click.option(
         "--config",
         "config_file",
         envvar=defaults.CONFIG_ENVVAR,
-        default=defaults.DEFAULT_CONFIG_PATH,
-        show_default=True,
+        default=default_config,
+        show_default=f"{defaults.DEFAULT_CONFIG_PATH}, else the demo's",
         type=click.Path(dir_okay=False, path_type=Path),
         help=f"Deploy config file (or set {defaults.CONFIG_ENVVAR}).",
     )(func)

@@ -18,14 +18,15 @@ from typing import Any
 
 import click
 
-from deploy_config import DeployConfig, DeployError, load_config
+from deploy_config import DeployConfig, DeployError, defaults, load_config
 from deploy_state import DeploymentStore, Status
 from hook_server.pushes import SHA
 
 from .base import cli, config_option, open_store, output_redactor, require_env, url_option, wait_option
 from .client import ServiceClient, api_token
-from .display import summary
+from .display import page_url, summary
 from .progress import Display, PlainDisplay, TtyDisplay, follow
+from .reading import no_worker_note
 
 
 @cli.command("deploy")
@@ -68,6 +69,35 @@ def rollback(config_file: Path, url: str, env_name: str, target: str, wait: bool
     _submit(config, url, f"/api/environments/{env.name}/rollback", {"to": target} if target else {}, wait)
 
 
+@cli.command("promote")
+@config_option
+@url_option
+@click.option(
+    "--from",
+    "source",
+    default="",
+    metavar="ENV",
+    help="Environment whose current release to promote (default: --to's promote_from, else staging).",
+)
+@click.option(
+    "--to",
+    "target",
+    default="",
+    metavar="ENV",
+    help="Environment to deploy it to (default: the one that promotes from --from, else production).",
+)
+@wait_option
+def promote(config_file: Path, url: str, source: str, target: str, wait: bool) -> None:  # fmt: skip
+    """Deploy the release that runs in staging (its last succeeded sha, reusing its image) to production."""
+    config = load_config(config_file)
+    target = target or next((e.name for e in config.environments.values() if source and e.promote_from == source),
+                            defaults.PRODUCTION_ENVIRONMENT)  # fmt: skip
+    env = require_env(config, target)
+    source = source or env.promote_from or "staging"
+    require_env(config, source)
+    _submit(config, url, f"/api/environments/{env.name}/promote", {"from": source}, wait)
+
+
 @cli.command("cancel")
 @config_option
 @url_option
@@ -87,11 +117,19 @@ def _submit(config: DeployConfig, url: str, path: str, body: dict[str, Any], wai
     reply = ServiceClient(url, api_token(config)).post(path, body)
     deployment = reply.body
     click.echo(summary(deployment))
-    click.echo(f"status: {deployment['status_url']}")
+    click.echo(f"page: {page_url(deployment['status_url'])}")
     if deployment["status"] == Status.BLOCKED:
         raise DeployError(f"deployment {deployment['id']} is blocked and will not run: {deployment['reason']}")
     if store is not None:
-        _wait(store, str(deployment["id"]), output_redactor(config))
+        follow_to_end(config, store, str(deployment["id"]))
+
+
+def follow_to_end(config: DeployConfig, store: DeploymentStore, deployment_id: str) -> None:
+    """--wait: say if no worker serves the queue, then follow the deployment; exit 0 only if it succeeded."""
+    unserved = no_worker_note(store, store.require(deployment_id).environment)
+    if unserved:
+        click.echo(f"Warning: {unserved}", err=True)
+    _wait(store, deployment_id, output_redactor(config))
 
 
 def _wait(store: DeploymentStore, deployment_id: str, redact: Callable[[str], str]) -> None:

@@ -37,6 +37,12 @@ def took(deployment: Deployment) -> str:
     return duration(deployment.finished_at - deployment.started_at)
 
 
+def page_url(status_url: str) -> str:
+    """The deployment's page on the status page, from the API URL the service answers with."""
+    base, _, deployment_id = status_url.rpartition("/api/deployments/")
+    return f"{base}/deployments/{deployment_id}" if base else status_url
+
+
 def summary(deployment: Deployment | dict[str, Any]) -> str:
     """`deployment 12: staging 1a2b3c4d5e6f queued (why)`, from a record or the API's JSON for one."""
     d = deployment if isinstance(deployment, dict) else deployment.to_dict()

@@ -11,6 +11,7 @@ from deploy_text.formatting import short_sha
 from docker_runtime.private import private_umask
 
 from .base import cli, config_option
+from .startup import warn_at_start
 
 
 @cli.command("serve")
@@ -26,11 +27,13 @@ def serve(config_file: Path, bind: str) -> None:
 
     from deploy_state.connection import redis_url
 
-    from . import supervisor
+    from . import instance, supervisor
     from .service import web_command
 
     private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
+    instance.acquire(config.state_dir, f"deployhook serve --bind {bind}")  # kept through the exec
+    warn_at_start(config, web=True)
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
     supervisor.replace_process(web_command(bind), env)
 
@@ -44,14 +47,24 @@ def serve(config_file: Path, bind: str) -> None:
     help="Environment whose queue to serve (repeatable; default: every environment).",
 )
 @click.option("--burst", is_flag=True, help="Exit once the queues are empty.")
-def worker(config_file: Path, environments: tuple[str, ...], burst: bool) -> None:
-    """Run an RQ worker that runs deployments (REDIS_URL, or the embedded Redis of `deployhook up`)."""
+@click.option(
+    "--shared-queue",
+    is_flag=True,
+    help="Serve queues another live worker serves too (failover); the environment lock still runs one at a time.",
+)
+def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared_queue: bool) -> None:
+    """Run an RQ worker that runs deployments (REDIS_URL, or the embedded Redis of `deployhook up`).
+
+    It refuses to start on a queue that a live worker already serves, unless --shared-queue.
+    """
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
     private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     config = load_config(config_file)
-    run_worker(connect(config), config, config_file, environments or tuple(config.environments), burst=burst)
+    warn_at_start(config, web=False)
+    envs = environments or tuple(config.environments)
+    run_worker(connect(config), config, config_file, envs, burst=burst, shared=shared_queue)
 
 
 @cli.command("poll")
@@ -86,11 +99,25 @@ def poll(config_file: Path, once: bool) -> None:
     envvar="DEPLOYHOOK_BIND",
     help="Address the web server listens on.",
 )
-def up(config_file: Path, bind: str) -> None:
+@click.option("--demo", is_flag=True,
+              help="Deploy the sample app from a demo repository made under .demo (no config needed).")  # fmt: skip
+def up(config_file: Path, bind: str, demo: bool) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
+    import os
+
+    from . import demo as demo_setup
+    from . import instance
     from .service import run_up
 
     private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    if demo:
+        config_file = demo_setup.ensure_demo(demo_setup.demo_dir())
     config = load_config(config_file)
+    # Before anything else: a second `up` must not start a Redis on the first one's socket.
+    instance.acquire(config.state_dir, f"deployhook up --bind {bind}")
+    warn_at_start(config, web=True)
+    if demo:
+        for line in demo_setup.next_steps(config_file, bind, os.environ.get(config.api.token_env, "")):
+            click.echo(line)
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
-from deploy_state import Deployment, DeploymentStore
+from deploy_state import Deployment, DeploymentStore, Status, queue_name
+from deploy_state.queue_workers import live_workers
 from deploy_text.formatting import short_sha
 from docker_runtime.health import probe_health
 
@@ -47,6 +48,9 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
         degraded = store.degraded(env.name)
         if degraded:
             click.echo(f"{env.name} is degraded: {redact(degraded)}")
+        unserved = no_worker_note(store, env.name)
+        if unserved:
+            click.echo(unserved)
     recent, _ = store.page(environment=env_name or None, limit=limit)
     click.echo("")
     if not recent:
@@ -55,6 +59,17 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
     click.echo("Recent deployments:")
     for line in deployment_table(recent, redact):
         click.echo(line)
+
+
+def no_worker_note(store: DeploymentStore, env: str) -> str:
+    """A line saying the environment's queued deployments wait for a worker, or '' when one serves them."""
+    queued = store.queued_ids(env)
+    if not queued or live_workers(store.conn, env):
+        return ""
+    return (
+        f"{env}: {len(queued)} queued, but no worker serves queue {queue_name(env)}; they wait until one starts "
+        f"(`deployhook up`, or `deployhook worker --env {env}`)"
+    )
 
 
 def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], health: dict[str, str]) -> list[str]:
@@ -107,7 +122,7 @@ def probe(env: EnvironmentConfig) -> str:
 @click.argument("deployment_id", metavar="ID")
 @click.option("--follow", "-f", "follow_log", is_flag=True, help="Keep printing new lines until the deployment ends.")
 def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
-    """Print a deployment's log (secrets masked)."""
+    """Print a deployment's log (secrets masked); with --follow, exit 1 unless it succeeded."""
     config = load_config(config_file)
     store = open_store(config)
     deployment = store.get(deployment_id)
@@ -115,7 +130,12 @@ def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
         raise DeployError(f"no deployment {deployment_id}; `deployhook status` lists the recent ones")
     redact = output_redactor(config)
     if follow_log:
-        follow(store, deployment.id, LogDisplay(), redact=redact)
+        ended = follow(store, deployment.id, LogDisplay(), redact=redact)
+        if ended.status != Status.SUCCEEDED:
+            # As --wait does: a script following a deployment learns from the exit code how it ended.
+            raise DeployError(
+                f"deployment {ended.id} {ended.status}" + (f": {redact(ended.reason)}" if ended.reason else "")
+            )
         return
     entries = read_new(store, deployment.id, None)
     for entry in entries:

@@ -20,6 +20,7 @@ from deploy_state.connection import embedded_socket
 from docker_runtime.private import private_dir
 
 from . import supervisor
+from .startup import CHECKED_ENVVAR
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
         embedded = EmbeddedRedis(embedded_socket(config.state_dir).parent)
         redis_url = embedded.start()
         log.info("embedded Redis on %s, data in %s", embedded.socket, embedded.data_dir)
-    env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file)}
+    # The startup checks ran in `up` already: its workers need not print them again.
+    env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file), CHECKED_ENVVAR: "1"}
     stopping = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:

@@ -17,9 +17,10 @@ from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_con
 from hook_server.pushes import SHA
 from hook_server.refs import resolve_ref
 
-from .base import cli, config_option, require_env, url_option
+from .base import cli, config_option, open_store, require_env, url_option, wait_option
 from .client import ServiceClient, secret_from_env
-from .display import summary
+from .deployments import follow_to_end
+from .display import page_url, summary
 
 PUSHER = "deployhook-simulate-push"
 """Who a simulated push names as its pusher: the audit trail then says it was simulated."""
@@ -30,17 +31,20 @@ PUSHER = "deployhook-simulate-push"
 @url_option
 @click.argument("env_name", metavar="ENV")
 @click.option("--sha", default="", help="Commit to push (default: the head of ENV's branch, from git ls-remote).")
-def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
+@wait_option
+def simulate_push(config_file: Path, url: str, env_name: str, sha: str, wait: bool) -> None:
     """Post a signed push of ENV's branch to the service, as GitHub would.
 
     The push names the branch's current head (git ls-remote), or --sha. Exits 0 when the service
-    queued (or already had) the deployment, 1 when it refused or ignored the push.
+    queued (or already had) the deployment, 1 when it refused or ignored the push (with --wait, also
+    when the deployment did not succeed).
     """
     if sha and not SHA.fullmatch(sha.lower()):
         raise click.BadParameter(f"{sha!r} is not a full commit sha (40 or 64 hex digits)", param_hint="'--sha'")
     config = load_config(config_file)
     env = require_env(config, env_name)
     secret = webhook_secret(config)
+    store = open_store(config) if wait else None
     sha = sha.lower() or resolve_ref(config.repository.url, f"refs/heads/{env.branch}")
     body = json.dumps(push_payload(config, env, sha)).encode()
     headers = {
@@ -54,11 +58,13 @@ def simulate_push(config_file: Path, url: str, env_name: str, sha: str) -> None:
     if "ignored" in reply:
         raise DeployError(f"the service ignored the push: {reply['ignored']}")
     click.echo(summary({**reply, "id": reply["deployment_id"]}))
-    click.echo(f"status: {reply['status_url']}")
+    click.echo(f"page: {page_url(reply['status_url'])}")
     if "duplicate" in reply:
         click.echo(f"Note: {reply['duplicate']}")
     if reply["status"] == "blocked":
         raise DeployError(f"deployment {reply['deployment_id']} is blocked and will not run: {reply['reason']}")
+    if store is not None:
+        follow_to_end(config, store, str(reply["deployment_id"]))
 
 
 def webhook_secret(config: DeployConfig) -> str:
@@ -98,15 +104,13 @@ def push_payload(config: DeployConfig, env: EnvironmentConfig, sha: str) -> dict
     "--print",
     "print_only",
     is_flag=True,
-    help="Print the webhook settings to paste into GitHub (deployhook never changes them itself).",
+    help="Accepted for older scripts: printing is all install-hook does (it never changes GitHub's settings).",
 )
 def install_hook(config_file: Path, url: str, print_only: bool) -> None:
-    """Print the GitHub webhook settings to paste into the repository.
+    """Print the GitHub webhook settings to paste into the repository (deployhook never changes them itself).
 
     Payload URL (public_url, or --url), content type, the secret's variable (never its value), events.
     """
-    if not print_only:
-        raise click.UsageError("pass --print: deployhook prints the settings to paste into GitHub, never changes them")
     config = load_config(config_file)
     base = url or config.public_url
     if not base:
@@ -116,7 +120,7 @@ def install_hook(config_file: Path, url: str, print_only: bool) -> None:
 
 
 def hook_settings(config: DeployConfig, base: str) -> list[str]:
-    """The lines `install-hook --print` shows."""
+    """The lines `install-hook` prints."""
     payload_url = f"{base.rstrip('/')}/hooks/github"
     secret_env = config.webhook.secret_env
     is_set = "set" if os.environ.get(secret_env) else "NOT set"

@@ -15,6 +15,12 @@ DEFAULT_WEBHOOK_SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 """Largest webhook body accepted; GitHub caps payloads at 25 MB but pushes are far smaller."""
 
+HEALTH_PATH = "/healthz"
+"""Path of the health URL derived from an environment's `port`."""
+
+PORT_VARIABLE = "APP_PORT"
+"""The Compose variable an environment's `port` sets (compose_env), for `ports: ["${APP_PORT}:8080"]`."""
+
 DEFAULT_HEALTH_TIMEOUT = 60.0
 """Seconds the health gate waits for the health URL to answer 200 with status ok."""
 

@@ -16,6 +16,7 @@ from pydantic_core import ErrorDetails
 from . import defaults
 from .errors import ConfigError
 from .schema import DeployConfig, EnvironmentConfig
+from .secrets import read_env_file
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -62,7 +63,28 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DeployConfig:
         ) from None
     except OSError as exc:
         raise ConfigError(name, [f"cannot read: {exc.strerror}"]) from None
-    return parse_config(text, source)
+    config = parse_config(text, source)
+    apply_secrets_file(config)
+    return config
+
+
+def apply_secrets_file(config: DeployConfig) -> None:
+    """Set the secrets_file's variables in this process's environment, unless already set there.
+
+    Refused when others may read it: it holds the webhook secret and the API token.
+    """
+    path = config.secrets_file
+    if path is None:
+        return
+    field = f"secrets_file in {config.source}"
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(str(path), [f"no such file ({field}); create it, or run `deployhook init`"]) from None
+    if mode & 0o077:
+        raise ConfigError(str(path), [f"readable by others (mode {mode & 0o777:o}; {field}); chmod 600 {path}"])
+    for key, value in read_env_file(path).items():
+        os.environ.setdefault(key, value)
 
 
 def parse_config(text: str, source: Path) -> DeployConfig:

@@ -252,6 +252,9 @@ class EnvironmentConfig(Model):
     project: ProjectName | None = None
     """Compose project name (-p). Must be set: the isolation lint fails without it."""
     images: tuple[ImageConfig, ...] = ()
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """The app's published host port, the one place to move it: health_url defaults to
+    http://localhost:<port>/healthz and Compose reads it as APP_PORT, unless either is set."""
     health_url: HttpUrl
     health_timeout: PositiveSeconds = defaults.DEFAULT_HEALTH_TIMEOUT
     database: DatabaseConfig | None = None
@@ -283,6 +286,18 @@ class EnvironmentConfig(Model):
     """What a failed isolation check does: error (roll back) or warn. Default: error for production."""
     keep_releases: int = Field(default=defaults.DEFAULT_KEEP_RELEASES, ge=1)
     """Releases whose images are kept for this environment; older unused ones are removed."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_port(cls, data: Any) -> Any:
+        """health_url and compose_env's APP_PORT follow from `port` where they are not set."""
+        if not isinstance(data, dict) or not isinstance(data.get("port"), int) or isinstance(data["port"], bool):
+            return data
+        port = data["port"]
+        compose_env = data.get("compose_env") or {}
+        if isinstance(compose_env, dict):
+            compose_env = {defaults.PORT_VARIABLE: str(port), **compose_env}
+        return {"health_url": f"http://localhost:{port}{defaults.HEALTH_PATH}", **data, "compose_env": compose_env}
 
     @property
     def is_production(self) -> bool:
@@ -331,12 +346,15 @@ class DeployConfig(Model):
     state_dir: Path = Field(default=Path(defaults.DEFAULT_STATE_DIR), validate_default=True)
     env_file: Path
     """The app's secrets on the server (the seed's .env); passed to Compose with --env-file."""
+    secrets_file: Path | None = None
+    """deployhook's own secrets (KEY=VALUE, mode 0600), e.g. the webhook secret and API token that
+    `deployhook init` generates: every command reads them into its environment; variables set win."""
     public_env: tuple[EnvVarName, ...] = defaults.DEFAULT_PUBLIC_ENV
     """env-file variables whose values are not secret; every other value is masked in output."""
     tags: TagScheme = TagScheme()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 
-    _resolve_paths = field_validator("state_dir", "env_file")(_resolve_path)
+    _resolve_paths = field_validator("state_dir", "env_file", "secrets_file")(_resolve_path)
 
     @field_validator("min_free_space", mode="before")
     @classmethod

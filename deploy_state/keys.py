@@ -127,3 +127,8 @@ def last_success(env: str) -> str:
 
 def report_lock(deployment_id: str) -> str:
     return f"{PREFIX}:deployment:{deployment_id}:report-lock"
+
+
+def queue_workers(env: str) -> str:
+    """Sorted set: the workers serving env's queue ('host:pid'), scored by when their heartbeat runs out."""
+    return f"{PREFIX}:env:{env}:workers"

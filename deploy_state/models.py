@@ -31,6 +31,7 @@ class Trigger(StrEnum):
     MANUAL = "manual"
     ROLLBACK = "rollback"
     REDEPLOY = "redeploy"
+    PROMOTE = "promote"
 
 
 @dataclass
@@ -80,6 +81,8 @@ class Deployment:
     """The GitHub Deployment reporting created for this one, when GitHub reporting is on."""
     log_trimmed: bool = False
     """Its log was deleted by retention (status_page.log_retention); the record itself stays."""
+    promoted_from: str = ""
+    """The environment whose release this promotes: checkout accepts a sha on that environment's branch."""
 
     @property
     def is_final(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any
 
@@ -170,6 +171,30 @@ def rollback(env_name: str) -> Reply:
     return _submit(_again(target, Trigger.ROLLBACK, f"rollback to deployment {target.id}", force=True))
 
 
+@bp.post("/environments/<env_name>/promote")
+@token_required
+def promote(env_name: str) -> Reply:
+    """Deploy what runs in the source environment (its last succeeded deployment) to env_name."""
+    config = deploy_config()
+    env = config.environments.get(env_name)
+    if env is None:
+        return error(404, f"no environment {env_name!r}")
+    try:
+        source = _string(_json_body(), "from") or env.promote_from or ""
+    except DeployError as exc:
+        return error(400, str(exc))
+    if source not in config.environments or source == env_name:
+        others = ", ".join(name for name in config.environments if name != env_name)
+        return error(400, f"'from' must be another environment ({others}); {env_name} sets no promote_from")
+    release = store().last_succeeded(source)
+    if release is None:
+        return error(409, f"{source} has no succeeded deployment to promote; deploy {source} first")
+    reason = f"promotion of {source}'s release {release.sha[:12]} (deployment {release.id}) to {env_name}"
+    # Through the promotion guard as any deploy (not forced): it passes, since the sha succeeded on source.
+    return _submit(replace(_again(release, Trigger.PROMOTE, reason, force=False), environment=env_name,
+                           promoted_from=source))  # fmt: skip
+
+
 @bp.post("/deployments/<deployment_id>/cancel")
 @token_required
 def cancel(deployment_id: str) -> Reply:
@@ -200,6 +225,7 @@ def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -
         commit_url=deployment.commit_url,
         reason=reason,
         force=force,
+        promoted_from=deployment.promoted_from,
     )
 
 

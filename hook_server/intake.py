@@ -59,6 +59,8 @@ class DeployRequest:
     reason: str = ""
     force: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    promoted_from: str = ""
+    """A promotion: the environment whose succeeded release this deploys."""
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,7 @@ class Intake:
             reason=blocked or request.reason,
             force=request.force,
             status=Status.BLOCKED if blocked else Status.QUEUED,
+            promoted_from=request.promoted_from,
         )
 
     def _promotion_block(self, request: DeployRequest) -> str:

@@ -74,6 +74,7 @@ _DEPLOYMENT_PROPERTIES: Schema = {
     "checks": {"type": "array", "items": _ref("Check")},
     "github_deployment_id": _nullable({"type": "integer"}),
     "log_trimmed": {"type": "boolean", "description": "its log was deleted by retention; the record stays"},
+    "promoted_from": {"type": "string", "description": "a promotion: the environment whose release it deploys"},
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -147,6 +148,10 @@ SCHEMAS: dict[str, Schema] = {
         required=("environment",),
     ),
     "RollbackRequest": _object({"to": {"type": "string", "description": "a succeeded deployment's id"}}, required=()),
+    "PromoteRequest": _object(
+        {"from": {"type": "string", "description": "the environment to promote from (default: promote_from)"}},
+        required=(),
+    ),
     "WebhookAccepted": _object(
         {
             "deployment_id": STRING,
@@ -345,6 +350,23 @@ PATHS: dict[str, Schema] = {
                 "400": _error("a bad body, or `to` is not a succeeded deployment of this environment"),
                 "404": _error("no such environment"),
                 "409": _error("no earlier succeeded deployment to roll back to"),
+                **_TOKEN,
+            },
+        }
+    },
+    "/api/environments/{env_name}/promote": {
+        "post": {
+            "operationId": "promote",
+            "tags": ["actions"],
+            "summary": "Deploy the release that runs in `from` (its last succeeded deployment), with its image",
+            "security": _AUTH,
+            "parameters": [_ENV_NAME],
+            "requestBody": _body(_ref("PromoteRequest")),
+            "responses": {
+                "202": _json(_ref("AcceptedDeployment"), "the promotion: queued, or blocked by the promotion guard"),
+                "400": _error("a bad body, or `from` is not another environment"),
+                "404": _error("no such environment"),
+                "409": _error("`from` has no succeeded deployment to promote"),
                 **_TOKEN,
             },
         }

@@ -15,15 +15,17 @@ from flask.typing import ResponseReturnValue
 from redis import RedisError
 
 from deploy_state import Deployment, DeploymentStore, Status, Step
+from deploy_state.queue_workers import live_workers
 from deploy_text import formatting
 
-from . import livelog, overview, pagetext, statusauth, streamslots
+from . import livelog, overview, pagetext, readiness, statusauth, streamslots
 from .extensions import deploy_config, store
 
 bp = Blueprint("status", __name__)
 bp.record_once(statusauth.setup)
 bp.before_request(statusauth.require_login)
 bp.context_processor(statusauth.template_context)
+bp.context_processor(lambda: {"setup_warnings": readiness.setup_warnings()})
 bp.add_app_template_filter(formatting.short_sha, "short")
 bp.add_app_template_filter(pagetext.when, "when")
 bp.add_app_template_filter(pagetext.ago, "ago")
@@ -66,6 +68,8 @@ class EnvCard:
     last_failure: Deployment | None
     degraded: str | None
     live: overview.Live
+    no_worker: bool = False
+    """Deployments are queued but no live worker serves the environment's queue."""
 
 
 @bp.after_request
@@ -112,16 +116,18 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     newest_failure = max(failures, key=lambda d: int(d.id), default=None)
     if newest_failure is not None and deployed is not None and int(newest_failure.id) < int(deployed.id):
         newest_failure = None
+    queued = current.queued_ids(env)
     return EnvCard(
         name=env,
         health_url=health_url,
         deployed=deployed,
         running=running,
         step=step,
-        queued=current.queued_ids(env),
+        queued=queued,
         last_failure=newest_failure,
         degraded=current.degraded(env),
         live=live,
+        no_worker=bool(queued) and not live_workers(current.conn, env),
     )
 
 
@@ -170,6 +176,8 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
         "last_entry_id": entries[-1]["id"] if entries else "",
         "retention": deploy_config().status_page.log_retention,
         "is_current": deployed is not None and deployed.id == found.id,
+        "promote_to": [e.name for e in deploy_config().environments.values() if e.promote_from == found.environment],
+        "no_worker": found.status == Status.QUEUED and not live_workers(current.conn, found.environment),
         "now": time.time(),
         "active": "history",
     }

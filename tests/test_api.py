@@ -749,3 +749,46 @@ def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, dep
 )
 def test_routing_errors_are_json(client: FlaskClient, method: str, path: str, status: int) -> None:
     rejected(api(client, method, path), status)
+
+
+# --- promote ---------------------------------------------------------------------------
+
+
+def test_promote_deploys_stagings_current_release_to_production(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    first, current = succeeded_deployments(client, redis_conn, "staging", [fake_sha(1), fake_sha(2)])
+    failed = deploy(client, environment="staging", sha=fake_sha(3), force=True)
+    store = DeploymentStore(redis_conn)
+    store.set_status(store.require(failed["id"]), Status.FAILED)
+
+    response = api(client, "POST", "/api/environments/production/promote")
+
+    assert response.status_code == 202
+    record = body(response)
+    assert (record["environment"], record["sha"], record["trigger"]) == ("production", current["sha"], "promote")
+    assert (record["status"], record["force"], record["promoted_from"]) == ("queued", False, "staging")
+    assert record["reason"] == (
+        f"promotion of staging's release {current['sha'][:12]} (deployment {current['id']}) to production"
+    )
+    assert jobs(redis_conn, "production") == [f"deployment-{record['id']}"]
+    assert record["sha"] != first["sha"]
+    # Redeploying or rolling back to a promotion keeps where it was promoted from (the checkout needs it).
+    again = body(api(client, "POST", f"/api/deployments/{record['id']}/redeploy"))
+    assert (again["trigger"], again["promoted_from"]) == ("redeploy", "staging")
+
+
+def test_promote_from_an_explicit_environment_and_its_errors(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    assert "staging has no succeeded deployment to promote" in rejected(
+        api(client, "POST", "/api/environments/production/promote", json={"from": "staging"}), 409
+    )
+    assert "'from' must be another environment (staging)" in rejected(
+        api(client, "POST", "/api/environments/production/promote", json={"from": "production"}), 400
+    )
+    assert "'from' must be another environment (production)" in rejected(
+        api(client, "POST", "/api/environments/staging/promote"), 400
+    )
+    assert rejected(api(client, "POST", "/api/environments/qa/promote"), 404) == "no environment 'qa'"
+    assert api(client, "POST", "/api/environments/production/promote", token=NO_TOKEN).status_code == 401
+    (prod,) = succeeded_deployments(client, redis_conn, "production", [fake_sha(7)])
+    # Promoting production's release to staging: the guard of staging (none) lets it through.
+    record = body(api(client, "POST", "/api/environments/staging/promote", json={"from": "production"}))
+    assert (record["sha"], record["promoted_from"], record["status"]) == (prod["sha"], "production", "queued")

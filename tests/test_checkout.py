@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import git
 import pytest
 import redis
 import testbed
@@ -70,3 +71,24 @@ def test_a_fetch_that_hangs_is_killed_after_fetch_timeout(
         checkout(context_for(config, redis_conn, "a" * 40))
     assert time.monotonic() - started < 30
     assert str(failed.value).startswith(f"cannot fetch git://127.0.0.1:{silent_server}/app.git: ")
+
+
+def test_a_promotion_checks_out_a_sha_on_its_source_branch_and_nothing_else(
+    deploy_config: DeployConfig, redis_conn: redis.Redis, git_remote: testbed.GitRemote, compose_cli: None
+) -> None:
+    git_remote.push_commit("production", {"OTHER": "production's release\n"}, "what production runs")
+    git_remote.add_sample_app(branch="staging")  # branched from production, one commit ahead
+    staged = git_remote.push("staging")
+    store = DeploymentStore(redis_conn)
+    env = deploy_config.environments["production"]
+
+    def production_context(promoted_from: str) -> DeploymentContext:
+        deployment = store.create(store.new("production", staged, promoted_from=promoted_from))
+        return DeploymentContext(deploy_config, env, store, deployment, config_redactor(deploy_config))
+
+    with pytest.raises(CheckoutFailed) as refused:
+        checkout(production_context(""))
+    assert str(refused.value).startswith(f"commit {staged[:12]} is not on branch production (force-pushed away")
+    worktree = checkout(production_context("staging"))
+    assert (worktree / "docker-compose.production.yml").is_file()
+    assert git.Repo(worktree).head.commit.hexsha == staged

@@ -132,7 +132,7 @@ def test_python_dash_m_runs_the_same_cli() -> None:
         (["simulate-push", "staging", "--sha", "HEAD"], "simulate-push [OPTIONS] ENV",
          "Invalid value for '--sha': 'HEAD' is not a full commit sha (40 or 64 hex digits)"),
         (["install-hook"], "install-hook [OPTIONS]",
-         "pass --print: deployhook prints the settings to paste into GitHub, never changes them"),
+         "no URL for GitHub to call: set public_url in deploy.yml, or pass --url"),
     ],
 )  # fmt: skip
 def test_usage_errors_exit_2(runner: CliRunner, config_file: Path, args: list[str], usage: str, message: str) -> None:
@@ -253,7 +253,7 @@ def test_config_show_of_an_invalid_config_exits_2(runner: CliRunner, tmp_path: P
 def test_install_hook_prints_the_github_settings(
     runner: CliRunner, secretive_config: Path, secrets: testbed.Secrets
 ) -> None:
-    result = invoke(runner, ["install-hook", "--print", "--config", str(secretive_config)])
+    result = invoke(runner, ["install-hook", "--config", str(secretive_config)])  # printing is the default
     assert (result.exit_code, result.stderr) == (0, "")
     assert result.stdout == (
         "GitHub webhook for example/sample-app\n"
@@ -706,9 +706,7 @@ def test_simulate_push_makes_a_deployment_as_github_would(service: Service, stag
     result = service.run("simulate-push", "staging")
     assert (result.returncode, result.stderr) == (0, "")
     deployment = service.store.require("1")
-    assert result.stdout == (
-        f"deployment 1: staging {staging_head[:12]} queued\nstatus: {service.url}/api/deployments/1\n"
-    )
+    assert result.stdout == (f"deployment 1: staging {staging_head[:12]} queued\npage: {service.url}/deployments/1\n")
     assert (deployment.sha, deployment.trigger, deployment.source, deployment.pusher) == (
         staging_head, "webhook", "github", PUSHER,
     )  # fmt: skip
@@ -718,7 +716,7 @@ def test_simulate_push_makes_a_deployment_as_github_would(service: Service, stag
     assert again.returncode == 0
     assert again.stdout.splitlines() == [
         f"deployment 1: staging {staging_head[:12]} queued",
-        f"status: {service.url}/api/deployments/1",
+        f"page: {service.url}/deployments/1",
         "Note: this delivery or branch head was already taken; no new deployment",
     ]
     assert service.store.page()[0] == [deployment]
@@ -746,7 +744,7 @@ def test_deploy_wait_follows_to_success_and_exits_0(
     lines = result.stdout.splitlines()
     assert lines[:2] == [
         f"deployment 1: staging {staging_head[:12]} queued (release notes)",
-        f"status: {service.url}/api/deployments/1",
+        f"page: {service.url}/deployments/1",
     ]
     assert events_of(lines[2:]) == ["deployment 1: running"] + [
         event for step in testjobs.STEPS for event in (f"==> {step}", f"{step} of {staging_head[:12]}")
@@ -767,6 +765,10 @@ def test_deploy_wait_exits_1_when_the_deployment_fails(
         "deployment failed: build failed, as the deployment's reason asked",
         "deployment 1: failed; steps: checkout ok Ns, build FAILED Ns",
     ]
+    # `logs --follow` of a deployment that failed exits 1 as --wait does (the README's exit codes).
+    follow = service.run("logs", "1", "--follow")
+    assert follow.returncode == 1
+    assert follow.stderr.endswith("Error: deployment 1 failed: build failed, as the deployment's reason asked\n")
 
 
 def test_deploy_of_a_blocked_promotion_exits_1(service: Service, staging_head: str) -> None:
@@ -820,6 +822,25 @@ def test_status_and_logs_as_processes(service: Service, staging_worker: WorkerPr
     assert lines[0].split() == ["ENVIRONMENT", "DEPLOYED", "HEALTH", "RUNNING", "QUEUED", "DEGRADED"]
     assert lines[1].split() == ["staging", staging_head[:12], "(#1)", "unreachable", "-", "-", "no"]
     assert lines[5].split()[:5] == ["1", "staging", "succeeded", staging_head[:12], "manual"]
+
+
+def test_promote_queues_stagings_release_for_production_and_status_says_no_worker_serves_it(
+    service: Service, staging_head: str
+) -> None:
+    staged = service.store.create(service.store.new("staging", staging_head))
+    service.store.set_status(staged, Status.SUCCEEDED)
+    result = service.run("promote")
+    assert (result.returncode, result.stderr) == (0, "")
+    reason = f"promotion of staging's release {staging_head[:12]} (deployment {staged.id}) to production"
+    assert result.stdout.splitlines() == [f"deployment 2: production {staging_head[:12]} queued ({reason})",
+                                          f"page: {service.url}/deployments/2"]  # fmt: skip
+    promoted = service.store.require("2")
+    assert (promoted.trigger, promoted.promoted_from, promoted.force) == ("promote", "staging", False)
+    status = service.run("status", "production")
+    assert (
+        "production: 1 queued, but no worker serves queue deploy-production; they wait until one starts "
+        "(`deployhook up`, or `deployhook worker --env production`)"
+    ) in status.stdout.splitlines()
 
 
 def test_cancel_a_queued_deployment(service: Service, staging_head: str) -> None:

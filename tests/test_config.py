@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from deploy_cli import main
-from deploy_config import ConfigError, DeployConfig, config_path, load_config
+from deploy_config import ConfigError, DeployConfig, config_path, load_config, parse_config
 from deploy_config.defaults import CONFIG_ENVVAR
 from deploy_config.schema import parse_memory
 from deploy_config.secrets import parse_env_file, read_env_file
@@ -32,7 +32,7 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
-    "branch, compose_file, project, images, health_url, health_timeout, database, backups, expected_limits, "
+    "branch, compose_file, project, images, port, health_url, health_timeout, database, backups, expected_limits, "
     "compose_env, cancel_running, promote_from, promotion_wait, deploy_timeout, rollout_timeout, backup_timeout, "
     "smoke, pre_deploy, post_deploy, verify_failure, keep_releases"
 )
@@ -377,7 +377,7 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
             set_at("webhok", {}),
             "webhok: unknown field; expected one of: repository, webhook, api, status_page, reporting, public_url, "
             "poll_interval, "
-            "min_free_space, lock_lease, state_dir, env_file, public_env, tags, environments",
+            "min_free_space, lock_lease, state_dir, env_file, secrets_file, public_env, tags, environments",
             id="unknown-top-level-field",
         ),
         pytest.param(
@@ -514,10 +514,11 @@ def test_bad_config(in_tmp: Path, mutate: Mutation, message: str) -> None:
 
 
 def test_misspelt_required_field_gives_both_problems(in_tmp: Path) -> None:
-    write_config(in_tmp, rename("environments.production.health_url", "helth_url"))
+    # (health_url is no longer in the example: `port` stands for it; compose_file is required.)
+    write_config(in_tmp, rename("environments.production.compose_file", "compose_fle"))
     assert config_error().problems == [
-        "environments.production.health_url: required field is missing",
-        f"environments.production.helth_url: unknown field; expected one of: {EXPECTED_ENV_FIELDS}",
+        "environments.production.compose_file: required field is missing",
+        f"environments.production.compose_fle: unknown field; expected one of: {EXPECTED_ENV_FIELDS}",
     ]
 
 
@@ -866,3 +867,57 @@ def test_run_redacts_output_on_timeout() -> None:
         run(python(code), env=env, timeout=1, redact=Redactor([secret]))
     assert secret not in str(info.value)
     assert str(info.value).splitlines()[-1] == MASK
+
+
+def test_config_warnings_name_each_missing_secret_and_the_env_file(
+    deploy_config: DeployConfig, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from deploy_config.readiness import config_warnings
+
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", "s")
+    monkeypatch.setenv("DEPLOYHOOK_API_TOKEN", "t")
+    assert config_warnings(deploy_config) == []
+    monkeypatch.delenv("DEPLOYHOOK_API_TOKEN")
+    env_file.unlink()
+    warnings = config_warnings(deploy_config)
+    assert [w.split(" ")[0] for w in warnings] == ["DEPLOYHOOK_API_TOKEN", "env"]
+    # A worker needs neither secret: only the env file.
+    assert [w.split(" ")[0] for w in config_warnings(deploy_config, web=False)] == ["env"]
+
+
+def test_port_is_the_one_place_for_the_apps_port(tmp_path: Path, env_file: Path) -> None:
+    base = {"branch": "staging", "compose_file": "docker-compose.staging.yml", "project": "app-staging"}
+    data = {"repository": {"url": "/srv/app.git", "full_name": "o/app"}, "env_file": str(env_file),
+            "environments": {"staging": {**base, "port": 18081}}}  # fmt: skip
+    env = parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml").environments["staging"]
+    assert (env.health_url, env.compose_env) == ("http://localhost:18081/healthz", {"APP_PORT": "18081"})
+    # Whatever is set explicitly wins.
+    data["environments"]["staging"] = {**base, "port": 18081, "health_url": "http://127.0.0.1:9/up",
+                                       "compose_env": {"APP_PORT": "9", "DB_PORT": "5433"}}  # fmt: skip
+    env = parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml").environments["staging"]
+    assert (env.health_url, env.compose_env) == ("http://127.0.0.1:9/up", {"APP_PORT": "9", "DB_PORT": "5433"})
+
+
+def test_secrets_file_fills_the_environment_and_must_be_private(
+    tmp_path: Path, env_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secrets = tmp_path / "deployhook.secrets"
+    secrets.write_text("DEPLOYHOOK_WEBHOOK_SECRET=from-file\nDEPLOYHOOK_API_TOKEN=token-from-file\n")
+    secrets.chmod(0o644)
+    data = {"repository": {"url": "/srv/app.git", "full_name": "o/app"}, "env_file": str(env_file),
+            "secrets_file": "deployhook.secrets",
+            "environments": {"staging": {"branch": "staging", "compose_file": "c.yml", "port": 18081}}}  # fmt: skip
+    config_file = tmp_path / "deploy.yml"
+    config_file.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", "")  # restored after the test, whatever load_config sets
+    monkeypatch.delenv("DEPLOYHOOK_WEBHOOK_SECRET")
+    monkeypatch.setenv("DEPLOYHOOK_API_TOKEN", "set-wins")
+    with pytest.raises(ConfigError) as loose:
+        load_config(config_file)
+    assert loose.value.problems == [
+        f"readable by others (mode 644; secrets_file in {config_file}); chmod 600 {secrets}"
+    ]
+    secrets.chmod(0o600)
+    load_config(config_file)
+    assert os.environ["DEPLOYHOOK_WEBHOOK_SECRET"] == "from-file"
+    assert os.environ["DEPLOYHOOK_API_TOKEN"] == "set-wins"

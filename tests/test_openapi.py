@@ -467,6 +467,42 @@ def _cases() -> list[Case]:
                 ("GET /api/deployments/{deployment_id}/log", lambda w: f"/api/deployments/{w.ids['first']}/log"),
             )
         ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            202,
+            "staging's release",
+            lambda w: w.call("POST", "/api/environments/production/promote"),
+        ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            400,
+            "from an unknown environment",
+            lambda w: w.call("POST", "/api/environments/production/promote", {"from": "qa"}),
+        ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            404,
+            "unknown environment",
+            lambda w: w.call("POST", "/api/environments/qa/promote"),
+        ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            409,
+            "nothing succeeded there",
+            lambda w: w.call("POST", "/api/environments/staging/promote", {"from": "production"}),
+        ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            401,
+            "no token",
+            lambda w: w.call("POST", "/api/environments/production/promote", token=False),
+        ),
+        case(
+            "POST /api/environments/{env_name}/promote",
+            503,
+            "no Redis",
+            lambda w: w.call("POST", "/api/environments/production/promote", dead=True),
+        ),
         case("GET /api/openapi.json", 200, "itself", lambda w: w.call("GET", "/api/openapi.json")),
         case("GET /healthz", 200, "up", lambda w: w.call("GET", "/healthz")),
         case("GET /healthz", 503, "no Redis", lambda w: w.call("GET", "/healthz", dead=True)),

@@ -13,6 +13,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +46,7 @@ from deploy_state import (
     keys,
     queue_for,
 )
+from deploy_state.queue_workers import live_workers
 from deploy_state.queues import SERIALIZER
 from hook_server import create_app
 from hook_server.intake import DeployRequest, Intake
@@ -152,10 +154,15 @@ def running_worker(
     log_dir: Path,
     step_seconds: float = 0.2,
     burst: bool = False,
+    shared: bool = False,
 ) -> Iterator[WorkerProcess]:
-    """A real `deployhook worker --env ENV` subprocess, ready (registered with RQ) when yielded."""
+    """A real `deployhook worker --env ENV` subprocess, ready (registered with RQ) when yielded.
+
+    shared: a second worker on a queue another already serves (--shared-queue).
+    """
     log_path = log_dir / f"worker-{environment}-{uuid.uuid4().hex[:8]}.log"
     args = [str(DEPLOYHOOK), "worker", "--config", str(config_file), "--env", environment]
+    args += ["--shared-queue"] if shared else []
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [*args, *(["--burst"] if burst else [])],
@@ -294,7 +301,7 @@ def test_burst_of_pushes_coalesces_to_the_last_one_running_one_at_a_time(
 ) -> None:
     with running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.5) as first_worker:
         with (
-            running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.5)
+            running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.5, shared=True)
             if workers == 2
             else nullcontext()
         ):
@@ -383,7 +390,7 @@ def test_a_killed_worker_loses_its_lock_and_its_deployment_fails(
             what=f"deployment {lost.id} to run under the lock",
         )
         survivor = (
-            running_worker(config_path, redis_url, "staging", tmp_path)
+            running_worker(config_path, redis_url, "staging", tmp_path, shared=True)
             if recovered_by == "next deployment"
             else nullcontext()
         )
@@ -553,6 +560,54 @@ def test_deployment_cancelled_while_queued_never_runs(
     # With the newer one cancelled, the earlier push is the newest queued: it is not superseded.
     ran = store.require(earlier.id)
     assert ran.status == Status.SUCCEEDED and step_statuses(ran) == ALL_STEPS_SUCCEEDED
+
+
+def test_a_second_worker_on_a_served_queue_refuses_and_the_first_keeps_deploying(
+    queue_client: FlaskClient,
+    store: DeploymentStore,
+    redis_conn: redis.Redis,
+    config_file: Path,
+    redis_url: str,
+    tmp_path: Path,
+) -> None:
+    from deploy_cli.reading import no_worker_note
+
+    waiting = push(queue_client, "staging")
+    note = no_worker_note(store, "staging")
+    assert note.startswith("staging: 1 queued, but no worker serves queue deploy-staging")
+    page = queue_client.get(f"/deployments/{waiting.id}").get_data(as_text=True)
+    assert "No worker serves the staging queue" in page
+
+    with running_worker(config_file, redis_url, "staging", tmp_path) as first:
+        wait_status(store, waiting, Status.SUCCEEDED)
+        assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{first.pid}"]
+        second = subprocess.run(
+            [str(DEPLOYHOOK), "worker", "--config", str(config_file), "--env", "staging"],
+            env=worker_env(redis_url, 0.2), capture_output=True, text=True, timeout=WAIT, check=False,
+        )  # fmt: skip
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"queue deploy-staging is already served by a live worker (PID {first.pid} on " in second.stderr
+        assert f"`kill {first.pid}`" in second.stderr and "--shared-queue" in second.stderr
+        # The refused worker never registered with RQ, nor left its claim: the first serves alone.
+        assert [w.pid for w in Worker.all(queue=queue_for(redis_conn, "staging"))] == [first.pid]
+        assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{first.pid}"]
+        after = push(queue_client, "staging")
+        assert wait_status(store, after, Status.SUCCEEDED).status == Status.SUCCEEDED
+        page = queue_client.get(f"/deployments/{after.id}").get_data(as_text=True)
+        assert "No worker serves" not in page
+    # A worker stopped cleanly leaves the queue at once.
+    assert live_workers(redis_conn, "staging") == []
+
+
+def test_a_killed_workers_claim_does_not_hold_up_its_restart(
+    store: DeploymentStore, redis_conn: redis.Redis, config_file: Path, redis_url: str, tmp_path: Path
+) -> None:
+    with running_worker(config_file, redis_url, "staging", tmp_path) as doomed:
+        doomed.kill()
+    # Its heartbeat has not run out yet, but its PID is gone: the restarted worker takes over.
+    assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{doomed.pid}"]
+    with running_worker(config_file, redis_url, "staging", tmp_path) as restarted:
+        assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{restarted.pid}"]
 
 
 # --- 7. in-process: the lock, the lease keeper and run_deployment ----------------------------------

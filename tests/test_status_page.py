@@ -180,6 +180,8 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     assert "Degraded." in production_card and "the previous images are gone" in production_card
     assert f"#{running.id}</a>" in production_card and "step <strong>build</strong>" in production_card
     assert "Queue: <strong>1</strong> waiting" in production_card and f"#{queued.id}</a>" in production_card
+    assert "No worker serves this queue" in production_card  # nothing serves deploy-production here
+    assert "No worker serves" not in staging_card  # nothing queued there
     assert "Last failure" in production_card and f"#{failed.id}</a>" in production_card
     assert "health check failed; rolled back" in production_card
     assert "Docker is unreachable" in production_card
@@ -232,6 +234,21 @@ def test_history_is_newest_first_with_a_cursor_and_filters(client: FlaskClient, 
     assert "There is no environment qa;" in page(client, "/deployments?environment=qa", status=400)
     assert "There is no status done;" in page(client, "/deployments?status=done", status=400)
     assert "must be a deployment id" in page(client, "/deployments?cursor=abc", status=400)
+
+
+def test_history_marks_rollbacks_and_promotions_and_gives_failures_their_reason(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    failed = record(store, "staging")
+    failed = store.set_status(store.require(failed.id), Status.FAILED, reason="pg_dump failed: the database is down")
+    rollback = record(store, "staging", trigger="rollback", reason="rollback to deployment 1")
+    promotion = record(store, "production", trigger="promote", reason="promotion of staging's release")
+    rows = page(client, "/deployments").split('<td class="id">')[1:]
+    by_id = {row.split("/deployments/", 1)[1].split('"', 1)[0]: row for row in rows}
+    assert '<div class="reason bad">pg_dump failed: the database is down</div>' in by_id[failed.id]
+    assert '<span class="trigger trigger-rollback">rollback</span>' in by_id[rollback.id]
+    assert "rollback to deployment 1" in by_id[rollback.id]
+    assert '<span class="trigger trigger-promote">promote</span>' in by_id[promotion.id]
 
 
 def _row_ids(html: str) -> list[str]:
@@ -311,6 +328,9 @@ def test_deployment_page_shows_steps_log_backup_reason_and_actions(client: Flask
     current = record(store, "staging")
     assert '{"to": "' + previous.id + '"}' in page(client, f"/deployments/{previous.id}").replace("&#34;", '"')
     assert 'data-body="{}"' in page(client, f"/deployments/{current.id}")
+    # Staging's current release can be promoted to production (which promotes from staging); older ones cannot.
+    assert 'data-url="/api/environments/production/promote"' in page(client, f"/deployments/{current.id}")
+    assert 'data-action="promote"' not in page(client, f"/deployments/{previous.id}")
 
     superseded = record(store, "production", Status.SUPERSEDED, superseded_by=queued.id)
     assert f'Superseded by <a href="/deployments/{queued.id}">deployment #{queued.id}</a>' in page(

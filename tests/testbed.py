@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import time
 import urllib.request
@@ -140,23 +139,14 @@ def redis_server() -> Iterator[str]:
 
 
 def static_busybox() -> Path:
-    """Debian's static busybox (busybox-static), which runs in a FROM scratch image."""
-    for candidate in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
-        if candidate and Path(candidate).is_file() and not _has_interpreter(Path(candidate)):
-            return Path(candidate)
-    unavailable("no static busybox (apt-get install busybox-static)")
-    raise AssertionError  # unreachable
+    """Debian's static busybox (busybox-static), which runs in a FROM scratch image (found as the demo finds it)."""
+    from deploy_cli.demo import static_busybox as find_static_busybox
 
-
-def _has_interpreter(path: Path) -> bool:
-    """Whether an ELF64 executable names a dynamic loader (PT_INTERP), i.e. is not static."""
-    data = path.read_bytes()[:4096]
-    if data[:4] != b"\x7fELF" or data[4] != 2:
-        return True
-    (phoff,) = struct.unpack_from("<Q", data, 0x20)
-    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
-    types = (struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum))
-    return 3 in types
+    found = find_static_busybox()
+    if found is None:
+        unavailable("no static busybox (apt-get install busybox-static)")
+        raise AssertionError  # unreachable
+    return found
 
 
 def remote_root(tmp_path: Path) -> Path:

@@ -31,7 +31,7 @@ def checkout(ctx: DeploymentContext) -> Path:
     sha, branch = ctx.deployment.sha, ctx.env.branch
     with _mirror_lock(state):
         mirror = _fetched_mirror(ctx, ctx.config.mirror_dir)
-        _require_on_branch(mirror, sha, branch)
+        _require_on_branch(mirror, sha, branch, _promoted_branch(ctx))
         worktree = _checked_out(ctx, mirror, ctx.config.worktree(ctx.env.name), sha)
     ctx.worktree = worktree
     ctx.compose = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
@@ -88,19 +88,34 @@ def _make_private(mirror: git.Repo, path: Path) -> None:
     private_file(path / "config")
 
 
-def _require_on_branch(mirror: git.Repo, sha: str, branch: str) -> None:
+def _promoted_branch(ctx: DeploymentContext) -> str:
+    """A promotion's source environment's branch, which may hold the sha instead of the environment's own."""
+    source = ctx.config.environments.get(ctx.deployment.promoted_from)
+    return source.branch if source is not None else ""
+
+
+def _require_on_branch(mirror: git.Repo, sha: str, branch: str, promoted_branch: str = "") -> None:
     try:
         mirror.git.cat_file("-e", f"{sha}^{{commit}}")
     except git.GitCommandError:
         raise CheckoutFailed(
             f"commit {short_sha(sha)} does not exist in the repository (force-pushed away, or a forged payload)"
         ) from None
+    for allowed in (branch, promoted_branch):
+        if allowed and _is_ancestor(mirror, sha, allowed):
+            return
+    where = f"branch {branch}" + (f" nor on {promoted_branch}, which it is promoted from" if promoted_branch else "")
+    raise CheckoutFailed(
+        f"commit {short_sha(sha)} is not on {where} (force-pushed away, or a forged payload); refusing it"
+    )
+
+
+def _is_ancestor(mirror: git.Repo, sha: str, branch: str) -> bool:
     try:
         mirror.git.merge_base("--is-ancestor", sha, f"refs/heads/{branch}")
     except git.GitCommandError:
-        raise CheckoutFailed(
-            f"commit {short_sha(sha)} is not on branch {branch} (force-pushed away, or a forged payload); refusing it"
-        ) from None
+        return False
+    return True
 
 
 def _checked_out(ctx: DeploymentContext, mirror: git.Repo, worktree: Path, sha: str) -> Path:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -20,13 +19,9 @@ from deploy_config.resolved import ResolvedCompose
 from deploy_state import Deployment, DeploymentStore, Step
 from deploy_text.redaction import Redactor
 from docker_runtime.compose import ComposeProject
+from docker_runtime.engine import docker_host
 
 log = logging.getLogger(__name__)
-
-
-def docker_host() -> str:
-    """Where the Docker client connects, for messages."""
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
 class Cancelled(Exception):

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from deploy_text.formatting import short_sha
-from docker_runtime.health import probe_health
+from docker_runtime.health import Health, probe_health
 from workers.errors import HealthCheckFailed
 
 from .context import DeploymentContext
@@ -27,7 +27,11 @@ _GATE_POLL = 0.05
 
 def probe(url: str, sha: str, previous_sha: str = "") -> str | None:
     """None when url answers 200 with JSON status ok (and version == sha when it names one); else why not."""
-    health = probe_health(url, PROBE_TIMEOUT)
+    return judge(probe_health(url, PROBE_TIMEOUT), sha, previous_sha)
+
+
+def judge(health: Health, sha: str, previous_sha: str = "") -> str | None:
+    """None when the answer is healthy with sha (or no version); else why not."""
     if not health.ok:
         return health.reason
     if health.version and health.version != sha:
@@ -66,8 +70,15 @@ class HealthWatch(threading.Thread):
         self._stopped = threading.Event()
 
     def run(self) -> None:
+        first = True
         while not self._stopped.is_set():
-            problem = probe(self.url, self.sha, self.previous)
+            health = probe_health(self.url, PROBE_TIMEOUT)
+            if first and not self.previous and health.ok and health.version and health.version != self.sha:
+                # What answers as the rollout starts is the release it replaces, whatever the records say
+                # (a first deploy over a running app, a rollback's failed release): not a wrong build.
+                self.previous = health.version
+            first = False
+            problem = judge(health, self.sha, self.previous)
             with self._lock:
                 note = self._record(problem, time.monotonic() - self.began)
                 pause = PROBE_INTERVAL if self.streak_since is None else STABLE_INTERVAL

@@ -13,16 +13,17 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config.errors import DeployError
 from deploy_state import Status
+from docker_runtime.engine import docker_host, docker_unreachable
 from workers.errors import PreflightFailed
 
 from .backup import backup
 from .build import build
 from .checkout import checkout
 from .cleanup import cleanup
-from .context import DeploymentContext, docker_host
+from .context import DeploymentContext
 from .healthcheck import health_gate, watching_health
 from .hooks import run_hook
-from .preflight import docker_unreachable, preflight
+from .preflight import preflight
 from .rollback import rollback
 from .rollout import rollout
 from .verify import verify

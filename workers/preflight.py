@@ -7,29 +7,20 @@ import shutil
 from pathlib import Path
 
 import docker
-import requests
 
-from docker_runtime import commands
-from docker_runtime.childenv import child_environment
-from docker_runtime.errors import CommandFailed
+from docker_runtime.engine import COMPOSE_MISSING, compose_version, docker_host
 from docker_runtime.private import private_dir
 from workers.errors import PreflightFailed
 
-from .context import DeploymentContext, docker_host
+from .context import DeploymentContext
 
 
 def preflight(ctx: DeploymentContext) -> None:
     """Docker answers, Compose v2 is there, the env file is readable, and the disks have room."""
     _docker_answers(ctx)
-    try:
-        version = commands.run(
-            ["docker", "compose", "version", "--short"], env=child_environment(), timeout=30
-        ).stdout.strip()
-    except CommandFailed:
-        raise PreflightFailed(
-            "Docker Compose v2 is not installed: `docker compose version` failed; install the docker-compose "
-            "plugin (Debian: docker-compose on 13, the v2 plugin binary on 12)"
-        ) from None
+    version = compose_version()
+    if version is None:
+        raise PreflightFailed(COMPOSE_MISSING)
     ctx.log(f"docker compose {version}")
     env_file = ctx.config.env_file
     if not env_file.is_file() or not os.access(env_file, os.R_OK):
@@ -42,21 +33,6 @@ def preflight(ctx: DeploymentContext) -> None:
     root = Path(str(ctx.docker.info().get("DockerRootDir", "")))
     if root.is_dir():
         _free_space(ctx, root, "Docker's data root")
-
-
-def docker_unreachable(timeout: float = 5.0) -> str | None:
-    """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None."""
-    try:
-        client = docker.from_env(timeout=int(timeout))
-    except docker.errors.DockerException as exc:
-        return str(exc)
-    try:
-        client.ping()
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        return str(exc)
-    finally:
-        client.close()
-    return None
 
 
 def _docker_answers(ctx: DeploymentContext) -> None:

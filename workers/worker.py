@@ -16,7 +16,8 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
 
 from deploy_config import DeployConfig, DeployError, defaults
-from deploy_state import queue_for
+from deploy_state import queue_for, queue_name
+from deploy_state.queue_workers import QueueClaim, QueueTaken
 from deploy_state.queues import SERIALIZER
 
 from .jobs import fail_killed_horse, recover_lost_deployments
@@ -104,14 +105,47 @@ def _finish_first(signum: int, frame: FrameType | None) -> None:
     log.warning("work horse got SIGTERM: finishing the deployment at hand first (SIGKILL stops it at once)")
 
 
+class QueueInUse(DeployError):
+    """Another live worker serves the queue (exit 1)."""
+
+
 def run_worker(
-    connection: Redis, config: DeployConfig, config_file: Path, environments: Sequence[str], burst: bool = False
+    connection: Redis,
+    config: DeployConfig,
+    config_file: Path,
+    environments: Sequence[str],
+    burst: bool = False,
+    shared: bool = False,
 ) -> None:
     unknown = [env for env in environments if env not in config.environments]
     if unknown:
         raise DeployError(
             f"unknown environment(s): {', '.join(unknown)}; deploy.yml has {', '.join(config.environments)}"
         )
+    # Claimed before anything else: a refused worker must not recover, dequeue or touch the queue.
+    claim = QueueClaim(connection, environments, exclusive=not shared)
+    taken = claim.acquire()
+    if taken is not None:
+        raise QueueInUse(_refusal(taken))
+    try:
+        _serve(connection, config, config_file, environments, burst)
+    finally:
+        claim.release()
+
+
+def _refusal(taken: QueueTaken) -> str:
+    holders = ", ".join(f"PID {pid} on {host}" for host, _, pid in (h.rpartition(":") for h in taken.holders))
+    pids = " ".join(h.rpartition(":")[2] for h in taken.holders)
+    return (
+        f"queue {queue_name(taken.environment)} is already served by a live worker ({holders}); "
+        f"stop it first (`kill {pids}` on its host, or stop the `deployhook up` that runs it), "
+        "or pass --shared-queue to run a second worker on the same queue"
+    )
+
+
+def _serve(
+    connection: Redis, config: DeployConfig, config_file: Path, environments: Sequence[str], burst: bool
+) -> None:
     # Jobs load the config themselves (in the work horse); make them read the same file.
     os.environ[defaults.CONFIG_ENVVAR] = str(config_file.resolve())
     for lost in recover_lost_deployments(connection, config):

@@ -1,0 +1,59 @@
+"""Whether the Docker engine and the Compose plugin answer: for preflight, and for the services' startup checks."""
+
+from __future__ import annotations
+
+import os
+
+import docker
+import requests
+
+from . import commands
+from .childenv import child_environment
+from .errors import CommandFailed
+
+COMPOSE_MISSING = (
+    "Docker Compose v2 is not installed: `docker compose version` failed; install the docker-compose "
+    "plugin (Debian: docker-compose on 13, the v2 plugin binary on 12)"
+)
+
+
+def docker_host() -> str:
+    """Where the Docker client connects, for messages."""
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def docker_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None."""
+    try:
+        client = docker.from_env(timeout=int(timeout))
+    except docker.errors.DockerException as exc:
+        return str(exc)
+    try:
+        client.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
+def engine_warnings() -> list[str]:
+    """What about Docker would fail every deployment, said when a service starts rather than at the first push."""
+    unreachable = docker_unreachable()
+    if unreachable is not None:
+        return [
+            f"Docker is not reachable at {docker_host()}: {unreachable}; every deployment fails until it is: "
+            "start the engine (systemctl start docker) or set DOCKER_HOST"
+        ]
+    if compose_version() is None:
+        return [f"{COMPOSE_MISSING}; every deployment fails until it is"]
+    return []
+
+
+def compose_version(timeout: float = 30.0) -> str | None:
+    """`docker compose version --short`, or None when Compose v2 is not installed."""
+    try:
+        args = ["docker", "compose", "version", "--short"]
+        return commands.run(args, env=child_environment(), timeout=timeout).stdout.strip()
+    except CommandFailed:
+        return None

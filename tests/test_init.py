@@ -1,0 +1,100 @@
+"""`deployhook init` on a repository shaped like the seed (the sample app): what it writes; the lint on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import git
+import testbed
+import yaml
+
+from deploy_config import load_config
+
+DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEPLOYHOOK_")}
+    return subprocess.run([str(DEPLOYHOOK), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+
+
+def seed_shaped_repo(root: Path) -> Path:
+    """A clone of the sample app whose origin is on GitHub, as a newcomer's checkout would be."""
+    repo_dir = root / "brandishbot"
+    shutil.copytree(testbed.SAMPLE_APP, repo_dir)
+    repo = git.Repo.init(repo_dir, initial_branch="main")
+    repo.create_remote("origin", "git@github.com:osse101/BrandishBot_Go.git")
+    return repo_dir
+
+
+def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_path: Path, compose_cli: None) -> None:
+    repo_dir = seed_shaped_repo(tmp_path)
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config_file, secrets_file = tmp_path / "deploy.yml", tmp_path / "deployhook.secrets"
+    assert result.stdout.splitlines()[:3] == [
+        f"Wrote {config_file} (staging: docker-compose.staging.yml, production: docker-compose.production.yml)",
+        f"Wrote {secrets_file} (mode 0600): the webhook secret and the API token",
+        "Isolation lint passed: all 10 rules hold.",
+    ]
+    assert "  Payload URL:  http://<this-host>:8000/hooks/github" in result.stdout
+    for path in (config_file, secrets_file):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    secrets = dict(line.split("=", 1) for line in secrets_file.read_text().splitlines())
+    assert set(secrets) == {"DEPLOYHOOK_WEBHOOK_SECRET", "DEPLOYHOOK_API_TOKEN"}
+    assert len(secrets["DEPLOYHOOK_WEBHOOK_SECRET"]) == 64
+    assert f"  Secret:       {secrets['DEPLOYHOOK_WEBHOOK_SECRET']}" in result.stdout
+
+    data = yaml.safe_load(config_file.read_text())
+    assert data["repository"] == {"url": "git@github.com:osse101/BrandishBot_Go.git",
+                                  "full_name": "osse101/BrandishBot_Go", "checkout": str(repo_dir)}  # fmt: skip
+    staging, production = data["environments"]["staging"], data["environments"]["production"]
+    assert (staging["project"], production["project"]) == ("brandishbot-staging", "brandishbot-production")
+    assert (staging["port"], production["port"]) == (8081, 8080)
+    assert staging["images"] == [{"name": "sample-app", "context": ".", "dockerfile": "Dockerfile"},
+                                 {"name": "sample-app-discord", "service": "discord"}]  # fmt: skip
+    assert production["database"] == {"service": "db", "user_env": "DB_USER", "name_env": "DB_NAME"}
+    assert production["expected_limits"]["db"] == {"cpus": 1.0, "memory": "1G"}
+    assert staging["expected_limits"]["app"] == {"cpus": 1.0, "memory": "512M"}
+
+    config = load_config(config_file)
+    assert config.environments["production"].health_url == "http://localhost:8080/healthz"
+    assert config.environments["production"].promote_from == "staging"
+    check = run("config", "check", "--config", str(config_file), cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "Isolation lint passed: all 10 rules hold." in check.stdout
+    # config check read the secrets file: the webhook secret is set (no warning about it).
+    assert "DEPLOYHOOK_WEBHOOK_SECRET is not set" not in check.stdout
+
+    again = run("init", str(repo_dir), cwd=tmp_path)
+    assert again.returncode == 1
+    assert again.stderr == f"Error: {config_file}, {secrets_file} exists already; pass --force to overwrite it\n"
+    assert yaml.safe_load(config_file.read_text()) == data
+    forced = run("init", str(repo_dir), "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert dict(line.split("=", 1) for line in secrets_file.read_text().splitlines()) != secrets
+
+
+def test_init_prints_what_the_lint_finds_to_fix(tmp_path: Path, compose_cli: None) -> None:
+    repo_dir = seed_shaped_repo(tmp_path)
+    production = repo_dir / "docker-compose.production.yml"
+    production.write_text(production.read_text().replace("${APP_PORT:-8080}", "${APP_PORT:-8081}"))
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Isolation lint: 1 of 10 rules to fix before the first deploy:" in result.stdout
+    assert "  - host-ports: " in result.stdout and "8081" in result.stdout
+
+
+def test_init_refuses_a_repository_without_per_environment_compose_files(tmp_path: Path) -> None:
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "docker-compose.yml").write_text("services: {}\n")
+    result = run("init", "repo", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error: no per-environment compose file in {tmp_path / 'repo'}")
+    assert not (tmp_path / "deploy.yml").exists()
