@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_config import defaults
 from deploy_config.errors import DeployError
+from deploy_config.proxy import override_file, runtime_dir
 from deploy_config.resolved import ResolvedCompose
 from deploy_config.schema import DeployConfig, EnvironmentConfig
 
 from . import commands
 from .commands import Redact
 from .errors import CommandFailed
+from .proxy import render_override, write_private
 
 
 @dataclass(frozen=True)
@@ -28,17 +30,26 @@ class ComposeProject:
     environment: EnvironmentConfig
     file: Path
     env_file: Path | None
+    override: Path | None = None
+    """start-first: the generated file that adds the proxy (`-f FILE -f OVERRIDE`); resolve() writes it."""
+    runtime_dir: Path | None = None
+    """start-first: the host directory bind-mounted into the proxy (haproxy.cfg, the admin socket)."""
 
     @classmethod
     def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
         env_file = config.env_file if config.env_file.is_file() else None
-        return cls(environment=env, file=(repo_dir / env.compose_file).resolve(), env_file=env_file)
+        project = cls(environment=env, file=(repo_dir / env.compose_file).resolve(), env_file=env_file)
+        if env.rollout.start_first:
+            project = replace(project, override=override_file(config, env), runtime_dir=runtime_dir(config, env))
+        return project
 
     def args(self, *subcommand: str) -> list[str]:
         args = ["docker", "compose"]
         if self.environment.project:
             args += ["-p", self.environment.project]
         args += ["-f", str(self.file)]
+        if self.override is not None:
+            args += ["-f", str(self.override)]
         if self.env_file is not None:
             args += ["--env-file", str(self.env_file)]
         return [*args, *subcommand]
@@ -51,7 +62,17 @@ class ComposeProject:
         return env
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
-        """The fully resolved compose model, as Compose itself computes it."""
+        """The fully resolved compose model, as Compose itself computes it.
+
+        start-first: the user's file is resolved alone first, the proxy override is (re)written
+        from that model, and the model returned is that of both files: what `up` will run."""
+        if self.override is None or self.runtime_dir is None:
+            return self._resolve(redact)
+        base = replace(self, override=None, runtime_dir=None)._resolve(redact)
+        write_private(self.override, render_override(self.environment, base, self.runtime_dir))
+        return self._resolve(redact)
+
+    def _resolve(self, redact: Redact | None) -> ResolvedCompose:
         if not self.file.is_file():
             raise DeployError(
                 f"environments.{self.environment.name}.compose_file: {self.file} does not exist; "
