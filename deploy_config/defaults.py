@@ -104,3 +104,21 @@ DEFAULT_FETCH_TIMEOUT = 600.0
 
 ROLLBACK_MARGIN = 60.0
 """Seconds beyond the rollback's own rollout and health timeouts that the RQ job is given."""
+
+DEFAULT_ROLLOUT_SERVICE = "app"
+"""The compose service a start-first rollout puts behind the proxy (the seed's HTTP API)."""
+
+DEFAULT_DRAIN_TIMEOUT = 30.0
+"""Seconds a start-first rollout waits for the old container's requests to end before it stops it anyway."""
+
+DEFAULT_PROXY_IMAGE = "haproxy:2.6"
+"""The official HAProxy image (2.6 LTS: dynamic servers, drain state and session counts on its runtime API)."""
+
+DEFAULT_PROXY_CPUS = 0.5
+"""CPU limit of the generated proxy service (production's lint requires limits on every service)."""
+
+DEFAULT_PROXY_MEMORY = "128M"
+"""Memory limit of the generated proxy service (a Compose size)."""
+
+PROXY_SERVICE = "proxy"
+"""Name of the compose service deployhook adds in front of a start-first environment's HTTP service."""

@@ -13,6 +13,8 @@ from itertools import combinations
 from pathlib import PurePosixPath
 from typing import Any, NamedTuple
 
+from . import defaults
+from .proxy import published_ports, runtime_dir
 from .resolved import ResolvedCompose
 from .schema import DeployConfig, EnvironmentConfig, parse_memory
 
@@ -316,6 +318,50 @@ def check_images(config: DeployConfig, stacks: Stacks) -> list[str]:
     return violations
 
 
+def check_proxies(config: DeployConfig, stacks: Stacks) -> list[str]:
+    """start-first: the proxy owns the service's host port, sits on its environment's networks only, and
+    its runtime directory (the admin socket) is mounted into it and into nothing else, in any environment."""
+    violations = []
+    for name, env in config.environments.items():
+        if not env.rollout.start_first:
+            continue
+        stack, field = stacks[name], f"environments.{name}.rollout"
+        proxy = stack.services.get(defaults.PROXY_SERVICE)
+        service = stack.services.get(env.rollout.service)
+        # A container_name on the service stops the override from being written (resolve says so).
+        if service is None:
+            violations.append(f"{field}.service: {env.rollout.service!r} is not in {stack.file.name}")
+        elif any(True for _ in published_ports(service)):
+            violations.append(
+                f"{name}: service {env.rollout.service!r} still publishes a host port: the proxy must own it "
+                "(was the compose file resolved without deployhook's override?)"
+            )
+        if proxy is None:
+            violations.append(f"{name}: no {defaults.PROXY_SERVICE} service: resolve it with deployhook's override")
+            continue
+        if not any(True for _ in published_ports(proxy)):
+            violations.append(f"{name}: the proxy publishes no host port")
+        networks = set(proxy.get("networks") or {})
+        if proxy.get("network_mode") or not networks or not networks <= set(stack.networks):
+            violations.append(
+                f"{name}: the proxy must be on {name}'s own networks only (it is on "
+                f"{', '.join(sorted(networks)) or proxy.get('network_mode') or 'none'})"
+            )
+        socket_dir = PurePosixPath(runtime_dir(config, env))
+        for other, other_stack in stacks.items():
+            for service_name, other_service in other_stack.services.items():
+                if other == name and service_name == defaults.PROXY_SERVICE:
+                    continue
+                for mount in other_service.get("volumes") or []:
+                    source = PurePosixPath(str(mount.get("source") or ""))
+                    if mount.get("type") == "bind" and _overlap(source, socket_dir):
+                        violations.append(
+                            f"{other}: service {service_name} mounts {source}, which holds {name}'s proxy admin "
+                            f"socket ({socket_dir}); only {name}'s proxy may reach it: mount another path"
+                        )
+    return violations
+
+
 RULES: tuple[Rule, ...] = (
     Rule("project-names", "each environment has its own explicit compose project", check_project_names),
     Rule("host-ports", "no host port is published by two environments", check_host_ports),
@@ -337,4 +383,9 @@ RULES: tuple[Rule, ...] = (
         check_environment_variable,
     ),
     Rule("images", "each environment's compose file runs the images deploy.yml deploys", check_images),
+    Rule(
+        "proxies",
+        "start-first: the proxy owns the port, on its own networks; its admin socket is mounted nowhere else",
+        check_proxies,
+    ),
 )

@@ -243,6 +243,39 @@ class TagScheme(Model):
         return self.current.format(env=env)
 
 
+class RolloutConfig(Model):
+    strategy: Literal["recreate", "start-first"] = "recreate"
+    """recreate: `docker compose up -d` (a brief outage); start-first: new container next to the old, behind a proxy."""
+    service: str = Field(default=defaults.DEFAULT_ROLLOUT_SERVICE, min_length=1)
+    """The HTTP service the proxy fronts (start-first); its published host port moves to the proxy."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    """The service's container port (default: the target of the port it publishes in the compose file)."""
+    drain_timeout: PositiveSeconds = defaults.DEFAULT_DRAIN_TIMEOUT
+    """Seconds to wait for the old container's requests to end before stopping it anyway."""
+    proxy_image: str = Field(default=defaults.DEFAULT_PROXY_IMAGE, min_length=1)
+    """HAProxy image of the proxy service deployhook adds (2.4 or newer)."""
+    singletons: tuple[str, ...] = ()
+    """Services that must never run twice (a bot with one token, the database): one running container each."""
+
+    @model_validator(mode="after")
+    def _service_not_singleton(self) -> RolloutConfig:
+        if self.service in self.singletons:
+            raise ValueError(
+                f"rollout.service {self.service!r} is also in rollout.singletons: a start-first rollout runs two of "
+                "it for a moment; remove it from singletons, or use strategy: recreate"
+            )
+        if self.service == defaults.PROXY_SERVICE or defaults.PROXY_SERVICE in self.singletons:
+            raise ValueError(
+                f"rollout: {defaults.PROXY_SERVICE!r} is the service deployhook adds in front of rollout.service; "
+                "rename your compose service"
+            )
+        return self
+
+    @property
+    def start_first(self) -> bool:
+        return self.strategy == "start-first"
+
+
 class EnvironmentConfig(Model):
     name: str
     """Filled in from the key under `environments:`."""
@@ -286,6 +319,8 @@ class EnvironmentConfig(Model):
     """What a failed isolation check does: error (roll back) or warn. Default: error for production."""
     keep_releases: int = Field(default=defaults.DEFAULT_KEEP_RELEASES, ge=1)
     """Releases whose images are kept for this environment; older unused ones are removed."""
+    rollout: RolloutConfig = RolloutConfig()
+    """How the HTTP service is replaced: recreate (default) or start-first behind a proxy."""
 
     @model_validator(mode="before")
     @classmethod

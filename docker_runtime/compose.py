@@ -7,11 +7,12 @@ re-implements Compose's interpolation, merging or defaults.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from deploy_config import defaults
 from deploy_config.errors import DeployError
+from deploy_config.proxy import override_file, runtime_dir
 from deploy_config.resolved import ResolvedCompose
 from deploy_config.schema import DeployConfig, EnvironmentConfig
 from deploy_config.secrets import secret_env_names
@@ -20,6 +21,7 @@ from . import commands
 from .childenv import child_environment
 from .commands import Redact
 from .errors import CommandFailed
+from .proxy import render_override, write_private
 
 
 @dataclass(frozen=True)
@@ -31,18 +33,27 @@ class ComposeProject:
     env_file: Path | None
     secret_names: tuple[str, ...] = ()
     """The variables deploy.yml names as deployhook's secrets: never in Compose's environment."""
+    override: Path | None = None
+    """start-first: the generated file that adds the proxy (`-f FILE -f OVERRIDE`); resolve() writes it."""
+    runtime_dir: Path | None = None
+    """start-first: the host directory bind-mounted into the proxy (haproxy.cfg, the admin socket)."""
 
     @classmethod
     def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
         env_file = config.env_file if config.env_file.is_file() else None
         file = (repo_dir / env.compose_file).resolve()
-        return cls(environment=env, file=file, env_file=env_file, secret_names=tuple(secret_env_names(config)))
+        project = cls(environment=env, file=file, env_file=env_file, secret_names=tuple(secret_env_names(config)))
+        if env.rollout.start_first:
+            project = replace(project, override=override_file(config, env), runtime_dir=runtime_dir(config, env))
+        return project
 
     def args(self, *subcommand: str) -> list[str]:
         args = ["docker", "compose"]
         if self.environment.project:
             args += ["-p", self.environment.project]
         args += ["-f", str(self.file)]
+        if self.override is not None:
+            args += ["-f", str(self.override)]
         if self.env_file is not None:
             args += ["--env-file", str(self.env_file)]
         return [*args, *subcommand]
@@ -55,7 +66,17 @@ class ComposeProject:
         return child_environment(extra, secret_names=self.secret_names)
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
-        """The fully resolved compose model, as Compose itself computes it."""
+        """The fully resolved compose model, as Compose itself computes it.
+
+        start-first: the user's file is resolved alone first, the proxy override is (re)written
+        from that model, and the model returned is that of both files: what `up` will run."""
+        if self.override is None or self.runtime_dir is None:
+            return self._resolve(redact)
+        base = replace(self, override=None, runtime_dir=None)._resolve(redact)
+        write_private(self.override, render_override(self.environment, base, self.runtime_dir))
+        return self._resolve(redact)
+
+    def _resolve(self, redact: Redact | None) -> ResolvedCompose:
         if not self.file.is_file():
             raise DeployError(
                 f"environments.{self.environment.name}.compose_file: {self.file} does not exist; "

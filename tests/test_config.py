@@ -34,7 +34,7 @@ Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
     "branch, compose_file, project, images, port, health_url, health_timeout, database, backups, expected_limits, "
     "compose_env, cancel_running, promote_from, promotion_wait, deploy_timeout, rollout_timeout, backup_timeout, "
-    "smoke, pre_deploy, post_deploy, verify_failure, keep_releases"
+    "smoke, pre_deploy, post_deploy, verify_failure, keep_releases, rollout"
 )
 
 
@@ -368,6 +368,17 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
             id="missing-branch",
         ),
         pytest.param(drop("env_file"), "env_file: required field is missing", id="missing-env_file"),
+        pytest.param(
+            set_at("environments.staging.rollout", {"strategy": "start-first", "singletons": ["discord", "app"]}),
+            "environments.staging.rollout: rollout.service 'app' is also in rollout.singletons: a start-first "
+            "rollout runs two of it for a moment; remove it from singletons, or use strategy: recreate",
+            id="rollout-service-is-a-singleton",
+        ),
+        pytest.param(
+            set_at("environments.staging.rollout", {"strategy": "blue-green"}),
+            "environments.staging.rollout.strategy: input should be 'recreate' or 'start-first', got 'blue-green'",
+            id="rollout-unknown-strategy",
+        ),
         pytest.param(
             set_at("environments.production.helth_timeout", 30),
             f"environments.production.helth_timeout: unknown field; expected one of: {EXPECTED_ENV_FIELDS}",

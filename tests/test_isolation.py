@@ -301,6 +301,29 @@ def staging_discord_without_build(layout: Layout) -> None:
     del layout.service("staging", "discord")["build"]
 
 
+def start_first(layout: Layout) -> None:
+    """Both environments behind their proxies, as examples/deploy.yml has them."""
+    for env in ENVIRONMENTS:
+        layout.environment(env)["rollout"] = {"strategy": "start-first", "singletons": ["discord", "db"]}
+
+
+def staging_bot_mounts_the_proxy_socket(layout: Layout) -> None:
+    start_first(layout)
+    state = Path(layout.config["state_dir"])
+    layout.service("staging", "discord")["volumes"] = [f"{state}/proxy/staging/run:/proxy"]
+
+
+def production_reaches_staging_proxy_socket(layout: Layout) -> None:
+    start_first(layout)
+    state = Path(layout.config["state_dir"])
+    layout.service("production", "discord")["volumes"] = [f"{state}/proxy:/proxies:ro"]
+
+
+def start_first_app_with_container_name(layout: Layout) -> None:
+    start_first(layout)
+    layout.service("production", "app")["container_name"] = "sample-app-production"
+
+
 Mutation = Callable[[Layout], None]
 
 VIOLATIONS: list[Any] = [
@@ -417,6 +440,12 @@ VIOLATIONS: list[Any] = [
         "in docker-compose.staging.yml",
         id="images:no-build",
     ),
+    pytest.param(
+        "proxies",
+        staging_bot_mounts_the_proxy_socket,
+        "staging: service discord mounts",
+        id="proxies:socket-same-environment",
+    ),
 ]
 
 
@@ -451,6 +480,38 @@ def test_seed_layout_with_its_expected_limits_passes(config_check: CheckRunner, 
     layout.environment("staging")["expected_limits"] = {"app": {"cpus": 1, "memory": "512M"}}
     layout.environment("production")["expected_limits"] = {"db": {"cpus": 1.0, "memory": "1024M"}}
     assert_all_pass(config_check(layout.write_config()))
+
+
+def test_start_first_layout_passes_and_moves_the_port_to_the_proxies(config_check: CheckRunner, layout: Layout) -> None:
+    """Each proxy publishes the port its app published (distinct per environment); the apps publish none."""
+    start_first(layout)
+    assert_all_pass(config_check(layout.write()))
+    for env in ENVIRONMENTS:
+        override = Path(layout.config["state_dir"]) / "proxy" / env / "compose.proxy.yml"
+        assert override.stat().st_mode & 0o777 == 0o600 and override.parent.stat().st_mode & 0o777 == 0o700
+        text = override.read_text()
+        assert "ports: !reset []" in text and f"published: '{PORTS[env]['APP_PORT']}'" in text
+        assert f"- backend-{env}\n" in text and "stop_signal: SIGUSR1" in text
+
+
+def test_the_other_environment_reaching_a_proxy_socket_fails_two_rules(
+    config_check: CheckRunner, layout: Layout
+) -> None:
+    production_reaches_staging_proxy_socket(layout)
+    check = config_check(layout.write())
+    assert check.code == 1, check.output
+    assert sorted(name for name, status in check.statuses().items() if status == "FAIL") == ["proxies", "volumes"]
+    assert any("holds staging's proxy admin socket" in v for v in check.rules()["proxies"].violations), check.output
+
+
+def test_start_first_service_with_a_container_name_is_refused(config_check: CheckRunner, layout: Layout) -> None:
+    start_first_app_with_container_name(layout)
+    check = config_check(layout.write())
+    assert check.code == 1
+    assert (
+        "environments.production.rollout.service: service 'app' sets container_name 'sample-app-production', so "
+        "two of its containers cannot run side by side; remove container_name from docker-compose.production.yml"
+    ) in check.stderr
 
 
 def test_read_only_bind_of_one_host_path_passes(config_check: CheckRunner, layout: Layout) -> None:

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 import uuid
@@ -42,6 +43,7 @@ TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
 SAMPLE_APP = FIXTURES / "sample_app"
 POSTGRES_IMAGE = "deployhook-test/postgres:15"
+HAPROXY_IMAGE = "deployhook-test/haproxy:2.6"
 RUN_ID = uuid.uuid4().hex[:6]
 # Per-run image names (the compose files read them from APP_IMAGE and DISCORD_IMAGE): the
 # current tag <image>:latest-<env> is moved by every deployment, so two test runs (or a test
@@ -329,12 +331,19 @@ def remove_run_images(client: docker.DockerClient) -> None:
 
 def ensure_postgres_image() -> str:
     """Build the local PostgreSQL 15 image unless it already exists (the script checks)."""
-    result = subprocess.run(
-        [str(FIXTURES / "postgres" / "build-image"), POSTGRES_IMAGE], capture_output=True, text=True
-    )
+    return _ensure_image("postgres", POSTGRES_IMAGE)
+
+
+def ensure_haproxy_image() -> str:
+    """Build the local HAProxy 2.6 image (Debian's package) unless it already exists."""
+    return _ensure_image("haproxy", HAPROXY_IMAGE)
+
+
+def _ensure_image(fixture: str, tag: str) -> str:
+    result = subprocess.run([str(FIXTURES / fixture / "build-image"), tag], capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.fail(f"building {POSTGRES_IMAGE} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
-    return POSTGRES_IMAGE
+        pytest.fail(f"building {tag} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    return tag
 
 
 def unique_name(prefix: str = "dhtest") -> str:
@@ -529,3 +538,65 @@ def running_image_ids(bed: Bed, env: str) -> dict[str, str]:
 
 def step_statuses(deployment: Deployment) -> dict[str, str]:
     return {step.name: step.status for step in deployment.steps}
+
+
+# --- traffic ---------------------------------------------------------------------------
+
+
+class Traffic:
+    """Clients of a URL in background threads, counting every answer that is not 200.
+
+    `fresh` probes open a new connection each time (every `interval` seconds), `keepalive` sends
+    back to back on one connection, `slow` repeats a slow request: whatever the rollout does, one
+    of them is in flight.
+    """
+
+    def __init__(self, base_url: str, interval: float = 0.01, slow_path: str | None = None) -> None:
+        self.base_url = base_url
+        self.interval = interval
+        self.slow_path = slow_path
+        self.answers: dict[str, int] = {"fresh": 0, "keepalive": 0, "slow": 0}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Traffic:
+        kinds = ["fresh", "keepalive"] + (["slow"] if self.slow_path else [])
+        self._threads = [threading.Thread(target=self._run, args=(kind,), daemon=True) for kind in kinds]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=40)
+
+    def _record(self, kind: str, problem: str | None) -> None:
+        with self._lock:
+            self.answers[kind] += 1
+            if problem:
+                self.failures.append(f"{kind}: {problem}")
+
+    def _run(self, kind: str) -> None:
+        session = requests.Session()
+        path, timeout = (self.slow_path, 35.0) if kind == "slow" else ("/healthz", 5.0)
+        while not self._stop.is_set():
+            try:
+                if kind == "keepalive":
+                    response = session.get(self.base_url + str(path), timeout=timeout)
+                else:
+                    response = requests.get(self.base_url + str(path), timeout=timeout)
+                problem = None if response.status_code == 200 else f"HTTP {response.status_code}"
+            except requests.RequestException as exc:
+                problem = type(exc).__name__
+            self._record(kind, problem)
+            if kind == "fresh":
+                self._stop.wait(self.interval)
+        session.close()
+
+    @property
+    def failed(self) -> int:
+        with self._lock:
+            return len(self.failures)

@@ -51,13 +51,14 @@ class HealthWatch(threading.Thread):
     counts only with the new version, so probes of the old release never start a streak.
     """
 
-    def __init__(self, ctx: DeploymentContext, sha: str | None = None) -> None:
+    def __init__(self, ctx: DeploymentContext, sha: str | None = None, url: str | None = None) -> None:
         super().__init__(name=f"health-{ctx.env.name}", daemon=True)
         self.ctx = ctx
         self.sha = sha or ctx.deployment.sha
         # The previous release only tells a stale answer from a wrong one; a rollback's own gate has none.
         self.previous = ctx.deployment.previous_sha if self.sha == ctx.deployment.sha else ""
-        self.url = ctx.env.health_url
+        self.url = url or ctx.env.health_url
+        """The environment's health URL, or (start-first) the new container's own address."""
         self.began = time.monotonic()
         self.failed = 0
         self.last = "not probed"
@@ -116,8 +117,8 @@ class HealthWatch(threading.Thread):
 
 
 @contextmanager
-def watching_health(ctx: DeploymentContext, sha: str | None = None) -> Iterator[HealthWatch]:
-    watch = HealthWatch(ctx, sha)
+def watching_health(ctx: DeploymentContext, sha: str | None = None, url: str | None = None) -> Iterator[HealthWatch]:
+    watch = HealthWatch(ctx, sha, url)
     watch.start()
     try:
         yield watch
@@ -125,11 +126,14 @@ def watching_health(ctx: DeploymentContext, sha: str | None = None) -> Iterator[
         watch.stop()
 
 
-def health_gate(ctx: DeploymentContext, sha: str | None = None, watch: HealthWatch | None = None) -> dict[str, float]:
+def health_gate(
+    ctx: DeploymentContext, sha: str | None = None, watch: HealthWatch | None = None, url: str | None = None
+) -> dict[str, float]:
     """Wait until stably healthy or health_timeout (from now); record and return failed_probes and
-    seconds_to_healthy. `watch` is one started at the rollout; without it the gate starts its own."""
+    seconds_to_healthy. `watch` is one started at the rollout; without it the gate starts its own (on
+    `url`, default the environment's health URL)."""
     if watch is None:
-        with watching_health(ctx, sha) as own:
+        with watching_health(ctx, sha, url) as own:
             return health_gate(ctx, sha, own)
     timeout = ctx.env.health_timeout
     gate_started = time.monotonic()

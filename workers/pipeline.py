@@ -26,6 +26,7 @@ from .hooks import run_hook
 from .preflight import preflight
 from .rollback import rollback
 from .rollout import rollout
+from .switch import run_start_first
 from .verify import verify
 
 
@@ -68,13 +69,18 @@ def _run(ctx: DeploymentContext) -> Status:
         backup(ctx)
     ctx.check_cancelled()  # the last boundary where a newer push (or a lost lock) may stop this one
     ctx.check_lock("rollout")
-    try:
-        _roll_out(ctx)
-    except DeployError as cause:
-        return rollback(ctx, cause)
-    except JobTimeoutException:
-        # A step hung past deploy_timeout and RQ's margin: the alarm fires once, so the rollback can still run.
-        return rollback(ctx, DeployError(f"timed out after {ctx.env.job_timeout:g}s in the middle of the rollout"))
+    if ctx.env.rollout.start_first:
+        switched_back = run_start_first(ctx, _after_rollout)
+        if switched_back is not None:
+            return switched_back
+    else:
+        try:
+            _roll_out(ctx)
+        except DeployError as cause:
+            return rollback(ctx, cause)
+        except JobTimeoutException:
+            # A step hung past deploy_timeout and RQ's margin: the alarm fires once, so the rollback can still run.
+            return rollback(ctx, DeployError(f"timed out after {ctx.env.job_timeout:g}s in the middle of the rollout"))
     ctx.store.clear_degraded(ctx.env.name)
     with ctx.step("cleanup", cancellable=False, deadline=False):
         cleanup(ctx)
@@ -87,6 +93,11 @@ def _roll_out(ctx: DeploymentContext) -> None:
             rollout(ctx)
         with ctx.step("health", cancellable=False):
             ctx.save(health=health_gate(ctx, watch=watch))
+    _after_rollout(ctx)
+
+
+def _after_rollout(ctx: DeploymentContext) -> None:
+    """smoke, verify, post_deploy: after the health gate (start-first: after the switch)."""
     if ctx.env.smoke is not None:
         with ctx.step("smoke", cancellable=False):
             run_hook(ctx, "smoke", ctx.env.smoke)

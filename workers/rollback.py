@@ -34,19 +34,21 @@ def rollback(ctx: DeploymentContext, cause: DeployError) -> Status:
             if sha:
                 health_gate(ctx, sha)
     except DeployError as exc:
-        running = describe_running(ctx)
-        ctx.store.mark_degraded(ctx.env.name, f"rollback of deployment {ctx.deployment.id} failed; running: {running}")
-        raise RollbackFailed(
-            f"{cause}; the rollback to {short_sha(sha) or 'the previous images'} failed too: {exc}; "
-            f"{ctx.env.name} is degraded; running now: {running}"
-        ) from None
-    ctx.save(
-        reason=f"{cause}; rolled back: {short_sha(sha) or 'the previous release'} is serving again{_restore_hint(ctx)}"
-    )
+        failed = f"{cause}; the rollback to {short_sha(sha) or 'the previous images'} failed too: {exc}"
+        raise degraded(ctx, failed) from None
+    serving = short_sha(sha) or "the previous release"
+    ctx.save(reason=f"{cause}; rolled back: {serving} is serving again{restore_hint(ctx)}")
     return Status.ROLLED_BACK
 
 
-def _restore_hint(ctx: DeploymentContext) -> str:
+def degraded(ctx: DeploymentContext, what: str) -> RollbackFailed:
+    """Mark the environment degraded (the page's banner); the error that says so and what runs now."""
+    running = describe_running(ctx)
+    ctx.store.mark_degraded(ctx.env.name, f"rollback of deployment {ctx.deployment.id} failed; running: {running}")
+    return RollbackFailed(f"{what}; {ctx.env.name} is degraded; running now: {running}")
+
+
+def restore_hint(ctx: DeploymentContext) -> str:
     if not ctx.deployment.backup:
         return ""
     return (

@@ -7,17 +7,20 @@ the environment's verify_failure says (error for production by default).
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from docker.models.containers import Container
 
+from deploy_config import defaults
 from deploy_config.isolation import service_limits
 from docker_runtime.containers import SERVICE_LABEL, project_containers
 from workers.errors import VerifyFailed
 
 from .context import DeploymentContext, StepWarning
 
-Check = Callable[[DeploymentContext, list[Container]], list[str]]
+Check = Callable[[DeploymentContext, list[Container]], list[str] | None]
+"""The problems found (empty: passed), or None when the check does not apply to this environment."""
 
 
 def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
@@ -28,6 +31,8 @@ def verify(ctx: DeploymentContext) -> list[dict[str, str]]:
     results = []
     for name, check in CHECKS:
         problems = check(ctx, containers)
+        if problems is None:
+            continue
         results.append({"name": name, "status": "failed" if problems else "passed", "message": "; ".join(problems)})
         ctx.log(f"verify {name}: {'FAILED: ' + '; '.join(problems) if problems else 'ok'}")
     ctx.save(checks=results)
@@ -115,9 +120,44 @@ def check_environment(ctx: DeploymentContext, containers: list[Container]) -> li
     return problems
 
 
+def check_singletons(ctx: DeploymentContext, containers: list[Container]) -> list[str] | None:
+    """Each of rollout.singletons runs exactly one container (two bots with one token answer twice)."""
+    if not ctx.env.rollout.singletons:
+        return None
+    problems = []
+    for service in ctx.env.rollout.singletons:
+        running = sorted(str(c.name) for c in containers if _service(c) == service)
+        if len(running) != 1:
+            problems.append(f"{service} runs {len(running)} containers ({', '.join(running) or 'none'}), expected 1")
+    return problems
+
+
+def check_proxy(ctx: DeploymentContext, containers: list[Container]) -> list[str] | None:
+    """start-first: the proxy runs and publishes the host port(s); its runtime directory (the admin
+    socket) is mounted into that proxy and into no other container on this host."""
+    runtime = ctx.project.runtime_dir
+    if not ctx.env.rollout.start_first or runtime is None:
+        return None
+    proxies = [c for c in containers if _service(c) == defaults.PROXY_SERVICE]
+    problems = [] if len(proxies) == 1 else [f"{len(proxies)} proxy containers run, expected 1"]
+    for container in proxies:
+        ports = container.attrs["NetworkSettings"].get("Ports") or {}
+        if not any(bindings for bindings in ports.values()):
+            problems.append(f"{container.name} publishes no host port")
+    own = {c.id for c in proxies}
+    for container in ctx.docker.containers.list():
+        mounts = {str(m.get("Source") or "") for m in container.attrs.get("Mounts") or []}
+        reaches = any(Path(source) == runtime or runtime.is_relative_to(source) for source in mounts if source)
+        if reaches and container.id not in own:
+            problems.append(f"{container.name} mounts {runtime}, the proxy's admin socket directory")
+    return problems
+
+
 CHECKS: tuple[tuple[str, Check], ...] = (
     ("networks", check_networks),
     ("database-port", check_database_port),
     ("limits", check_limits),
     ("environment", check_environment),
+    ("singletons", check_singletons),
+    ("proxy", check_proxy),
 )

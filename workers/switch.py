@@ -1,0 +1,402 @@
+"""The start-first rollout (rollout.strategy: start-first): the new container starts next to the old one,
+behind the environment's HAProxy, and the proxy switches between them.
+
+    rollout  proxy up; leftovers reconciled; <service> scaled to one more container (the new release)
+    health   the new container's own address answers healthy with the pushed sha, for STABLE_FOR
+    switch   new server added (ready), old ones set to drain; then the other services' `up`
+    ... smoke, verify, post_deploy, through the proxy ...
+    drain    the old containers' requests end (bounded by drain_timeout); they are stopped and removed
+
+A release that fails before the switch never took traffic: it is removed and the deployment fails with
+nothing to roll back. A failure after it puts the old containers back in the proxy (they were kept).
+
+The proxy is never left pointing at nothing: a server is drained only once another one is ready. A
+worker that dies half-way leaves at most two sets of healthy containers in the proxy, and the next
+start-first deploy reconciles what it finds (reconcile()).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import docker
+from docker.models.containers import Container
+from rq.timeouts import JobTimeoutException
+
+from deploy_config import defaults
+from deploy_config.errors import DeployError
+from deploy_config.proxy import BACKEND, CONFIG_NAME
+from deploy_state import Status
+from docker_runtime import commands
+from docker_runtime.containers import project_containers
+from docker_runtime.errors import CommandFailed
+from docker_runtime.haproxy import HAProxy, ProxyError, Server
+from docker_runtime.proxy import private_dir, release_port, render_haproxy_config, write_private
+from workers.errors import HealthCheckFailed, RolloutFailed
+
+from .context import DeploymentContext
+from .healthcheck import health_gate, probe
+from .rollback import degraded, describe_running, restore_hint
+from .rollout import current_image, point_current_tags
+
+PROXY_START_TIMEOUT = 30.0
+"""Seconds the proxy's runtime API may take to answer after `up`."""
+DRAIN_POLL = 0.2
+"""Seconds between looks at a draining server's session count."""
+THROUGH_PROXY_TIMEOUT = 10.0
+"""Seconds the health URL, through the proxy, may take to answer with the new release after the switch."""
+STOP_TIMEOUT = 10
+"""Seconds a retired container gets to stop (SIGTERM, then SIGKILL), as `docker stop`."""
+
+Checks = Callable[[DeploymentContext], None]
+"""The pipeline's steps after the switch (smoke, verify, post_deploy); a DeployError switches back."""
+
+
+@dataclass
+class Release:
+    """What one start-first rollout started and replaces; the proxy's server names are container names."""
+
+    proxy: HAProxy
+    port: int
+    old: list[str] = field(default_factory=list)
+    """Containers serving before the deploy (ready in the proxy), kept until the deployment is final."""
+    new: Container | None = None
+    switched_at: float | None = None
+    """time.monotonic() of the switch: drain_timeout counts from here."""
+
+
+def run_start_first(ctx: DeploymentContext, checks: Checks) -> Status | None:
+    """The start-first rollout and the checks after it; None on success (the pipeline goes on to cleanup),
+    ROLLED_BACK when the proxy was switched back, or raises DeployError (the release never took traffic)."""
+    release = None
+    try:
+        with ctx.step("rollout", cancellable=False):
+            release = start_release(ctx)
+        with ctx.step("health", cancellable=False):
+            ctx.save(health=health_gate(ctx, url=container_url(ctx, release)))
+    except (DeployError, JobTimeoutException) as exc:
+        cause = exc if isinstance(exc, DeployError) else DeployError("timed out before the switch")
+        raise DeployError(f"{cause}; {discard(ctx, release)}") from None
+    assert release is not None
+    try:
+        with ctx.step("switch", cancellable=False):
+            switch(ctx, release)
+        checks(ctx)
+    except DeployError as cause:
+        return switch_back(ctx, release, cause)
+    except JobTimeoutException:
+        return switch_back(ctx, release, DeployError(f"timed out after {ctx.env.job_timeout:g}s after the switch"))
+    with ctx.step("drain", cancellable=False, deadline=False):
+        retire(ctx, release, release.old)
+    return None
+
+
+# --- rollout: the proxy, leftovers, and the new container next to the old -------------------------------
+
+
+def start_release(ctx: DeploymentContext) -> Release:
+    """Bring the proxy up and reconcile it, re-point latest-<env>, start one more container of the service."""
+    assert ctx.resolved is not None
+    release = Release(proxy=ensure_proxy(ctx), port=release_port(ctx.env, ctx.resolved))
+    release.old = reconcile(ctx, release)
+    previous = {image.name: image_id for image in ctx.env.images if (image_id := current_image(ctx, image.name))}
+    last = ctx.store.last_succeeded(ctx.env.name, before=ctx.deployment.id)
+    ctx.save(previous_images=previous, previous_sha=last.sha if last else "")
+    point_current_tags(ctx, ctx.deployment.images)
+    # The other services are created if missing (the first deploy: the database before the app's
+    # migrations), but not recreated yet: a release that never takes traffic must not change them.
+    others = other_services(ctx)
+    if others:
+        compose(ctx, "up", "-d", "--no-deps", "--no-recreate", *others)
+    before = {c.id for c in _service_containers(ctx, stopped_too=True)}
+    service = ctx.env.rollout.service
+    compose(ctx, "up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}", service)
+    started = [c for c in _service_containers(ctx) if c.id not in before]
+    if len(started) != 1:
+        raise RolloutFailed(
+            f"expected one new {service} container after scaling to {len(before) + 1}, found "
+            f"{', '.join(_name(c) for c in started) or 'none'}; running: {describe_running(ctx)}"
+        )
+    release.new = started[0]
+    ctx.log(f"started {release.new.name} next to {', '.join(release.old) or 'nothing (first deploy)'}")
+    return release
+
+
+def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
+    """`up -d --no-deps proxy` (Compose recreates it only when its image or settings changed); its API answers."""
+    assert ctx.resolved is not None and ctx.project.runtime_dir is not None
+    runtime = private_dir(ctx.project.runtime_dir)
+    config = runtime / CONFIG_NAME
+    if not config.exists():
+        write_private(config, render_haproxy_config(ctx.env, release_port(ctx.env, ctx.resolved), []))
+    services = [defaults.PROXY_SERVICE]
+    if not _proxy_containers(ctx) and any(_publishes(c) for c in _service_containers(ctx)):
+        # Switching from recreate: the running container still holds the host port the proxy takes over.
+        # It is recreated once without it (its current release: the tags have not moved yet).
+        ctx.log(
+            f"switching {ctx.env.name} to start-first: {ctx.env.rollout.service} is recreated once without its "
+            "published port, which the proxy takes over (a brief outage, this one time)"
+        )
+        services.append(ctx.env.rollout.service)
+    compose(ctx, "up", "-d", "--no-deps", *services)
+    proxy = HAProxy(runtime / "admin.sock")
+    deadline = time.monotonic() + PROXY_START_TIMEOUT
+    while not proxy.answers():
+        if time.monotonic() > deadline:
+            raise RolloutFailed(
+                f"the proxy of {ctx.env.name} did not answer on {proxy.socket_path} within {PROXY_START_TIMEOUT:g}s "
+                f"(docker compose logs proxy; environments.{ctx.env.name}.rollout.proxy_image)"
+            )
+        time.sleep(0.1)
+    return proxy
+
+
+def reconcile(ctx: DeploymentContext, release: Release) -> list[str]:
+    """Make the proxy and the containers agree, after a worker died half-way or the proxy restarted;
+    returns the containers that serve now (the ones this deploy replaces).
+
+    Servers whose container is gone are removed. When something is ready, running containers the proxy
+    does not know never took traffic (a deploy stopped before its switch) and are removed, and drained
+    ones (stopped before its drain ended) are retired. When nothing is ready (a proxy that lost its
+    servers, or the first start-first deploy), whatever runs is put back: never point at nothing.
+    """
+    proxy = release.proxy
+    running = {_name(c): c for c in _service_containers(ctx)}
+    for container in _service_containers(ctx, stopped_too=True):
+        if _name(container) not in running:
+            ctx.log(f"removing {_name(container)} ({container.status}): a stopped container is never scaled back up")
+            _remove(container)
+    servers = {s.name: s for s in proxy.servers(BACKEND)}
+    for server in servers.values():
+        if server.name not in running:
+            ctx.log(f"proxy: removing server {server.name}, whose container is gone")
+            _delete(ctx, proxy, server.name)
+    ready = [s.name for s in servers.values() if s.ready and s.name in running]
+    drained = [s.name for s in servers.values() if not s.ready and s.name in running]
+    unknown = [name for name in running if name not in servers]
+    if not ready:
+        for name in drained:
+            proxy.set_state(BACKEND, name, "ready")
+        for name in unknown:
+            _add(ctx, release, running[name])
+        ready = drained + unknown
+        if ready:
+            ctx.log(f"proxy: nothing was ready; serving what runs: {', '.join(ready)}")
+    else:
+        for name in unknown:
+            ctx.log(f"removing {name}: it runs but never took traffic (a deployment stopped before its switch)")
+            _remove(running[name])
+        if drained:
+            ctx.log(f"proxy: retiring {', '.join(drained)}, left draining by a deployment that stopped")
+            retire(ctx, release, drained, since=time.monotonic())
+    _write_config(ctx, release, ready)
+    return sorted(ready)
+
+
+# --- health, switch, drain ------------------------------------------------------------------------------
+
+
+def container_url(ctx: DeploymentContext, release: Release) -> str:
+    """The health URL's path at the new container's own address, on the environment's network."""
+    assert release.new is not None
+    address = _address(ctx, release.new)
+    parts = urlsplit(ctx.env.health_url)
+    return f"http://{address}:{release.port}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+
+
+def switch(ctx: DeploymentContext, release: Release) -> None:
+    """New server ready, then the old ones to drain; the other services' `up`; the proxy answers with the sha."""
+    assert release.new is not None
+    _add(ctx, release, release.new)
+    release.switched_at = time.monotonic()
+    for name in release.old:
+        release.proxy.set_state(BACKEND, name, "drain")
+    _write_config(ctx, release, [_name(release.new)])
+    ctx.log(f"proxy: {release.new.name} takes new requests; draining {', '.join(release.old) or 'nothing'}")
+    others = other_services(ctx)
+    if others:  # Compose recreates each (stop-first) only when its image or configuration changed
+        compose(ctx, "up", "-d", "--no-deps", *others)
+    _answers_through_proxy(ctx, ctx.deployment.sha)
+
+
+def retire(ctx: DeploymentContext, release: Release, names: Iterable[str], since: float | None = None) -> None:
+    """Wait until the servers' requests end (at most drain_timeout from `since`, default the switch), then
+    take them out of the proxy and stop and remove their containers."""
+    names = list(names)
+    if not names:
+        return
+    timeout = ctx.env.rollout.drain_timeout
+    began = since or release.switched_at or time.monotonic()
+    in_flight = _sessions(release.proxy, names)
+    while in_flight and time.monotonic() - began < timeout:
+        time.sleep(DRAIN_POLL)
+        in_flight = _sessions(release.proxy, names)
+    if in_flight:
+        ctx.log(
+            f"{in_flight} request(s) still in flight on {', '.join(names)} after {timeout:g}s "
+            f"(environments.{ctx.env.name}.rollout.drain_timeout); stopping it anyway"
+        )
+    else:
+        ctx.log(f"drained {', '.join(names)} after {time.monotonic() - began:.1f}s")
+    for name in names:
+        _delete(ctx, release.proxy, name)
+        container = _container(ctx, name)
+        if container is not None:
+            _remove(container)
+            ctx.log(f"stopped and removed {name}")
+
+
+def switch_back(ctx: DeploymentContext, release: Release, cause: DeployError) -> Status:
+    """A failure after the switch: the old containers take requests again, the new one drains and goes."""
+    if not release.old:
+        raise DeployError(
+            f"{cause}; this was the first deploy of {ctx.env.name}, so there is no previous release to switch back to"
+        )
+    sha = ctx.deployment.previous_sha
+    try:
+        with ctx.step("rollback", cancellable=False, deadline=False):
+            back = f"{', '.join(release.old)} ({sha[:12] or 'the previous release'})"
+            ctx.log(f"switching back to {back} because: {cause}")
+            for name in release.old:
+                release.proxy.set_state(BACKEND, name, "ready")
+            if release.new is not None and _name(release.new) in {s.name for s in release.proxy.servers(BACKEND)}:
+                release.proxy.set_state(BACKEND, _name(release.new), "drain")
+            _write_config(ctx, release, release.old)
+            point_current_tags(ctx, ctx.deployment.previous_images)
+            others = other_services(ctx)
+            if others:  # the singletons back on the previous images (recreated only where they changed)
+                compose(ctx, "up", "-d", "--no-deps", *others)
+            if sha:
+                _answers_through_proxy(ctx, sha)
+            if release.new is not None:
+                retire(ctx, release, [_name(release.new)], since=time.monotonic())
+    except DeployError as exc:
+        target = sha[:12] or "the previous release"
+        raise degraded(ctx, f"{cause}; switching back to {target} failed too: {exc}") from None
+    ctx.save(reason=f"{cause}; switched back: {sha[:12] or 'the previous release'} is serving again{restore_hint(ctx)}")
+    return Status.ROLLED_BACK
+
+
+def discard(ctx: DeploymentContext, release: Release | None) -> str:
+    """A release that failed before the switch: remove its container, put latest-<env> back; says what serves."""
+    serving = ", ".join(release.old) if release is not None and release.old else ""
+    try:
+        if release is not None and release.new is not None:
+            _remove(release.new)
+            ctx.log(f"removed {release.new.name}: it never took traffic")
+        if ctx.deployment.previous_images:
+            point_current_tags(ctx, ctx.deployment.previous_images)
+    except (DeployError, docker.errors.DockerException) as exc:
+        ctx.log(f"cleaning up the release that never took traffic failed: {exc}")
+    if serving:
+        return f"the release never took traffic: {serving} keeps serving, nothing to roll back"
+    return "the release never took traffic; nothing to roll back"
+
+
+# --- helpers --------------------------------------------------------------------------------------------
+
+
+def compose(ctx: DeploymentContext, *args: str) -> None:
+    timeout = ctx.env.rollout_timeout
+    try:
+        commands.stream(
+            ctx.project.args(*args), ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact
+        )
+    except CommandFailed as exc:
+        raise RolloutFailed(f"docker compose {' '.join(args[:2])} failed: {exc}") from None
+
+
+def other_services(ctx: DeploymentContext) -> list[str]:
+    """Every service but the one behind the proxy and the proxy: the singletons, which Compose recreates."""
+    assert ctx.resolved is not None
+    skip = {ctx.env.rollout.service, defaults.PROXY_SERVICE}
+    return sorted(name for name in ctx.resolved.services if name not in skip)
+
+
+def _service_containers(ctx: DeploymentContext, stopped_too: bool = False) -> list[Container]:
+    project = ctx.env.project or ""
+    return project_containers(ctx.docker, project, stopped_too=stopped_too, service=ctx.env.rollout.service)
+
+
+def _proxy_containers(ctx: DeploymentContext) -> list[Container]:
+    return project_containers(ctx.docker, ctx.env.project or "", stopped_too=True, service=defaults.PROXY_SERVICE)
+
+
+def _name(container: Container) -> str:
+    """The container's name: also its server's name in the proxy and its host name on the network."""
+    return str(container.name)
+
+
+def _publishes(container: Container) -> bool:
+    ports = container.attrs["NetworkSettings"].get("Ports") or {}
+    return any(bindings for bindings in ports.values())
+
+
+def _container(ctx: DeploymentContext, name: str) -> Container | None:
+    try:
+        return ctx.docker.containers.get(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _remove(container: Container) -> None:
+    try:
+        container.stop(timeout=STOP_TIMEOUT)
+        container.remove(force=True)
+    except docker.errors.NotFound:
+        pass  # gone already
+
+
+def _address(ctx: DeploymentContext, container: Container) -> str:
+    """The container's IP on one of the environment's networks (the proxy is on all of them)."""
+    assert ctx.resolved is not None
+    container.reload()
+    ours = {str(net.get("name") or key) for key, net in ctx.resolved.networks.items()}
+    networks = container.attrs["NetworkSettings"]["Networks"] or {}
+    for name, info in sorted(networks.items()):
+        if name in ours and info.get("IPAddress"):
+            return str(info["IPAddress"])
+    raise RolloutFailed(f"{container.name} has no address on {', '.join(sorted(ours))}; is it running?")
+
+
+def _add(ctx: DeploymentContext, release: Release, container: Container) -> None:
+    address = _address(ctx, container)
+    release.proxy.add_server(BACKEND, _name(container), address, release.port)
+    ctx.log(f"proxy: added {container.name} ({address}:{release.port})")
+
+
+def _delete(ctx: DeploymentContext, proxy: HAProxy, name: str) -> None:
+    """Out of the proxy; a server HAProxy will not delete yet (idle connections) stays in maintenance."""
+    try:
+        proxy.set_state(BACKEND, name, "maint")
+        proxy.delete_server(BACKEND, name)
+    except ProxyError as exc:
+        ctx.log(f"proxy: {name} stays in maintenance (the next deploy removes it): {exc}")
+
+
+def _sessions(proxy: HAProxy, names: list[str]) -> int:
+    servers: list[Server] = proxy.servers(BACKEND)
+    return sum(s.sessions for s in servers if s.name in names)
+
+
+def _write_config(ctx: DeploymentContext, release: Release, servers: list[str]) -> None:
+    """haproxy.cfg names the servers that serve now, so that a restarted proxy serves them again."""
+    assert ctx.project.runtime_dir is not None
+    write_private(ctx.project.runtime_dir / CONFIG_NAME, render_haproxy_config(ctx.env, release.port, servers))
+
+
+def _answers_through_proxy(ctx: DeploymentContext, sha: str) -> None:
+    """The environment's own health URL, through the proxy, answers with sha (no stability window: the
+    container passed it already; this checks the path through the proxy)."""
+    deadline = time.monotonic() + THROUGH_PROXY_TIMEOUT
+    while (problem := probe(ctx.env.health_url, sha)) is not None:
+        if time.monotonic() > deadline:
+            raise HealthCheckFailed(
+                f"{ctx.env.health_url} (through the proxy) did not answer healthy with {sha[:12]} within "
+                f"{THROUGH_PROXY_TIMEOUT:g}s: {problem}"
+            )
+        time.sleep(0.25)
+    ctx.log(f"{ctx.env.health_url} answers with {sha[:12]} through the proxy")
