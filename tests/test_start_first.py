@@ -11,9 +11,8 @@ from typing import Any
 
 import docker
 import pytest
-import test_pipeline
 import testbed
-from test_pipeline import Bed, step_statuses
+from testbed import Bed, step_statuses
 
 from deploy_config.proxy import BACKEND, socket_path
 from deploy_state import Status
@@ -40,7 +39,6 @@ def haproxy_image(docker_client: docker.DockerClient) -> str:
     return testbed.ensure_haproxy_image()
 
 
-bed = test_pipeline.bed
 """The pipeline tests' installation under test, with this module's bed_overrides."""
 
 
