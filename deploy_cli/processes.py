@@ -1,4 +1,8 @@
-"""`deployhook up`, `worker` and `poll`: the service's long-running processes."""
+"""`deployhook up`, `serve`, `worker` and `poll`: the service's long-running processes.
+
+Each starts by setting a 0077 umask (private_umask): dumps, the embedded Redis's data and the
+mirror are then private to the service's user, whatever creates them (its children included).
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ def serve(config_file: Path, bind: str) -> None:
     from . import supervisor
     from .service import web_command
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     env = {**os.environ, "REDIS_URL": redis_url(config), "DEPLOYHOOK_CONFIG": str(config_file.resolve())}
     supervisor.replace_process(web_command(bind), env)
@@ -48,7 +52,7 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool) -> Non
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     run_worker(connect(config), config, config_file, environments or tuple(config.environments), burst=burst)
 
@@ -63,7 +67,7 @@ def poll(config_file: Path, once: bool) -> None:
     from deploy_state.connection import connect
     from hook_server.polling import poll_forever, poll_once
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     if once:
         for result in poll_once(config, connect(config)):
@@ -89,7 +93,7 @@ def up(config_file: Path, bind: str) -> None:
     """Run the whole service: web server and, unless REDIS_URL is set, an embedded Redis."""
     from .service import run_up
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     ctx = click.get_current_context()
     ctx.exit(run_up(config, bind, config_file.resolve()))
