@@ -14,7 +14,7 @@ import yaml
 from deploy_config import DeployConfig, load_config
 from deploy_config.errors import ConfigError
 from deploy_config.isolation import RuleResult, lint
-from deploy_config.secrets import read_env_file
+from deploy_config.secrets import read_env_file, split_credentials
 from deploy_text.redaction import MASK, config_redactor
 from docker_runtime.compose import resolve_stacks
 
@@ -75,12 +75,18 @@ def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:
 
 
 def _secret_warnings(config: DeployConfig) -> list[str]:
-    """What is missing for the service to run: the env file and the webhook secret."""
+    """What is missing for the service to run (the env file, the webhook secret), and credentials in the URL."""
     warnings = []
     if not config.env_file.is_file():
         warnings.append(
             f"env file {config.env_file} does not exist; compose files were resolved without it "
             "(create it on the server from .env.example)"
+        )
+    if split_credentials(config.repository.url)[1] is not None:
+        warnings.append(
+            "repository.url carries credentials: deploy.yml is then a secret file (keep it 0600). deployhook "
+            "gives them to git through GIT_ASKPASS, never on a command line nor in the mirror's config; an SSH "
+            "deploy key, or a token that can only read this repository, limits what a leak gives away"
         )
     if not os.environ.get(config.webhook.secret_env):
         warnings.append(f"{config.webhook.secret_env} is not set; the service will refuse every webhook until it is")

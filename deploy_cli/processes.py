@@ -1,4 +1,8 @@
-"""`deployhook up`, `worker` and `poll`: the service's long-running processes."""
+"""`deployhook up`, `serve`, `worker` and `poll`: the service's long-running processes.
+
+Each starts by setting a 0077 umask (private_umask): dumps, the embedded Redis's data and the
+mirror are then private to the service's user, whatever creates them (its children included).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ def serve(config_file: Path, bind: str) -> None:
     from . import instance, supervisor
     from .service import web_command
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     instance.acquire(config.state_dir, f"deployhook serve --bind {bind}")  # kept through the exec
     warn_at_start(config, web=True)
@@ -60,7 +64,7 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     warn_at_start(config, web=False)
     envs = environments or tuple(config.environments)
@@ -77,7 +81,7 @@ def poll(config_file: Path, once: bool) -> None:
     from deploy_state.connection import connect
     from hook_server.polling import poll_forever, poll_once
 
-    private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    private_umask()
     config = load_config(config_file)
     if once:
         for result in poll_once(config, connect(config)):
