@@ -30,7 +30,9 @@ def cleanup(ctx: DeploymentContext) -> list[str]:
     for other in ctx.config.environments.values():
         if other.name != ctx.env.name:
             keep |= set(_succeeded_shas(ctx, other.name)[: other.keep_releases])
-    in_use = {c.image.id for c in ctx.docker.containers.list(all=True) if c.image is not None}
+    # The list's own summaries: inspecting each container races with any container removed meanwhile
+    # (other projects on the engine), which made the whole step fail on a 404.
+    in_use = {str(c.get("ImageID")) for c in ctx.docker.api.containers(all=True)}
     removed, failures = [], []
     for sha in mine:
         if sha in keep:
