@@ -122,6 +122,10 @@ class HAProxy:
             raise ValueError(f"not a server state: {state!r}")
         self._expect(f"set server {backend}/{name} state {state}", "")
 
+    def shutdown_sessions(self, backend: str, name: str) -> None:
+        """Cut the requests still on a server (past its drain timeout)."""
+        self._expect(f"shutdown sessions server {backend}/{name}", "")
+
     def delete_server(self, backend: str, name: str) -> None:
         """Remove a server; HAProxy refuses one that is not in maintenance or still has connections."""
         self._expect(f"del server {backend}/{name}", "Server deleted")

@@ -7,15 +7,22 @@ the proxy switches. Every answer must be a 200 unless the test says otherwise.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+import requests
 import testbed
-from testbed import Bed, step_statuses
+from testbed import TESTS, Bed, step_statuses
 
 from deploy_config.proxy import BACKEND, socket_path
-from deploy_state import Status
+from deploy_state import Status, keys
 from docker_runtime.haproxy import HAProxy
 
 CHANGED = "app/entrypoint.sh"
@@ -60,6 +67,11 @@ def release(bed: Bed, label: str, extra: dict[str, str] | None = None) -> str:
     return bed.commit({CHANGED: f"{original}# release {label}\n", **(extra or {})}, f"release {label}")
 
 
+def deployed_ok(bed: Bed, sha: str) -> None:
+    deployed = bed.deploy("staging", sha)
+    assert deployed.status == Status.SUCCEEDED, f"{deployed.reason}\n{bed.log(deployed)}"
+
+
 def base_url(bed: Bed) -> str:
     return bed.config.environments["staging"].base_url
 
@@ -88,6 +100,30 @@ def assert_serves_only(bed: Bed, sha: str) -> None:
     (app,) = containers(bed, "app")
     assert served_by(bed) == {app.name: "ready"}
     assert bed.health("staging")["version"] == sha
+
+
+class SlowRequest(threading.Thread):
+    """One slow request, sent while the next deployment's health gate runs: the proxy has only the old
+    container then, so the request is in flight on it when the proxy switches and drains it."""
+
+    def __init__(self, bed: Bed, seconds: int) -> None:
+        super().__init__(daemon=True)
+        self.bed, self.seconds = bed, seconds
+        self.outcome = "not sent"
+
+    def run(self) -> None:
+        store, deadline = self.bed.store, time.monotonic() + 300
+        while time.monotonic() < deadline:
+            running = store.running("staging")
+            deployment = store.get(running) if running else None
+            if deployment is not None and step_statuses(deployment).get("health") == "running":
+                break
+            time.sleep(0.05)
+        try:
+            response = requests.get(f"{base_url(self.bed)}/cgi-bin/slow?{self.seconds}", timeout=40)
+            self.outcome = f"HTTP {response.status_code}"
+        except requests.RequestException as exc:
+            self.outcome = type(exc).__name__
 
 
 # --- a good release, and the singletons ------------------------------------------------------------
@@ -124,7 +160,7 @@ def test_good_deploy_drops_no_request_and_never_doubles_a_singleton(bed: Bed) ->
 @pytest.mark.parametrize("bed_overrides", [{"staging": {**start_first(), "health_timeout": 4}}])
 def test_release_that_never_becomes_healthy_never_takes_traffic(bed: Bed) -> None:
     good = release(bed, "good")
-    assert bed.deploy("staging", good).status == Status.SUCCEEDED
+    deployed_ok(bed, good)
     (old,) = ids(bed, "app")
     tagged = bed.docker.images.get(f"{testbed.APP_IMAGE}:latest-staging").id
     broken = release(bed, "broken", {"app/health-status": "broken\n"})
@@ -137,3 +173,101 @@ def test_release_that_never_becomes_healthy_never_takes_traffic(bed: Bed) -> Non
     assert ids(bed, "app") == {old}, "the old container was touched"
     assert_serves_only(bed, good)
     assert bed.docker.images.get(f"{testbed.APP_IMAGE}:latest-staging").id == tagged
+
+
+# --- a failure after the switch -------------------------------------------------------------------
+
+SMOKE = {"command": ["sh", "-c", "test ! -f SMOKE_FAILS"], "timeout": 30}
+"""Passes unless the deployed commit has a SMOKE_FAILS file (the smoke runs in the worktree)."""
+
+
+@pytest.mark.parametrize("bed_overrides", [{"staging": {**start_first(), "smoke": SMOKE}}])
+def test_smoke_failure_after_the_switch_switches_back_to_the_kept_container(bed: Bed) -> None:
+    good = release(bed, "good")
+    deployed_ok(bed, good)
+    (old,) = ids(bed, "app")
+    bad = release(bed, "bad smoke", {"SMOKE_FAILS": "yes\n"})
+    with testbed.Traffic(base_url(bed), slow_path="/cgi-bin/slow?2") as traffic:
+        deployed = bed.deploy("staging", bad)
+    assert deployed.status == Status.ROLLED_BACK, deployed.reason
+    steps = step_statuses(deployed)
+    assert (steps["switch"], steps["smoke"], steps["rollback"]) == ("succeeded", "failed", "succeeded")
+    assert "drain" not in steps
+    assert "switched back" in deployed.reason
+    assert traffic.failures == [], f"{traffic.failed} failed of {traffic.answers}"
+    assert ids(bed, "app") == {old}, "the old container was recreated instead of switched back to"
+    assert_serves_only(bed, good)
+    log = bed.log(deployed)
+    assert f"answers with {good[:12]} through the proxy" in log
+    assert "stopped and removed" in log  # the new container, once drained
+
+
+# --- the worker killed in the middle of the switch ------------------------------------------------
+
+
+@pytest.mark.parametrize("bed_overrides", [{"staging": start_first(drain_timeout=20)}])
+def test_worker_killed_mid_switch_leaves_the_proxy_serving_and_the_next_deploy_recovers(
+    bed: Bed, redis_url: str
+) -> None:
+    """Killed while the old container drains (new ready, old draining): both are healthy, the proxy
+    serves the new one; the next deploy retires the drained one and rolls out as usual."""
+    first = release(bed, "one")
+    deployed_ok(bed, first)
+    (old,) = containers(bed, "app")
+    second, third = release(bed, "two"), release(bed, "three")
+    env = {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(TESTS)}
+    worker_cmd = [str(Path(sys.executable).parent / "deployhook"), "worker", "--config", str(bed.config_file)]
+    slow = SlowRequest(bed, seconds=9)
+    with testbed.Traffic(base_url(bed)) as traffic:
+        slow.start()
+        bed.push("staging", second)
+        deployment_id = bed.deliver("staging", second)
+        worker = subprocess.Popen([*worker_cmd, "--env", "staging"], env=env, start_new_session=True)
+        try:
+            testbed.wait_for(
+                lambda: step_statuses(bed.store.require(deployment_id)).get("drain") == "running",
+                timeout=120,
+                what="the drain step",
+            )
+        finally:
+            testbed.kill_session(worker.pid)
+            worker.wait()
+        (new,) = (c for c in containers(bed, "app") if c.id != old.id)
+        assert served_by(bed) == {old.name: "drain", new.name: "ready"}, bed.log(bed.store.require(deployment_id))
+        assert bed.health("staging")["version"] == second
+        bed.conn.delete(keys.lock("staging"))  # the lease would expire; no need to wait for it
+        restarted = subprocess.Popen([*worker_cmd, "--env", "staging", "--burst"], env=env, start_new_session=True)
+        assert restarted.wait(timeout=60) == 0
+        lost = bed.store.require(deployment_id)
+        assert (lost.status, lost.reason) == (Status.FAILED, "worker lost during drain")
+        recovered = bed.deploy("staging", third)
+    assert recovered.status == Status.SUCCEEDED, recovered.reason
+    assert traffic.failures == [], f"{traffic.failed} failed of {traffic.answers}"
+    slow.join(timeout=30)
+    assert slow.outcome == "HTTP 200", "the request in flight on the draining container did not complete"
+    assert "left draining by a deployment that stopped" in bed.log(recovered)
+    assert_serves_only(bed, third)
+    assert not {old.id, new.id} & ids(bed, "app")
+
+
+# --- a drain that outlasts its timeout ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bed_overrides", [{"staging": start_first(drain_timeout=1)}])
+def test_a_request_longer_than_the_drain_timeout_is_cut_and_the_deploy_goes_on(bed: Bed) -> None:
+    first = release(bed, "one")
+    deployed_ok(bed, first)
+    (old,) = containers(bed, "app")
+    second = release(bed, "two")
+    slow = SlowRequest(bed, seconds=8)
+    with testbed.Traffic(base_url(bed)) as traffic:
+        slow.start()
+        deployed = bed.deploy("staging", second)
+    assert deployed.status == Status.SUCCEEDED, deployed.reason
+    log = bed.log(deployed)
+    assert f"1 request(s) still in flight on {old.name} after 1s" in log, log
+    assert f"stopped and removed {old.name}" in log
+    slow.join(timeout=30)
+    assert slow.outcome != "HTTP 200", "the request on the old container outlived its drain timeout"
+    assert traffic.failures == [], f"{traffic.failed} failed of {traffic.answers}"
+    assert_serves_only(bed, second)

@@ -48,6 +48,8 @@ DRAIN_POLL = 0.2
 """Seconds between looks at a draining server's session count."""
 THROUGH_PROXY_TIMEOUT = 10.0
 """Seconds the health URL, through the proxy, may take to answer with the new release after the switch."""
+DELETE_TIMEOUT = 5.0
+"""Seconds HAProxy gets to close a server's connections before it can be deleted."""
 STOP_TIMEOUT = 10
 """Seconds a retired container gets to stop (SIGTERM, then SIGKILL), as `docker stop`."""
 
@@ -110,7 +112,7 @@ def start_release(ctx: DeploymentContext) -> Release:
     # migrations), but not recreated yet: a release that never takes traffic must not change them.
     others = other_services(ctx)
     if others:
-        compose(ctx, "up", "-d", "--no-deps", "--no-recreate", *others)
+        compose(ctx, "up", "-d", "--no-deps", "--no-recreate", *_wait(ctx, others), *others)
     before = {c.id for c in _service_containers(ctx, stopped_too=True)}
     service = ctx.env.rollout.service
     compose(ctx, "up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}", service)
@@ -218,7 +220,7 @@ def switch(ctx: DeploymentContext, release: Release) -> None:
     ctx.log(f"proxy: {release.new.name} takes new requests; draining {', '.join(release.old) or 'nothing'}")
     others = other_services(ctx)
     if others:  # Compose recreates each (stop-first) only when its image or configuration changed
-        compose(ctx, "up", "-d", "--no-deps", *others)
+        compose(ctx, "up", "-d", "--no-deps", *_wait(ctx, others), *others)
     _answers_through_proxy(ctx, ctx.deployment.sha)
 
 
@@ -268,7 +270,7 @@ def switch_back(ctx: DeploymentContext, release: Release, cause: DeployError) ->
             point_current_tags(ctx, ctx.deployment.previous_images)
             others = other_services(ctx)
             if others:  # the singletons back on the previous images (recreated only where they changed)
-                compose(ctx, "up", "-d", "--no-deps", *others)
+                compose(ctx, "up", "-d", "--no-deps", *_wait(ctx, others), *others)
             if sha:
                 _answers_through_proxy(ctx, sha)
             if release.new is not None:
@@ -307,6 +309,14 @@ def compose(ctx: DeploymentContext, *args: str) -> None:
         )
     except CommandFailed as exc:
         raise RolloutFailed(f"docker compose {' '.join(args[:2])} failed: {exc}") from None
+
+
+def _wait(ctx: DeploymentContext, services: list[str]) -> list[str]:
+    """--wait when one of the services has a healthcheck: the database is ready before the app's migrations."""
+    assert ctx.resolved is not None
+    if not any(ctx.resolved.services[name].get("healthcheck") for name in services):
+        return []
+    return ["--wait", "--wait-timeout", str(int(ctx.env.rollout_timeout))]
 
 
 def other_services(ctx: DeploymentContext) -> list[str]:
@@ -369,10 +379,20 @@ def _add(ctx: DeploymentContext, release: Release, container: Container) -> None
 
 
 def _delete(ctx: DeploymentContext, proxy: HAProxy, name: str) -> None:
-    """Out of the proxy; a server HAProxy will not delete yet (idle connections) stays in maintenance."""
+    """Out of the proxy: maintenance, requests still on it cut, then deleted once HAProxy has let go of its
+    connections; one it still refuses stays in maintenance (takes nothing) and the next deploy removes it."""
+    deadline = time.monotonic() + DELETE_TIMEOUT
     try:
         proxy.set_state(BACKEND, name, "maint")
-        proxy.delete_server(BACKEND, name)
+        proxy.shutdown_sessions(BACKEND, name)
+        while True:
+            try:
+                proxy.delete_server(BACKEND, name)
+                return
+            except ProxyError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(DRAIN_POLL)
     except ProxyError as exc:
         ctx.log(f"proxy: {name} stays in maintenance (the next deploy removes it): {exc}")
 
