@@ -1,6 +1,6 @@
 """The hardening review's worker-side findings, each on the real stack (issue 14: 4, 5, 8, 9, 10).
 
-Real deployments of the sample app (test_pipeline's Bed: Docker, Compose, git, Redis, RQ), a real
+Real deployments of the sample app (testbed.s Bed: Docker, Compose, git, Redis, RQ), a real
 `deployhook worker` and `deployhook up` where a process's own settings matter (its umask), a real
 git smart-HTTP server with basic auth, and RQ jobs written to Redis as an attacker would.
 """
@@ -19,12 +19,11 @@ import docker
 import pytest
 import redis
 import rq
-import test_pipeline
 import test_service
 import testbed
 import yaml
 from rq.job import Job, JobStatus
-from test_pipeline import Bed
+from testbed import Bed, step_statuses
 
 from deploy_cli.base import main
 from deploy_config import load_config
@@ -41,8 +40,6 @@ from .faults import DEPLOYHOOK, assert_succeeded, run_burst_worker
 from .githttp import git_http_server
 
 # The pipeline's fixture, by assignment (an import by name would be shadowed by the parameter).
-bed = test_pipeline.bed
-bed_overrides = test_pipeline.bed_overrides
 
 NODE = "tests/reliability/test_security_worker.py::"
 LOGIN_TOKEN = "login-token-for-tests-41be"
@@ -282,7 +279,7 @@ def _fails_at_checkout(bed: Bed, change: Callable[[str], str], message: str, rul
     sha = bed.commit({"docker-compose.staging.yml": changed}, message)
     failed = bed.deploy("staging", sha)
     assert failed.status == Status.FAILED, failed.reason
-    assert test_pipeline.step_statuses(failed) == {"preflight": "succeeded", "checkout": "failed"}
+    assert step_statuses(failed) == {"preflight": "succeeded", "checkout": "failed"}
     assert f"break the isolation lint ({rule})" in failed.reason and f"{rule}: " in failed.reason
     assert _project_containers(bed, "staging") == [], "nothing was started"
     with pytest.raises(docker.errors.ImageNotFound):
@@ -341,12 +338,12 @@ def test_the_live_verify_rolls_production_back_and_warns_on_staging(bed: Bed) ->
         second = bed.commit(message="the next release")
         warned = bed.deploy("staging", second)
         assert warned.status == Status.SUCCEEDED, warned.reason
-        assert test_pipeline.step_statuses(warned)["verify"] == "warning"
+        assert step_statuses(warned)["verify"] == "warning"
         assert stranger.name in next(c["message"] for c in warned.checks if c["name"] == "networks")
 
         rolled = bed.deploy("production", second)
         assert rolled.status == Status.ROLLED_BACK, rolled.reason
-        assert test_pipeline.step_statuses(rolled)["verify"] == "failed"
+        assert step_statuses(rolled)["verify"] == "failed"
         assert "isolation checks failed: networks" in rolled.reason and stranger.name in rolled.reason
         assert bed.health("production")["version"] == first
         assert bed.health("staging")["version"] == second
