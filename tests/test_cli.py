@@ -521,6 +521,9 @@ def test_status_shows_environments_health_and_recent_deployments(
         "ENVIRONMENT  DEPLOYED           HEALTH           RUNNING  QUEUED  DEGRADED",
         f"staging      aaaaaaaaaaaa (#{succeeded.id})  ok aaaaaaaaaaaa  -        {queued.id}       no",
         "production   -                  unreachable      -        -       yes",
+        # Issue 15: a queued deployment with no live worker says so (nothing serves deploy-staging here).
+        "staging: 1 queued, but no worker serves queue deploy-staging; they wait until one starts "
+        "(`deployhook up`, or `deployhook worker --env staging`)",
         "production is degraded: rollback failed: app did not start",
         "",
         "Recent deployments:",

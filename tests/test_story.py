@@ -1,4 +1,7 @@
-"""The newcomer's story, through the real CLI as subprocesses, on the real engine (issue 6).
+"""The newcomer's story, through the real CLI as subprocesses, on the real engine (issues 6 and 15).
+
+The first test follows the README's "Your first deploy" literally: it reads the commands from
+its code blocks, so the walkthrough cannot drift from what works.
 
 `deployhook up` on its embedded Redis; `deployhook simulate-push staging` deploys the
 sample app; `deployhook status` and the page show it; `deployhook deploy production
@@ -10,9 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -24,10 +29,102 @@ import requests
 import testbed
 from testbed import bed_config
 
-from deploy_config import DeployConfig, load_config
+from deploy_config import DeployConfig, load_config, parse_config
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 WAIT = 240.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def walkthrough_blocks(section: str) -> list[list[str]]:
+    """The README section's ```sh blocks, each as its command lines (comments and blanks dropped)."""
+    text = (ROOT / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
+
+
+def test_the_readmes_first_deploy_walks_through_to_green_staging_and_production(
+    tmp_path: Path, docker_client: docker.DockerClient, postgres_image: str
+) -> None:
+    start, steps = walkthrough_blocks("Your first deploy")
+    assert start == ["make run"], "the walkthrough starts the service with `make run`"
+    assert steps[0].startswith(".venv/bin/deployhook simulate-push staging"), steps
+    port = testbed.free_port()
+    url = f"http://127.0.0.1:{port}"
+    demo = tmp_path / "demo"
+    # The newcomer's shell: no config, no secrets, no Redis of ours; a demo dir and port of the test's own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEPLOYHOOK_", "REDIS_URL", "COMPOSE_"))}
+    env |= {"DEPLOYHOOK_DEMO_DIR": str(demo), "DEPLOYHOOK_BIND": f"127.0.0.1:{port}", "DEPLOYHOOK_URL": url}
+    began = time.monotonic()
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as output:
+        service = subprocess.Popen(shlex.split(start[0]), cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+    try:
+
+        def answering() -> bool:
+            assert service.poll() is None, f"make run exited with {service.returncode}:\n{log.read_text()}"
+            return requests.get(f"{url}/healthz", timeout=2).status_code == 200
+
+        testbed.wait_for(answering, timeout=120, what="make run to answer /healthz")
+        ready = time.monotonic() - began
+        printed = log.read_text()
+        config = demo_config(demo)
+        token = (demo / "deployhook.secrets").read_text().split("DEPLOYHOOK_API_TOKEN=", 1)[1].split()[0]
+        assert f"Page:      {url}" in printed and f"API token: {token}" in printed
+        for step in steps:
+            assert f"  {step}" in printed or step.endswith(" status"), f"`make run` does not print {step!r}"
+        for path in (demo / "deploy.yml", demo / "app.env", demo / "deployhook.secrets"):
+            assert path.stat().st_mode & 0o077 == 0, f"{path} is readable by others"
+
+        # A second `make run` on the same state dir refuses, and touches nothing of the first's.
+        second = subprocess.run(shlex.split(start[0]), cwd=ROOT, capture_output=True, text=True, timeout=WAIT,
+                                env={**env, "DEPLOYHOOK_BIND": f"127.0.0.1:{testbed.free_port()}"})  # fmt: skip
+        assert second.returncode != 0
+        assert f"the state dir {config.state_dir} is in use by PID " in second.stderr, second.stderr
+        assert (config.state_dir / "redis" / "redis.sock").exists()
+
+        green = None
+        for step in steps:
+            result = subprocess.run(shlex.split(step), cwd=ROOT, env=env, capture_output=True, text=True,
+                                    timeout=WAIT, check=False)  # fmt: skip
+            assert result.returncode == 0, f"{step}:\n{result.stdout}\n{result.stderr}"
+            green = green or time.monotonic() - began
+        head = subprocess.run(["git", "--git-dir", str(config.repository.url), "rev-parse", "staging"],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        for name in ("staging", "production"):
+            health = requests.get(config.environments[name].health_url, timeout=5).json()
+            assert health["version"] == head, name
+        print(
+            f"\nREADME walkthrough: `make run` answered after {ready:.0f}s; first green deploy (staging) "
+            f"{green:.0f}s after `make run` started"
+        )
+    finally:
+        os.killpg(service.pid, signal.SIGINT)
+        service.wait(timeout=60)
+        testbed.wait_for(lambda: not testbed.session_pids(service.pid), timeout=30, what="make run to stop")
+        _remove_demo(demo, docker_client)
+
+
+def demo_config(demo: Path) -> DeployConfig:
+    """The demo's config, read without load_config: its secrets must not enter this test process's environment."""
+    source = demo / "deploy.yml"
+    return parse_config(source.read_text(), source)
+
+
+def _remove_demo(demo: Path, docker_client: docker.DockerClient) -> None:
+    if not (demo / "deploy.yml").is_file():
+        return
+    config = demo_config(demo)
+    for env in config.environments.values():
+        subprocess.run(["docker", "compose", "-p", str(env.project), "down", "--volumes", "--remove-orphans",
+                        "--timeout", "1"], capture_output=True, check=False)  # fmt: skip
+    for image in {i.name for env in config.environments.values() for i in env.images}:
+        for found in docker_client.images.list(name=image):
+            for tag in found.tags:
+                with suppress(docker.errors.APIError):
+                    docker_client.images.remove(tag, force=True)
 
 
 @dataclass
