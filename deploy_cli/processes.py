@@ -1,4 +1,4 @@
-"""`deployhook up`, `worker` and `poll`: the service's long-running processes."""
+"""`deployhook up`, `worker`, `reporter` and `poll`: the service's long-running processes."""
 
 from __future__ import annotations
 
@@ -48,6 +48,23 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool) -> Non
 
     config = load_config(config_file)
     run_worker(connect(config), config, config_file, environments or tuple(config.environments), burst=burst)
+
+
+@cli.command("reporter")
+@config_option
+def reporter(config_file: Path) -> None:
+    """Tell GitHub and chat about deployments, in order: the one reader of the outbox (run exactly one)."""
+    import signal
+    import threading
+
+    from deploy_reporting.reporter import run_reporter
+    from deploy_state.connection import connect
+
+    config = load_config(config_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    run_reporter(config, connect(config), stop)
 
 
 @cli.command("poll")

@@ -82,7 +82,7 @@ def config_redactor(config: DeployConfig) -> Redactor:
 
 def secret_env_values(config: DeployConfig) -> list[str]:
     """The values of the variables the config names as secret: webhook secret, API, login and forge tokens."""
-    names = [config.webhook.secret_env, config.api.token_env, config.status_page.login_token_env]
+    names = [config.webhook.secret_env, *config.api.named_tokens().values(), config.status_page.login_token_env]
     reporting = config.reporting
     names += [reporting.github.token_env if reporting.github else None, reporting.discord_webhook_env]
     return [os.environ.get(name, "") for name in names if name]

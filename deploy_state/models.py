@@ -80,6 +80,8 @@ class Deployment:
     """The GitHub Deployment reporting created for this one, when GitHub reporting is on."""
     log_trimmed: bool = False
     """Its log was deleted by retention (status_page.log_retention); the record itself stays."""
+    rollback_to: str = ""
+    """A manual rollback (trigger rollback): the succeeded deployment whose images it puts back."""
 
     @property
     def is_final(self) -> bool:

@@ -4,46 +4,57 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Callable
+from dataclasses import replace
 from functools import wraps
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, g, request
 
 from deploy_config import DeployError
-from deploy_reporting.reporting import report
-from deploy_state import Deployment, Status, StatusConflict, Trigger
+from deploy_state import Status, StatusConflict, Trigger
+from deploy_state.admission import DeployRequest
 
 from . import livelog
-from .extensions import deploy_config, intake, store
-from .intake import DeployRequest
+from .extensions import deploy_config, store
+from .intake import admit
 from .pushes import SHA
 from .refs import resolve_ref
 from .responses import Reply, error, status_url
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-ACTOR = "api"
-"""Who the audit trail names for actions taken with the API token."""
-
 MAX_PAGE = 100
+
+AUDIT_CURSOR = re.compile(r"^[0-9]+-[0-9]+$")
 
 
 def token_required(view: Callable[..., Reply]) -> Callable[..., Reply]:
-    """401 unless the request carries `Authorization: Bearer <the API token>`."""
+    """401 unless the request carries `Authorization: Bearer <a configured API token>`; names its holder."""
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Reply:
-        name = deploy_config().api.token_env
-        expected = os.environ.get(name, "")
-        if not expected:
-            return error(503, f"the API token is not configured on the server: set {name}")
+        api = deploy_config().api
+        configured = {name: os.environ.get(env, "") for name, env in api.named_tokens().items()}
+        configured = {name: token for name, token in configured.items() if token}
+        if not configured:
+            return error(503, f"the API token is not configured on the server: set {api.token_env}")
         scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        presented = given.strip().encode()
+        # Every token is compared (constant time each): which one matched must not show in the timing.
+        matches = [name for name, token in configured.items() if hmac.compare_digest(presented, token.encode())]
+        if scheme.lower() != "bearer" or not matches:
             return error(401, "a valid API token is required: send 'Authorization: Bearer <token>'")
+        g.actor = matches[0]
         return view(*args, **kwargs)
 
     return wrapped
+
+
+def actor() -> str:
+    """Who the audit trail names for this request: the name of the token it carried."""
+    return str(g.actor)
 
 
 def _json_body() -> dict[str, Any]:
@@ -63,7 +74,7 @@ def _string(data: dict[str, Any], name: str) -> str:
 
 
 def _submit(deploy: DeployRequest) -> Reply:
-    result = intake().submit(deploy)
+    result = admit(deploy)
     deployment = result.deployment
     body = {**deployment.to_dict(), "status_url": status_url(deployment.id)}
     return body, 202
@@ -99,7 +110,7 @@ def create_deployment() -> Reply:
             sha=sha,
             trigger=Trigger.MANUAL,
             source="api",
-            actor=ACTOR,
+            actor=actor(),
             ref=ref,
             repository=deploy_config().repository.full_name,
             reason=reason,
@@ -114,7 +125,8 @@ def redeploy(deployment_id: str) -> Reply:
     original = store().get(deployment_id)
     if original is None:
         return error(404, f"no deployment {deployment_id}")
-    return _submit(_again(original, Trigger.REDEPLOY, f"redeploy of deployment {original.id}", force=original.force))
+    reason = f"redeploy of deployment {original.id}"
+    return _submit(DeployRequest.again(original, Trigger.REDEPLOY, "api", actor(), reason, force=original.force))
 
 
 @bp.post("/environments/<env_name>/rollback")
@@ -136,7 +148,10 @@ def rollback(env_name: str) -> Reply:
         if target is None:
             return error(409, f"{env_name} has no earlier succeeded deployment to roll back to")
     # What ran in this environment before may go back without the promotion guard.
-    return _submit(_again(target, Trigger.ROLLBACK, f"rollback to deployment {target.id}", force=True))
+    # The same path as any deploy, of the target's sha, but its build step reuses the target's kept images.
+    reason = f"rollback to deployment {target.id}"
+    again = DeployRequest.again(target, Trigger.ROLLBACK, "api", actor(), reason, force=True)
+    return _submit(replace(again, rollback_to=target.id))
 
 
 @bp.post("/deployments/<deployment_id>/cancel")
@@ -151,25 +166,8 @@ def cancel(deployment_id: str) -> Reply:
         )
     except StatusConflict as conflict:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
-    store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
-    report(deploy_config(), store(), cancelled)
+    store().audit("cancel", actor(), "cancelled", deployment=deployment.id, environment=deployment.environment)
     return cancelled.to_dict(), 200
-
-
-def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -> DeployRequest:
-    return DeployRequest(
-        environment=deployment.environment,
-        sha=deployment.sha,
-        trigger=trigger,
-        source="api",
-        actor=ACTOR,
-        ref=deployment.ref,
-        repository=deployment.repository,
-        message=deployment.message,
-        commit_url=deployment.commit_url,
-        reason=reason,
-        force=force,
-    )
 
 
 @bp.get("/deployments")
@@ -211,6 +209,21 @@ def deployment_log(deployment_id: str) -> Reply:
     # The status is read before the log: when it is final, the entries read after it are the last ones.
     entries = livelog.read_entries(store(), deployment.id, since, livelog.page_redactor(deploy_config()))
     return {"entries": entries, "status": deployment.status, "final": deployment.is_final}, 200
+
+
+@bp.get("/audit")
+@token_required
+def audit() -> Reply:
+    """The audit trail, newest first: who did what, when, with what outcome."""
+    try:
+        limit = min(max(int(request.args.get("limit", 20)), 1), MAX_PAGE)
+    except ValueError:
+        return error(400, "'limit' must be a whole number")
+    cursor = request.args.get("cursor") or None
+    if cursor is not None and not AUDIT_CURSOR.fullmatch(cursor):
+        return error(400, "'cursor' must be an audit entry id such as 1700000000000-0 (a 'next_cursor' returned)")
+    entries, next_cursor = store().audit_page(limit=limit, before=cursor)
+    return {"entries": entries, "next_cursor": next_cursor}, 200
 
 
 @bp.get("/environments")

@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import docker
@@ -24,6 +25,11 @@ import git
 import pytest
 import redis
 import yaml
+
+from deploy_config import DeployConfig
+from deploy_config.loading import parse_config
+from deploy_state import Deployment, DeploymentStore, Trigger
+from deploy_state.admission import Admission, DeployRequest
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
@@ -382,3 +388,53 @@ def write_yaml(path: Path, data: object) -> Path:
 def write_env_file(path: Path, values: Mapping[str, str] = SAMPLE_ENV) -> Path:
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     return path
+
+
+# --- deployments in the store --------------------------------------------------------------
+
+
+@cache
+def _admission_config(promotion_guard: bool) -> DeployConfig:
+    """The sample config, for tests that only need records: production promotes from staging, or not."""
+    where = Path("/nonexistent/deployhook-test")
+    data = sample_config(str(where / "remote.git"), env_file=where / ".env", state_dir=where / "state")
+    if not promotion_guard:
+        data["environments"]["production"]["promote_from"] = None  # type: ignore[index]
+    return parse_config(yaml.safe_dump(data), where / "deploy.yml")
+
+
+def admitted(
+    store: DeploymentStore,
+    environment: str,
+    sha: str,
+    *,
+    promotion_guard: bool = False,
+    trigger: str = Trigger.MANUAL,
+    source: str = "",
+    pusher: str = "",
+    ref: str = "",
+    message: str = "",
+    commit_url: str = "",
+    reason: str = "",
+    force: bool = False,
+) -> Deployment:
+    """A deployment recorded, and its job enqueued, the one way deployhook records any: admission.
+
+    Queued; with `promotion_guard`, a production deployment of a sha that has not succeeded on staging is
+    blocked, as the sample config's guard blocks it. Manual by default: a webhook or poll trigger claims the
+    branch head, so a second deployment of the same sha would be the first one.
+    """
+    request = DeployRequest(
+        environment,
+        sha,
+        Trigger(trigger),
+        source,
+        actor=pusher,
+        ref=ref,
+        message=message,
+        commit_url=commit_url,
+        reason=reason,
+        force=force,
+    )
+    admission = Admission(_admission_config(promotion_guard), store.conn, job="testjobs.sleepy")
+    return admission.admit(request).deployment

@@ -17,7 +17,6 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
-from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
 
 from .context import Cancelled, DeploymentContext
@@ -91,9 +90,8 @@ def _run(
     context.lock_lost = keeper.lost
     log.info("deployment %s: %s@%s running", deployment.id, env.name, deployment.sha[:12])
     try:
-        report(config, store, deployment)
         status = pipeline(context)
-        _finish(store, config, deployment, status)
+        _finish(store, deployment, status)
     except Cancelled as cancelled:
         context.log(str(cancelled))
         status = Status(_supersede(store, deployment, cancelled.by, config).status)
@@ -127,16 +125,12 @@ def _trim_logs(store: DeploymentStore, env: str, keep: int) -> None:
 def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> Status:
     reason = context.redact(reason)
     context.log(f"deployment failed: {reason}")
-    return Status(_finish(store, context.config, context.deployment, Status.FAILED, reason=reason).status)
+    return Status(_finish(store, context.deployment, Status.FAILED, reason=reason).status)
 
 
-def _finish(
-    store: DeploymentStore, config: DeployConfig, deployment: Deployment, status: Status, **fields: str
-) -> Deployment:
-    """Move the deployment to a final status, then report it outward (best-effort: never raises)."""
-    finished = store.set_status(deployment, status, **fields)
-    report(config, store, finished)
-    return finished
+def _finish(store: DeploymentStore, deployment: Deployment, status: Status, **fields: str) -> Deployment:
+    """Move the deployment to a final status (the reporter tells the outside world, from the outbox)."""
+    return store.set_status(deployment, status, **fields)
 
 
 def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: DeployConfig) -> Deployment:
@@ -144,7 +138,6 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
     try:
         superseded = _finish(
             store,
-            config,
             deployment,
             Status.SUPERSEDED,
             expect=deployment.status,
@@ -197,7 +190,7 @@ def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig,
             store.finish_step(lost, s, "failed", reason)
     store.append_log(lost.id, f"deployment failed: {reason}")
     log.warning("deployment %s: %s", lost.id, reason)
-    return _finish(store, config, lost, Status.FAILED, reason=reason)
+    return _finish(store, lost, Status.FAILED, reason=reason)
 
 
 def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[Deployment]:
