@@ -1,7 +1,7 @@
 """Outward reporting against a real HTTP server (tests/recorder.py) standing in for GitHub's API and the
 Discord, Slack and generic webhooks.
 
-Deployments go through the real intake and the real job wrapper (workers.jobs.run_deployment, in-process)
+Deployments go through the real admission and the real job wrapper (workers.jobs.run_deployment, in-process)
 around trivial pipelines; the last test deploys the real sample app on the real Docker engine.
 """
 
