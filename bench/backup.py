@@ -45,6 +45,7 @@ def child_ours(spec: dict[str, str]) -> dict[str, object]:
     import workers.worker  # noqa: F401 - and rq's Worker, as loaded in the worker it forks from
     from deploy_config import load_config
     from deploy_state import DeploymentStore, Status, Trigger
+    from deploy_state.admission import Admission, DeployRequest
     from deploy_text.redaction import config_redactor
     from docker_runtime.compose import ComposeProject
     from workers.backup import backup
@@ -53,8 +54,9 @@ def child_ours(spec: dict[str, str]) -> dict[str, object]:
     config = load_config(spec["config"])
     env = config.environments[spec["environment"]]
     store = DeploymentStore(redis.Redis.from_url(spec["redis_url"]))
-    fields = {"trigger": Trigger.MANUAL, "source": "bench", "status": Status.RUNNING}
-    deployment = store.create(store.new(env.name, "0" * 40, **fields))
+    request = DeployRequest(env.name, "0" * 40, Trigger.MANUAL, "bench", "bench", force=True)
+    admitted = Admission(config, store.conn).admit(request).deployment
+    deployment = store.set_status(admitted, Status.RUNNING)
     ctx = DeploymentContext(config, env, store, deployment, config_redactor(config))
     ctx.compose = ComposeProject.for_environment(config, env, Path(spec["repo_dir"]))  # what checkout sets
     before = _status_kib("VmRSS")

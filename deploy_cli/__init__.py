@@ -4,7 +4,7 @@
 """
 
 # Importing the command modules registers their commands on the group.
-from . import backups, config, deployments, init, processes, reading, webhook  # noqa: F401
+from . import audit, backups, config, deployments, init, processes, reading, webhook  # noqa: F401
 from .base import cli, config_option, main
 
 __all__ = ["cli", "config_option", "main"]

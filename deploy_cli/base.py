@@ -113,7 +113,7 @@ def open_store(config: DeployConfig) -> DeploymentStore:
 def output_redactor(config: DeployConfig) -> Callable[[str], str]:
     """Masks what config_redactor masks, and the API and page tokens: for what the CLI prints from the store."""
     from_config = config_redactor(config)
-    names = [config.api.token_env, config.status_page.login_token_env]
+    names = [*config.api.named_tokens().values(), config.status_page.login_token_env]
     tokens = Redactor(os.environ.get(name, "") for name in names if name)
     return lambda text: tokens(from_config(text))
 

@@ -1,4 +1,4 @@
-"""`deployhook up`, `serve`, `worker` and `poll`: the service's long-running processes.
+"""`deployhook up`, `serve`, `worker`, `reporter` and `poll`: the service's long-running processes.
 
 Each starts by setting a 0077 umask (private_umask): dumps, the embedded Redis's data and the
 mirror are then private to the service's user, whatever creates them (its children included).
@@ -69,6 +69,23 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared
     warn_at_start(config, web=False)
     envs = environments or tuple(config.environments)
     run_worker(connect(config), config, config_file, envs, burst=burst, shared=shared_queue)
+
+
+@cli.command("reporter")
+@config_option
+def reporter(config_file: Path) -> None:
+    """Tell GitHub and chat about deployments, in order: the one reader of the outbox (run exactly one)."""
+    import signal
+    import threading
+
+    from deploy_reporting.reporter import run_reporter
+    from deploy_state.connection import connect
+
+    config = load_config(config_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop.set())
+    run_reporter(config, connect(config), stop)
 
 
 @cli.command("poll")

@@ -110,9 +110,10 @@ def deployhook_command(*args: str) -> list[str]:
 
 def child_commands(config: DeployConfig, bind: str) -> list[list[str]]:
     """The processes of the service: web, one worker per environment (so staging never
-    delays a production deploy), and the poller when poll_interval is set."""
+    delays a production deploy), the one reporter, and the poller when poll_interval is set."""
     commands_ = [web_command(bind)]
     commands_ += [deployhook_command("worker", "--env", env) for env in config.environments]
+    commands_.append(deployhook_command("reporter"))
     if config.poll_interval is not None:
         commands_.append(deployhook_command("poll"))
     return commands_

@@ -48,6 +48,9 @@ DEFAULT_PUBLIC_ENV = ("ENVIRONMENT", "LOG_LEVEL", "DB_HOST", "DB_USER", "DB_NAME
 DEFAULT_API_TOKEN_ENV = "DEPLOYHOOK_API_TOKEN"
 """Name of the environment variable that holds the manual API's bearer token."""
 
+API_TOKEN_NAME = "api"
+"""The name the audit trail gives whoever used api.token_env's token (api.tokens names the others)."""
+
 DEFAULT_DEPLOY_TIMEOUT = 1800.0
 """Seconds one deployment may run in all."""
 

@@ -14,6 +14,7 @@ from . import defaults
 _ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Compose's own rule for project names.
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 # Docker image repository names, without tag or digest.
 _IMAGE_NAME = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*$")
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
@@ -130,6 +131,24 @@ class WebhookConfig(Model):
 class ApiConfig(Model):
     token_env: EnvVarName = defaults.DEFAULT_API_TOKEN_ENV
     """Name of the environment variable holding the bearer token the manual API and actions require."""
+    tokens: dict[str, EnvVarName] = {}
+    """More bearer tokens, each with a name (who holds it) -> the variable holding it: the audit trail
+    names who acted. token_env's token is named "api"."""
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_names(cls, tokens: dict[str, str]) -> dict[str, str]:
+        for name in tokens:
+            if name == defaults.API_TOKEN_NAME or not _TOKEN_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a token name: use up to 64 letters, digits, '_', '.', '@' or '-', "
+                    f"starting with a letter or digit, and not {defaults.API_TOKEN_NAME!r} (token_env's name)"
+                )
+        return tokens
+
+    def named_tokens(self) -> dict[str, str]:
+        """Every token's name -> the variable holding it, token_env's first."""
+        return {defaults.API_TOKEN_NAME: self.token_env, **self.tokens}
 
 
 class StatusPageConfig(Model):

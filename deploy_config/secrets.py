@@ -55,7 +55,7 @@ def secret_env_names(config: DeployConfig) -> list[str]:
     reporting = config.reporting
     names = [
         config.webhook.secret_env,
-        config.api.token_env,
+        *config.api.named_tokens().values(),
         config.status_page.login_token_env,
         reporting.github.token_env if reporting.github else None,
         reporting.discord_webhook_env,

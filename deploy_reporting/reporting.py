@@ -2,23 +2,17 @@
 
 Best-effort, like rq's webhook send(): a report that does not get through is logged (host
 only, secrets masked) and never fails a deployment; each HTTP call waits at most
-reporting.timeout. Intake reports queued and blocked deployments, the API cancelled ones,
-the job running and every final status: report(config, store, deployment) after each change,
-the deployment's status saying what happened.
+reporting.timeout. Only the reporter (reporter.py, draining the outbox in order) calls
+report(config, store, deployment), the deployment's status saying what happened.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
-import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
-
-from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig
 from deploy_state.models import Deployment, Status
@@ -36,11 +30,6 @@ DEFAULT_PUBLIC_URL = "http://localhost:8000"
 
 CHAT_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK})
 """What Discord and Slack hear about; the generic webhook hears about every final status."""
-
-GITHUB_CALLS = 3
-"""HTTP calls one GitHub report makes at most: create the Deployment, its status, the commit status."""
-
-_LEASE_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -75,10 +64,6 @@ def report(config: DeployConfig, store: DeploymentStore, deployment: Deployment)
         return
     try:
         _report(config, store, deployment)
-    except JobTimeoutException:
-        if not deployment.is_final:
-            raise  # the job's own deadline, not a reporting failure: the deployment fails over it
-        log.warning("deployment %s: reporting %s cut short by the job's timeout", deployment.id, deployment.status)
     except Exception:
         log.warning("deployment %s: reporting %s failed", deployment.id, deployment.status, exc_info=True)
 
@@ -93,7 +78,7 @@ def _report(config: DeployConfig, store: DeploymentStore, deployment: Deployment
     where = links(config, deployment)
     with Poster(config.reporting.timeout, config_redactor(config)) as poster:
         if targets.github is not None:
-            _report_to_github(config, store, deployment, targets.github, poster, where)
+            targets.github.report(poster, store, deployment, where)
         # What leaves the server carries no known secret, whatever the record holds (a pasted commit message).
         deployment = deployment.redacted(poster.redact)
         if deployment.is_final and targets.generic:
@@ -103,36 +88,6 @@ def _report(config: DeployConfig, store: DeploymentStore, deployment: Deployment
                 poster.post(targets.discord, _discord_body(deployment, where), f"deployment {deployment.id}: Discord")
             if targets.slack:
                 poster.post(targets.slack, _slack_body(deployment, where), f"deployment {deployment.id}: Slack")
-
-
-def _report_to_github(
-    config: DeployConfig, store: DeploymentStore, deployment: Deployment, github: GitHub, poster: Poster, where: Links
-) -> None:
-    """Report to GitHub under the deployment's report lease, unless a later stage was reported."""
-    # The web process's 'queued' and the worker's 'in_progress' may race: GitHub must see one
-    # Deployment, and its states in order, so each report holds the lease and skips stale ones.
-    seconds = GITHUB_CALLS * 2 * config.reporting.timeout + 1  # connect and read, per call
-    lease = store.report_lease(deployment.id, f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}", seconds)
-    deadline = time.monotonic() + seconds + 1
-    while not lease.acquire():
-        if time.monotonic() > deadline:  # a lease always runs out; this only guards against a stuck clock
-            log.warning("deployment %s: report lease still held; reporting anyway", deployment.id)
-            break
-        time.sleep(_LEASE_POLL)
-    try:
-        current = store.get(deployment.id) or deployment
-        if _stage(current) > _stage(deployment):
-            skipped = (deployment.id, deployment.status, current.status)
-            log.info("deployment %s: not reporting %s to GitHub, it is %s already", *skipped)
-            return
-        github.report(poster, store, current, where)
-    finally:
-        lease.release()
-
-
-def _stage(deployment: Deployment) -> int:
-    """Queued, running, final: a report of an earlier stage than the record's is stale."""
-    return 2 if deployment.is_final else 1 if deployment.status == Status.RUNNING else 0
 
 
 def _webhook_url(field: str, env_name: str | None) -> str | None:

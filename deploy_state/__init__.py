@@ -4,6 +4,7 @@ Both the web process (hook_server) and the workers use this package; it never im
 Docker code. No Redis key string appears outside keys.py.
 """
 
+from . import outbox
 from .locks import EnvironmentLock, LeaseKeeper
 from .models import FINAL_STATUSES, Deployment, Status, Step, Trigger
 from .queues import queue_for, queue_name
@@ -19,6 +20,7 @@ __all__ = [
     "StatusConflict",
     "Step",
     "Trigger",
+    "outbox",
     "queue_for",
     "queue_name",
 ]

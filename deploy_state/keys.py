@@ -76,10 +76,6 @@ def delivery(source: str, delivery_id: str) -> str:
     return f"{PREFIX}:delivery:{source}:{delivery_id}"
 
 
-def delivery_claim(source: str, delivery_id: str) -> str:
-    return f"{PREFIX}:delivery:{source}:{delivery_id}:claim"
-
-
 def audit() -> str:
     return f"{PREFIX}:audit"
 
@@ -125,10 +121,16 @@ def last_success(env: str) -> str:
     return f"{PREFIX}:env:{env}:last-success"
 
 
-def report_lock(deployment_id: str) -> str:
-    return f"{PREFIX}:deployment:{deployment_id}:report-lock"
-
-
 def queue_workers(env: str) -> str:
     """Sorted set: the workers serving env's queue ('host:pid'), scored by when their heartbeat runs out."""
     return f"{PREFIX}:env:{env}:workers"
+
+
+def outbox() -> str:
+    """Stream: every status a deployment took, in order, for the one reporter to tell the outside world."""
+    return f"{PREFIX}:outbox"
+
+
+def outbox_done() -> str:
+    """The id of the last outbox entry the reporter has dealt with."""
+    return f"{PREFIX}:outbox:done"

@@ -83,6 +83,8 @@ class Deployment:
     """Its log was deleted by retention (status_page.log_retention); the record itself stays."""
     promoted_from: str = ""
     """The environment whose release this promotes: checkout accepts a sha on that environment's branch."""
+    rollback_to: str = ""
+    """A manual rollback (trigger rollback): the succeeded deployment whose images it puts back."""
 
     @property
     def is_final(self) -> bool:

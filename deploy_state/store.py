@@ -1,4 +1,4 @@
-"""DeploymentStore: every read and write of deployment records, logs and the audit trail."""
+"""DeploymentStore: reads and writes of deployment records (admission.py writes new ones), logs, the audit trail."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from redis.client import Pipeline
 from deploy_config import DeployError
 from deploy_config.defaults import DEFAULT_LOG_MAX_LINES
 
-from . import keys, logcap, stats
-from .locks import Lease
+from . import keys, logcap, outbox, stats
 from .models import FINAL_STATUSES, Deployment, Status, Step
 
 AUDIT_MAXLEN = 100_000
@@ -82,29 +81,6 @@ class DeploymentStore:
 
     # --- records -------------------------------------------------------------------
 
-    def new(self, environment: str, sha: str, **fields: Any) -> Deployment:
-        """A new record with the next id; not saved until add() runs."""
-        deployment_id = str(self.conn.incr(keys.sequence()))
-        return Deployment(id=deployment_id, environment=environment, sha=sha, created_at=time.time(), **fields)
-
-    def add(self, deployment: Deployment, pipe: Pipeline) -> None:
-        """Queue the writes that save a new record and its indexes on a (transactional) pipeline."""
-        score = {deployment.id: int(deployment.id)}
-        pipe.hset(keys.deployment(deployment.id), mapping=_encode(deployment.to_dict()))
-        pipe.zadd(keys.index_all(), score)
-        pipe.zadd(keys.index_environment(deployment.environment), score)
-        pipe.zadd(keys.index_status(deployment.status), score)
-        if deployment.status == Status.QUEUED:
-            pipe.zadd(keys.queued(deployment.environment), score)
-        if deployment.status in FINAL_STATUSES:  # blocked: final from the start
-            pipe.hincrby(keys.finished_counts(deployment.environment), str(deployment.status), 1)
-
-    def create(self, deployment: Deployment) -> Deployment:
-        with self.conn.pipeline(transaction=True) as pipe:
-            self.add(deployment, pipe)
-            pipe.execute()
-        return deployment
-
     def get(self, deployment_id: str) -> Deployment | None:
         data = self.conn.hgetall(keys.deployment(deployment_id))
         return Deployment.from_hash(data) if data else None
@@ -124,6 +100,9 @@ class DeploymentStore:
         self, deployment: Deployment, status: Status, expect: str | None = None, **fields: Any
     ) -> Deployment:
         """Move a deployment to a new status, keeping every index in step, and return it updated.
+
+        The one way a deployment's status changes after admission: the same transaction appends the
+        change to the outbox, which the reporter tells the outside world about.
 
         The status index it leaves is the one of the status stored now, not of the record passed
         in, which may be stale. With `expect`, the move happens only if the stored status is still
@@ -146,6 +125,7 @@ class DeploymentStore:
                         raise StatusConflict(deployment.id, current, expect)
                     pipe.multi()
                     pipe.hset(key, mapping=_encode({"status": str(status), **fields}))
+                    outbox.append(pipe, deployment.id, str(status))
                     pipe.zrem(keys.index_status(current), deployment.id)
                     pipe.zadd(keys.index_status(status), score)
                     if status != Status.QUEUED:
@@ -259,7 +239,7 @@ class DeploymentStore:
                 stats.observe(pipe, histogram, seconds, stats.STEP_BUCKETS, series=step.name)
             pipe.execute()
 
-    # --- metrics and reporting -----------------------------------------------------------
+    # --- metrics -----------------------------------------------------------
 
     def stats(self, env: str) -> stats.EnvironmentStats:
         """env's counters and histograms (kept up to date by set_status and finish_step): one round trip."""
@@ -277,10 +257,6 @@ class DeploymentStore:
             queued=int(queued),
             last_success=None if last_success is None else float(last_success),
         )
-
-    def report_lease(self, deployment_id: str, token: str, seconds: float) -> Lease:
-        """The lock that keeps one deployment's outward reports in order across processes."""
-        return Lease(self.conn, keys.report_lock(deployment_id), token, seconds)
 
     # --- environment health ------------------------------------------------------------
 
@@ -373,8 +349,13 @@ class DeploymentStore:
 
     def audit_entries(self, count: int = 100) -> list[dict[str, str]]:
         """The newest audit entries, newest first."""
-        entries: Any = self.conn.xrevrange(keys.audit(), count=count)
-        return [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries]
+        return self.audit_page(limit=count)[0]
+
+    def audit_page(self, limit: int = 20, before: str | None = None) -> tuple[list[dict[str, str]], str | None]:
+        """Audit entries older than `before` (an entry id), newest first; the cursor of the next page, or None."""
+        entries: Any = self.conn.xrevrange(keys.audit(), max=f"({before}" if before else "+", count=limit + 1)
+        page = [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries[:limit]]
+        return page, page[-1]["id"] if len(entries) > limit else None
 
 
 def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from functools import wraps
@@ -12,50 +13,63 @@ from typing import Any
 from flask import Blueprint, g, request
 
 from deploy_config import DeployError
-from deploy_reporting.reporting import report
 from deploy_state import Deployment, Status, StatusConflict, Trigger
+from deploy_state.admission import DeployRequest
+from deploy_text.formatting import short_sha
 
 from . import livelog, statusauth
-from .extensions import deploy_config, intake, store
-from .intake import DeployRequest
+from .extensions import deploy_config, store
+from .intake import admit
 from .pushes import SHA
 from .refs import resolve_ref
 from .responses import Reply, error, status_url
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
-ACTOR = "api"
-"""Who the audit trail names for actions taken with the API token."""
-
 MAX_PAGE = 100
+
+AUDIT_CURSOR = re.compile(r"^[0-9]+-[0-9]+$")
 
 
 def token_required(view: Callable[..., Reply]) -> Callable[..., Reply]:
-    """401 unless the request carries `Authorization: Bearer <the API token>`."""
+    """401 unless the request carries `Authorization: Bearer <a configured API token>`; names its holder."""
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Reply:
-        name = deploy_config().api.token_env
-        if not os.environ.get(name, ""):
-            return error(503, f"the API token is not configured on the server: set {name}")
-        if not _has_api_token():
+        api = deploy_config().api
+        if not _configured_tokens():
+            return error(503, f"the API token is not configured on the server: set {api.token_env}")
+        holder = _token_holder()
+        if holder is None:
             return error(401, "a valid API token is required: send 'Authorization: Bearer <token>'")
+        g.actor = holder
         return view(*args, **kwargs)
 
     return wrapped
 
 
-def _has_api_token() -> bool:
-    """The request carries `Authorization: Bearer <the API token>` (and one is configured)."""
-    expected = os.environ.get(deploy_config().api.token_env, "")
+def _configured_tokens() -> dict[str, str]:
+    """Every API token that is set: its name -> its value."""
+    named = deploy_config().api.named_tokens().items()
+    return {name: token for name, env in named if (token := os.environ.get(env, ""))}
+
+
+def _token_holder() -> str | None:
+    """The name of the API token the request carries (`Authorization: Bearer <token>`), or None."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return (
-        bool(expected) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected.encode())
-    )
+    presented = given.strip().encode()
+    # Every token is compared (constant time each): which one matched must not show in the timing.
+    matches = [name for name, token in _configured_tokens().items() if hmac.compare_digest(presented, token.encode())]
+    return matches[0] if scheme.lower() == "bearer" and matches else None
+
+
+def actor() -> str:
+    """Who the audit trail names for this request: the name of the token it carried."""
+    return str(g.actor)
 
 
 def read_access(view: Callable[..., Reply]) -> Callable[..., Reply]:
-    """With a login token configured, reads need the status page's login session or the API token.
+    """With a login token configured, reads need the status page's login session or an API token.
 
     Records, logs and environments say what runs where, with commit messages and backup
     paths: whoever the page asks to log in must not read them through the API instead.
@@ -63,7 +77,7 @@ def read_access(view: Callable[..., Reply]) -> Callable[..., Reply]:
 
     @wraps(view)
     def wrapped(*args: Any, **kwargs: Any) -> Reply:
-        if deploy_config().status_page.login_token_env and not (_has_api_token() or statusauth.logged_in()):
+        if deploy_config().status_page.login_token_env and not (_token_holder() or statusauth.logged_in()):
             return error(401, "log in on the status page, or send 'Authorization: Bearer <API token>'")
         return view(*args, **kwargs)
 
@@ -95,7 +109,7 @@ def _shown(deployment: Deployment) -> dict[str, Any]:
 
 
 def _submit(deploy: DeployRequest) -> Reply:
-    result = intake().submit(deploy)
+    result = admit(deploy)
     deployment = result.deployment
     body = {**_shown(deployment), "status_url": status_url(deployment.id)}
     return body, 202
@@ -131,7 +145,7 @@ def create_deployment() -> Reply:
             sha=sha,
             trigger=Trigger.MANUAL,
             source="api",
-            actor=ACTOR,
+            actor=actor(),
             ref=ref,
             repository=deploy_config().repository.full_name,
             reason=reason,
@@ -146,7 +160,8 @@ def redeploy(deployment_id: str) -> Reply:
     original = store().get(deployment_id)
     if original is None:
         return error(404, f"no deployment {deployment_id}")
-    return _submit(_again(original, Trigger.REDEPLOY, f"redeploy of deployment {original.id}", force=original.force))
+    reason = f"redeploy of deployment {original.id}"
+    return _submit(DeployRequest.again(original, Trigger.REDEPLOY, "api", actor(), reason, force=original.force))
 
 
 @bp.post("/environments/<env_name>/rollback")
@@ -168,7 +183,10 @@ def rollback(env_name: str) -> Reply:
         if target is None:
             return error(409, f"{env_name} has no earlier succeeded deployment to roll back to")
     # What ran in this environment before may go back without the promotion guard.
-    return _submit(_again(target, Trigger.ROLLBACK, f"rollback to deployment {target.id}", force=True))
+    # The same path as any deploy, of the target's sha, but its build step reuses the target's kept images.
+    reason = f"rollback to deployment {target.id}"
+    again = DeployRequest.again(target, Trigger.ROLLBACK, "api", actor(), reason, force=True)
+    return _submit(replace(again, rollback_to=target.id))
 
 
 @bp.post("/environments/<env_name>/promote")
@@ -189,10 +207,10 @@ def promote(env_name: str) -> Reply:
     release = store().last_succeeded(source)
     if release is None:
         return error(409, f"{source} has no succeeded deployment to promote; deploy {source} first")
-    reason = f"promotion of {source}'s release {release.sha[:12]} (deployment {release.id}) to {env_name}"
+    reason = f"promotion of {source}'s release {short_sha(release.sha)} (deployment {release.id}) to {env_name}"
     # Through the promotion guard as any deploy (not forced): it passes, since the sha succeeded on source.
-    return _submit(replace(_again(release, Trigger.PROMOTE, reason, force=False), environment=env_name,
-                           promoted_from=source))  # fmt: skip
+    again = DeployRequest.again(release, Trigger.PROMOTE, "api", actor(), reason, force=False)
+    return _submit(replace(again, environment=env_name, promoted_from=source))
 
 
 @bp.post("/deployments/<deployment_id>/cancel")
@@ -207,26 +225,8 @@ def cancel(deployment_id: str) -> Reply:
         )
     except StatusConflict as conflict:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
-    store().audit("cancel", ACTOR, "cancelled", deployment=deployment.id, environment=deployment.environment)
-    report(deploy_config(), store(), cancelled)
+    store().audit("cancel", actor(), "cancelled", deployment=deployment.id, environment=deployment.environment)
     return _shown(cancelled), 200
-
-
-def _again(deployment: Deployment, trigger: Trigger, reason: str, force: bool) -> DeployRequest:
-    return DeployRequest(
-        environment=deployment.environment,
-        sha=deployment.sha,
-        trigger=trigger,
-        source="api",
-        actor=ACTOR,
-        ref=deployment.ref,
-        repository=deployment.repository,
-        message=deployment.message,
-        commit_url=deployment.commit_url,
-        reason=reason,
-        force=force,
-        promoted_from=deployment.promoted_from,
-    )
 
 
 @bp.get("/deployments")
@@ -271,6 +271,21 @@ def deployment_log(deployment_id: str) -> Reply:
     # The status is read before the log: when it is final, the entries read after it are the last ones.
     entries = livelog.read_entries(store(), deployment.id, since, livelog.page_redactor(deploy_config()))
     return {"entries": entries, "status": deployment.status, "final": deployment.is_final}, 200
+
+
+@bp.get("/audit")
+@token_required
+def audit() -> Reply:
+    """The audit trail, newest first: who did what, when, with what outcome."""
+    try:
+        limit = min(max(int(request.args.get("limit", 20)), 1), MAX_PAGE)
+    except ValueError:
+        return error(400, "'limit' must be a whole number")
+    cursor = request.args.get("cursor") or None
+    if cursor is not None and not AUDIT_CURSOR.fullmatch(cursor):
+        return error(400, "'cursor' must be an audit entry id such as 1700000000000-0 (a 'next_cursor' returned)")
+    entries, next_cursor = store().audit_page(limit=limit, before=cursor)
+    return {"entries": entries, "next_cursor": next_cursor}, 200
 
 
 @bp.get("/environments")

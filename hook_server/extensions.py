@@ -9,8 +9,6 @@ from deploy_config import DeployConfig
 from deploy_state import DeploymentStore
 from deploy_state.connection import redis_url
 
-from .intake import Intake
-
 
 def init_app(app: Flask, config: DeployConfig) -> None:
     url = app.config.get("REDIS_URL") or redis_url(config)
@@ -32,7 +30,3 @@ def redis_conn() -> Redis:
 
 def store() -> DeploymentStore:
     return DeploymentStore(redis_conn())
-
-
-def intake() -> Intake:
-    return Intake(deploy_config(), redis_conn(), job=current_app.config["DEPLOY_JOB"], report_in_background=True)

@@ -75,15 +75,42 @@ _DEPLOYMENT_PROPERTIES: Schema = {
     "github_deployment_id": _nullable({"type": "integer"}),
     "log_trimmed": {"type": "boolean", "description": "its log was deleted by retention; the record stays"},
     "promoted_from": {"type": "string", "description": "a promotion: the environment whose release it deploys"},
+    "rollback_to": {
+        "type": "string",
+        "description": "a manual rollback (trigger rollback): the succeeded deployment whose kept images it reuses",
+    },
 }
+
+STATUS_MEANINGS = {
+    Status.QUEUED: "admitted; its job waits in the environment's queue",
+    Status.RUNNING: "a worker runs its pipeline",
+    Status.SUCCEEDED: "deployed, healthy and verified",
+    Status.FAILED: "failed before the rollout (nothing touched), or its automatic rollback failed too (degraded)",
+    Status.ROLLED_BACK: "failed after the rollout began; the automatic rollback put the previous release back",
+    Status.SUPERSEDED: "a newer deployment of the environment replaced it before its rollout",
+    Status.CANCELLED: "cancelled through the API while queued",
+    Status.BLOCKED: "the promotion guard refused it (its sha has not succeeded where it promotes from)",
+}
+"""The one status vocabulary (README "Deployment statuses"). A manual rollback is not a status: it is a
+deployment with trigger rollback, whose status is any of these."""
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
         **_object({"error": {"type": "string", "minLength": 1}}),
         "description": "what went wrong and what to do",
     },
-    "Status": {"type": "string", "enum": [str(s) for s in Status]},
-    "Trigger": {"type": "string", "enum": [str(t) for t in Trigger]},
+    "Status": {
+        "type": "string",
+        "enum": [str(s) for s in Status],
+        "description": "; ".join(f"{status}: {meaning}" for status, meaning in STATUS_MEANINGS.items()),
+    },
+    "Trigger": {
+        "type": "string",
+        "enum": [str(t) for t in Trigger],
+        "description": "webhook: a push; poll: the poller saw the branch move; manual: POST /api/deployments; "
+        "redeploy: POST .../redeploy; rollback: a manual rollback (POST /api/environments/{env}/rollback), "
+        "which reuses the target's kept images",
+    },
     "Step": _object(
         {
             "name": STRING,
@@ -172,6 +199,29 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Health": _object({"status": {"enum": ["ok", "error"]}, "redis": STRING}),
+    "AuditEntry": {
+        **_object(
+            {
+                "id": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"},
+                "t": {"type": "string", "description": "Unix time, seconds, as text"},
+                "action": {"type": "string", "description": "deploy, cancel, webhook, restore"},
+                "actor": {
+                    "type": "string",
+                    "description": "who acted: the API token's name, the pusher (else the forge), the OS user of "
+                    "`deployhook backups restore`, or the address a refused delivery came from",
+                },
+                "outcome": STRING,
+            }
+        ),
+        "additionalProperties": STRING,
+        "description": "one entry; details such as deployment, environment, sha, trigger, source, reason",
+    },
+    "AuditPage": _object(
+        {
+            "entries": {"type": "array", "items": _ref("AuditEntry")},
+            "next_cursor": {**_nullable(STRING), "description": "pass as ?cursor= for the next (older) page"},
+        }
+    ),
 }
 
 
@@ -237,6 +287,23 @@ def _webhook(forge: str, headers: list[tuple[str, str]], ping: bool) -> Schema:
 
 
 PATHS: dict[str, Schema] = {
+    "/api/audit": {
+        "get": {
+            "operationId": "listAudit",
+            "tags": ["read"],
+            "summary": "The audit trail, newest first, a page at a time: who did what, when",
+            "security": _AUTH,
+            "parameters": [
+                _query("limit", "page size, 1 to 100 (default 20)", {"type": "integer"}),
+                _query("cursor", "the next_cursor of the previous page"),
+            ],
+            "responses": {
+                "200": _json(_ref("AuditPage"), "one page"),
+                "400": _error("a limit that is not a number, or a cursor that is not an entry id"),
+                **_TOKEN,
+            },
+        }
+    },
     "/api/environments": {
         "get": {
             "operationId": "listEnvironments",

@@ -1,6 +1,6 @@
 """The polling fallback for servers GitHub cannot reach: watch the deploy branches with ls-remote.
 
-A moved branch head becomes a deployment (trigger `poll`) through the same Intake as a
+A moved branch head becomes a deployment (trigger `poll`) through the same admission as a
 webhook, which records the head it saw: webhook and poller never deploy one sha twice.
 """
 
@@ -13,17 +13,17 @@ from redis import Redis, RedisError
 
 from deploy_config import DeployConfig, DeployError
 from deploy_state import Trigger
+from deploy_state.admission import DEPLOY_JOB, Admission, Admitted, DeployRequest
 from deploy_text.formatting import short_sha
 
-from .intake import DeployRequest, Intake, IntakeResult
 from .refs import ls_remote
 
 log = logging.getLogger(__name__)
 
 
-def poll_once(config: DeployConfig, connection: Redis, job: str | None = None) -> list[IntakeResult]:
-    """Check every environment's branch once; returns the intake results (created or not)."""
-    intake = Intake(config, connection, job=job) if job else Intake(config, connection)
+def poll_once(config: DeployConfig, connection: Redis, job: str = DEPLOY_JOB) -> list[Admitted]:
+    """Check every environment's branch once; returns what admission made of each head (created or not)."""
+    admission = Admission(config, connection, job=job)
     heads = ls_remote(config.repository.url, *(f"refs/heads/{env.branch}" for env in config.environments.values()))
     results = []
     for env in config.environments.values():
@@ -39,7 +39,7 @@ def poll_once(config: DeployConfig, connection: Redis, job: str | None = None) -
             ref=f"refs/heads/{env.branch}",
             repository=config.repository.full_name,
         )
-        result = intake.submit(request)
+        result = admission.admit(request)
         if result.created:
             log.info("poll: %s moved to %s; deployment %s", env.branch, short_sha(sha), result.deployment.id)
         results.append(result)

@@ -11,6 +11,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from deploy_config import DeployError
+from deploy_state import Trigger
+from deploy_state.admission import DeployRequest
 
 ZERO_SHA = re.compile(r"^0+$")
 SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -36,6 +38,21 @@ class Push:
     @property
     def branch(self) -> str | None:
         return self.ref.removeprefix("refs/heads/") if self.ref.startswith("refs/heads/") else None
+
+    def request(self, environment: str, source: str, delivery_id: str) -> DeployRequest:
+        """The deployment this push asks for; the audit trail names the pusher, else the forge."""
+        return DeployRequest(
+            environment=environment,
+            sha=self.after,
+            trigger=Trigger.WEBHOOK,
+            source=source,
+            actor=self.pusher or source,
+            ref=self.ref,
+            repository=self.repository,
+            message=self.message,
+            commit_url=self.commit_url,
+            delivery_id=delivery_id,
+        )
 
 
 def decode_body(body: bytes, content_type: str) -> Mapping[str, Any]:

@@ -15,11 +15,11 @@ from flask import Blueprint, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from deploy_state import Trigger
+from deploy_state.admission import Admitted
 
 from . import pushes, replays, signatures
-from .extensions import deploy_config, intake, redis_conn, store
-from .intake import DeployRequest, IntakeResult
+from .extensions import deploy_config, redis_conn, store
+from .intake import admit
 from .pushes import PayloadError, Push
 from .rejections import record_rejection
 from .responses import Reply, error, status_url
@@ -142,27 +142,15 @@ def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id
     except RedisError as exc:
         log.error("could not check the order of %s delivery %s: %s", source, delivery_id, exc)
         return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")
-    deploy = DeployRequest(
-        environment=env.name,
-        sha=push.after,
-        trigger=Trigger.WEBHOOK,
-        source=source,
-        actor=push.pusher or source,
-        ref=push.ref,
-        repository=push.repository,
-        message=push.message,
-        commit_url=push.commit_url,
-        delivery_id=delivery_id,
-    )
     try:
-        result = intake().submit(deploy)
+        result = admit(push.request(env.name, source, delivery_id))
     except RedisError as exc:
         log.error("could not record %s delivery %s: %s", source, delivery_id, exc)
         return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")
     return _accepted(result)
 
 
-def _accepted(result: IntakeResult) -> Reply:
+def _accepted(result: Admitted) -> Reply:
     deployment = result.deployment
     body: dict[str, Any] = {
         "deployment_id": deployment.id,

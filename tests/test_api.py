@@ -4,17 +4,19 @@ redeploys, rollbacks, cancels, listing with cursors, and errors that are always 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import rq
 import testbed
+import yaml
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from deploy_config import DeployConfig
+from deploy_config import ConfigError, DeployConfig, load_config
 from deploy_state import Deployment, DeploymentStore, Status
 from hook_server import create_app
 
@@ -589,7 +591,7 @@ def make_history(conn: redis.Redis, count: int) -> list[Deployment]:
     made = []
     for n in range(count):
         env = "staging" if n % 4 else "production"
-        deployment = store.create(store.new(env, fake_sha(n), trigger="manual", source="api"))
+        deployment = testbed.admitted(store, env, fake_sha(n), trigger="manual", source="api")
         status = STATUS_CYCLE[n % len(STATUS_CYCLE)]
         if status != Status.QUEUED:
             deployment = store.set_status(deployment, status)
@@ -701,12 +703,13 @@ def test_get_one_deployment(client: FlaskClient, redis_conn: redis.Redis) -> Non
 
 def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, deploy_config: DeployConfig) -> None:
     store = DeploymentStore(redis_conn)
-    older = store.set_status(store.create(store.new("staging", fake_sha(1))), Status.SUCCEEDED)
-    last = store.set_status(store.create(store.new("staging", fake_sha(2))), Status.SUCCEEDED)
-    store.set_status(store.create(store.new("staging", fake_sha(3))), Status.FAILED)
-    running = store.set_status(store.create(store.new("staging", fake_sha(4))), Status.RUNNING)
-    queued = [store.create(store.new("staging", fake_sha(n))) for n in (5, 6)]
-    store.create(store.new("production", fake_sha(1), status=Status.BLOCKED))
+    older = store.set_status(testbed.admitted(store, "staging", fake_sha(1)), Status.SUCCEEDED)
+    last = store.set_status(testbed.admitted(store, "staging", fake_sha(2)), Status.SUCCEEDED)
+    store.set_status(testbed.admitted(store, "staging", fake_sha(3)), Status.FAILED)
+    running = store.set_status(testbed.admitted(store, "staging", fake_sha(4)), Status.RUNNING)
+    queued = [testbed.admitted(store, "staging", fake_sha(n)) for n in (5, 6)]
+    blocked = testbed.admitted(store, "production", fake_sha(7), promotion_guard=True)
+    assert blocked.status == Status.BLOCKED
 
     environments = {env["name"]: env for env in body(api(client, "GET", "/api/environments"))["environments"]}
 
@@ -792,3 +795,66 @@ def test_promote_from_an_explicit_environment_and_its_errors(client: FlaskClient
     # Promoting production's release to staging: the guard of staging (none) lets it through.
     record = body(api(client, "POST", "/api/environments/staging/promote", json={"from": "production"}))
     assert (record["sha"], record["promoted_from"], record["status"]) == (prod["sha"], "production", "queued")
+
+
+# --- named tokens and the audit trail ---------------------------------------------------------------
+
+
+ALICE_TOKEN = "alice-token-for-tests-7f3e"
+
+
+@pytest.fixture
+def named_client(
+    config_file: Path,
+    redis_url: str,
+    redis_conn: redis.Redis,
+    secrets: testbed.Secrets,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[FlaskClient]:
+    """The app with a second, named token (api.tokens: {alice: ALICE_TOKEN_ENV}) beside token_env's."""
+    data = yaml.safe_load(config_file.read_text())
+    data["api"] = {"tokens": {"alice": "ALICE_TOKEN_ENV"}}
+    monkeypatch.setenv("ALICE_TOKEN_ENV", ALICE_TOKEN)
+    config = load_config(testbed.write_yaml(config_file.with_name("named.yml"), data))
+    app = create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+    yield app.test_client()
+    app.extensions["deployhook"]["redis"].close()
+
+
+def test_the_audit_trail_names_the_token_that_acted(named_client: FlaskClient, redis_conn: redis.Redis) -> None:
+    by_alice = body(api(named_client, "POST", "/api/deployments", json={"environment": "staging", "sha": fake_sha(1)},
+                        token=ALICE_TOKEN))  # fmt: skip
+    by_default = deploy(named_client, environment="staging", sha=fake_sha(2))
+    assert rejected(api(named_client, "POST", f"/api/deployments/{by_alice['id']}/cancel", token="wrong"), 401)
+    assert api(named_client, "POST", f"/api/deployments/{by_alice['id']}/cancel", token=ALICE_TOKEN).status_code == 200
+
+    assert (by_alice["pusher"], by_default["pusher"]) == ("alice", "api")
+    trail = body(api(named_client, "GET", "/api/audit", token=ALICE_TOKEN))["entries"]
+    assert [(e["action"], e["actor"], e.get("deployment")) for e in trail] == [
+        ("cancel", "alice", by_alice["id"]),
+        ("deploy", "api", by_default["id"]),
+        ("deploy", "alice", by_alice["id"]),
+    ]
+    assert ALICE_TOKEN not in str(trail)
+
+
+def test_the_audit_trail_reads_a_page_at_a_time_newest_first(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    made = [deploy(client, environment="staging", sha=fake_sha(n)) for n in range(3)]
+
+    first = body(api(client, "GET", "/api/audit?limit=2"))
+    second = body(api(client, "GET", f"/api/audit?limit=2&cursor={first['next_cursor']}"))
+
+    assert [e["deployment"] for e in first["entries"]] == [made[2]["id"], made[1]["id"]]
+    assert [e["deployment"] for e in second["entries"]] == [made[0]["id"]] and second["next_cursor"] is None
+    assert {e["actor"] for e in first["entries"] + second["entries"]} == {"api"}
+    assert all(e["outcome"] == "queued" and e["environment"] == "staging" for e in second["entries"])
+    assert rejected(api(client, "GET", "/api/audit", token=NO_TOKEN), 401)
+    assert "cursor" in rejected(api(client, "GET", "/api/audit?cursor=newest"), 400)
+
+
+@pytest.mark.parametrize("name", ["api", "", "has space", "-dash-first"])
+def test_a_token_name_that_cannot_be_told_apart_is_a_config_error(config_file: Path, name: str) -> None:
+    data = yaml.safe_load(config_file.read_text())
+    data["api"] = {"tokens": {name: "SOME_TOKEN_ENV"}}
+    with pytest.raises(ConfigError, match="is not a token name"):
+        load_config(testbed.write_yaml(config_file.with_name("bad.yml"), data))

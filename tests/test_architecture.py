@@ -38,7 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "docker_runtime": {"deploy_config", "deploy_text"},
     "deploy_reporting": {"deploy_config", "deploy_state", "deploy_text"},
     # The web app never imports the pipeline (workers) nor the CLI.
-    "hook_server": {"deploy_config", "deploy_state", "deploy_text", "docker_runtime", "deploy_reporting"},
+    "hook_server": {"deploy_config", "deploy_state", "deploy_text", "docker_runtime"},
     "workers": {"deploy_config", "deploy_state", "deploy_text", "docker_runtime", "deploy_reporting"},
     "deploy_cli": OURS - {"deploy_cli"},
 }

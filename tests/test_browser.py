@@ -213,8 +213,8 @@ def test_deployment_page_follows_a_real_deployment_live(bed: Bed, chromium: Brow
 
 def test_actions_appear_with_a_token_and_call_the_api(app: Flask, chromium: Browser, redis_conn: redis.Redis) -> None:
     store = DeploymentStore(redis_conn)
-    queued = store.create(
-        store.new("staging", random_sha(), message="<script>alert(1)</script> release", pusher="<b>mallory</b>")
+    queued = testbed.admitted(
+        store, "staging", random_sha(), message="<script>alert(1)</script> release", pusher="<b>mallory</b>"
     )
     store.append_log(queued.id, "<img src=x onerror=alert(2)>")
     dialogs: list[str] = []
@@ -269,7 +269,7 @@ def test_log_follows_by_polling_without_server_sent_events(
 ) -> None:
     monkeypatch.setenv("DEPLOYHOOK_TEST_STEP_SECONDS", "1.5")
     store = DeploymentStore(redis_conn)
-    deployment = store.create(store.new("staging", random_sha(), message="polling"))
+    deployment = testbed.admitted(store, "staging", random_sha(), message="polling")
     with serve(app, threaded=without != "threads") as base, browser_page(chromium) as page:
         if without == "EventSource":
             page.add_init_script("delete window.EventSource;")

@@ -24,7 +24,7 @@ from workers.errors import CheckoutFailed
 
 def context_for(config: DeployConfig, conn: redis.Redis, sha: str) -> DeploymentContext:
     store = DeploymentStore(conn)
-    deployment = store.create(store.new("staging", sha))
+    deployment = testbed.admitted(store, "staging", sha)
     return DeploymentContext(config, config.environments["staging"], store, deployment, config_redactor(config))
 
 

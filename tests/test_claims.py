@@ -1,20 +1,20 @@
-"""Intake's claims (deploy_state/claims.py) on a real Redis: dedupe without contention, takeover, release."""
+"""Admission's claims (deploy_state/admission.py) on a real Redis: dedupe without contention, takeover,
+and nothing claimed when the one round trip fails."""
 
 from __future__ import annotations
 
 import json
 import secrets
-import threading
-import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
+from rq.job import Job, JobStatus
 
 from deploy_config import DeployConfig
-from deploy_state import Deployment, DeploymentStore, Status, Trigger, keys
-from deploy_state.claims import CLAIM_GRACE, Claims
-from hook_server.intake import DeployRequest, Intake
+from deploy_state import DeploymentStore, Status, Trigger, keys, queue_for
+from deploy_state.admission import JOB_RESULT_TTL, Admission, DeployRequest
 
 
 def new_sha() -> str:
@@ -27,8 +27,8 @@ def push_request(sha: str, delivery_id: str = "", trigger: Trigger = Trigger.WEB
 
 
 @pytest.fixture
-def intake(deploy_config: DeployConfig, redis_conn: redis.Redis) -> Intake:
-    return Intake(deploy_config, redis_conn, job="testjobs.sleepy")
+def admission(deploy_config: DeployConfig, redis_conn: redis.Redis) -> Admission:
+    return Admission(deploy_config, redis_conn, job="testjobs.sleepy")
 
 
 @pytest.fixture
@@ -36,83 +36,114 @@ def store(redis_conn: redis.Redis) -> DeploymentStore:
     return DeploymentStore(redis_conn)
 
 
-@pytest.fixture
-def claims(redis_conn: redis.Redis) -> Claims:
-    return Claims(redis_conn)
-
-
-def test_a_delivery_or_a_head_is_claimed_once_and_distinct_pushes_never_conflict(claims: Claims) -> None:
+def test_a_delivery_or_a_head_is_claimed_once_and_distinct_pushes_never_conflict(admission: Admission) -> None:
     sha = new_sha()
-    first = claims.claim("staging", sha, source="github", delivery_id="d-1", track_head=True)
-    assert not first.taken
-    again = claims.claim("staging", new_sha(), source="github", delivery_id="d-1", track_head=True)
-    assert (again.taken, again.deployment_id) == (True, first.deployment_id)
-    polled = claims.claim("staging", sha, source="poll", delivery_id="", track_head=True)
-    assert (polled.taken, polled.deployment_id) == (True, first.deployment_id)
-    other = claims.claim("staging", new_sha(), source="github", delivery_id="d-2", track_head=True)
-    assert not other.taken and other.deployment_id != first.deployment_id
+    first = admission.admit(push_request(sha, delivery_id="d-1"))
+    assert first.created
+    again = admission.admit(push_request(new_sha(), delivery_id="d-1"))
+    assert (again.created, again.deployment.id) == (False, first.deployment.id)
+    polled = admission.admit(push_request(sha, trigger=Trigger.POLL))
+    assert (polled.created, polled.deployment.id) == (False, first.deployment.id)
+    other = admission.admit(push_request(new_sha(), delivery_id="d-2"))
+    assert other.created and other.deployment.id != first.deployment.id
 
 
-def test_release_restores_the_previous_head_and_forgets_the_delivery(claims: Claims, redis_conn: redis.Redis) -> None:
-    kept = claims.claim("staging", new_sha(), source="github", delivery_id="d-1", track_head=True)
+def test_a_failed_round_trip_claims_nothing_so_a_redelivery_makes_the_deployment(
+    admission: Admission, redis_conn: redis.Redis, store: DeploymentStore
+) -> None:
+    """The script fails at its first write (the queue key holds a string): no claim, no record, no job."""
+    kept = admission.admit(push_request(new_sha(), delivery_id="d-1"))
     before = redis_conn.get(keys.head("staging"))
-    failed = claims.claim("staging", new_sha(), source="github", delivery_id="d-2", track_head=True)
-    claims.release(failed, "staging", source="github", delivery_id="d-2", track_head=True)
+    redis_conn.set("rq:queue:deploy-staging", "not a list")
+    sha = new_sha()
+    with pytest.raises(redis.ResponseError):
+        admission.admit(push_request(sha, delivery_id="d-2"))
     assert redis_conn.get(keys.head("staging")) == before
     assert redis_conn.get(keys.delivery("github", "d-2")) is None
-    assert json.loads(redis_conn.get(keys.delivery("github", "d-1")) or "{}")["deployment_id"] == kept.deployment_id
+    assert json.loads(redis_conn.get(keys.delivery("github", "d-1")) or "{}")["deployment_id"] == kept.deployment.id
+    redis_conn.delete("rq:queue:deploy-staging")
+    redelivered = admission.admit(push_request(sha, delivery_id="d-2"))
+    assert redelivered.created and store.queued_ids("staging")[-1] == redelivered.deployment.id
 
 
-def test_release_leaves_a_newer_claim_alone(claims: Claims, redis_conn: redis.Redis) -> None:
-    failed = claims.claim("staging", new_sha(), source="github", delivery_id="d-1", track_head=True)
-    newer = claims.claim("staging", new_sha(), source="github", delivery_id="d-2", track_head=True)
-    claims.release(failed, "staging", source="github", delivery_id="d-1", track_head=True)
-    assert json.loads(redis_conn.get(keys.head("staging")) or "{}")["deployment_id"] == newer.deployment_id
-
-
-def test_a_duplicate_waits_for_the_record_of_a_fresh_claim(
-    intake: Intake, claims: Claims, store: DeploymentStore
+def test_a_newer_head_replaces_the_claim_and_the_older_sha_is_new_again(
+    admission: Admission, redis_conn: redis.Redis
 ) -> None:
-    sha = new_sha()
-    held = claims.claim("staging", sha, source="github", delivery_id="d-1", track_head=True)
-    # The holder records its deployment a moment later, as a receiver between its two round trips does.
-    record = Deployment(id=held.deployment_id, environment="staging", sha=sha, created_at=time.time())
-    timer = threading.Timer(0.3, store.create, args=(record,))
-    timer.start()
-    result = intake.submit(push_request(sha, delivery_id="d-1"))
-    timer.join()
-    assert (result.created, result.deployment.id) == (False, held.deployment_id)
+    first, second = new_sha(), new_sha()
+    admission.admit(push_request(first, trigger=Trigger.POLL))
+    newer = admission.admit(push_request(second, trigger=Trigger.POLL))
+    assert json.loads(redis_conn.get(keys.head("staging")) or "{}")["deployment_id"] == newer.deployment.id
+    assert admission.admit(push_request(first, trigger=Trigger.POLL)).created
 
 
-def test_an_abandoned_claim_is_taken_over(intake: Intake, redis_conn: redis.Redis, store: DeploymentStore) -> None:
-    """A receiver died between claiming and recording: the redelivery makes the deployment."""
+def test_a_duplicate_gets_the_record_at_once(admission: Admission, store: DeploymentStore) -> None:
+    """Claim, record and job are one atomic script: a claim never stands without its record."""
     sha = new_sha()
-    stale = json.dumps({"sha": sha, "deployment_id": "41", "at": (time.time() - CLAIM_GRACE - 1) * 1000})
+    made = admission.admit(push_request(sha, delivery_id="d-1"))
+    duplicate = admission.admit(push_request(sha, delivery_id="d-1"))
+    assert (duplicate.created, duplicate.deployment) == (False, store.require(made.deployment.id))
+
+
+def test_an_abandoned_claim_is_taken_over(
+    admission: Admission, redis_conn: redis.Redis, store: DeploymentStore
+) -> None:
+    """A claim naming a deployment that was never recorded (an older release died between the two): the
+    redelivery makes the deployment."""
+    sha = new_sha()
+    stale = json.dumps({"sha": sha, "deployment_id": "41", "at": 0})
     redis_conn.set(keys.head("staging"), stale)
     redis_conn.set(keys.delivery("github", "d-1"), stale)
-    result = intake.submit(push_request(sha, delivery_id="d-1"))
+    result = admission.admit(push_request(sha, delivery_id="d-1"))
     assert result.created and result.deployment.id != "41"
     assert store.require(result.deployment.id).status == Status.QUEUED
-    assert intake.submit(push_request(sha, delivery_id="d-1")).deployment.id == result.deployment.id
+    assert admission.admit(push_request(sha, delivery_id="d-1")).deployment.id == result.deployment.id
 
 
-def test_an_unreadable_head_record_is_replaced(intake: Intake, redis_conn: redis.Redis) -> None:
+def test_an_unreadable_head_record_is_replaced(admission: Admission, redis_conn: redis.Redis) -> None:
     redis_conn.set(keys.head("staging"), "not json")
-    result = intake.submit(push_request(new_sha()))
+    result = admission.admit(push_request(new_sha()))
     assert result.created
     assert json.loads(redis_conn.get(keys.head("staging")) or "{}")["deployment_id"] == result.deployment.id
 
 
-def test_concurrent_pushes_each_make_one_deployment_and_duplicates_none(intake: Intake, store: DeploymentStore) -> None:
+def test_concurrent_pushes_each_make_one_deployment_and_duplicates_none(
+    admission: Admission, store: DeploymentStore
+) -> None:
     """32 distinct pushes and 4 copies each of 8 deliveries, from 16 threads at once, on one environment."""
     distinct = [push_request(new_sha(), delivery_id=f"distinct-{n}") for n in range(32)]
     copies = [push_request(sha, delivery_id=f"copied-{n}") for n, sha in enumerate(new_sha() for _ in range(8))]
     requests = distinct + copies * 4
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(intake.submit, requests))
+        results = list(pool.map(admission.admit, requests))
     made = {result.deployment.id for result in results if result.created}
     assert len(made) == 32 + 8
     for n in range(8):
         ids = {r.deployment.id for req, r in zip(requests, results, strict=True) if req.delivery_id == f"copied-{n}"}
         assert len(ids) == 1
     assert len(store.queued_ids("staging")) == 40
+
+
+def test_the_job_hash_is_the_one_rq_itself_writes(admission: Admission, redis_conn: redis.Redis) -> None:
+    """The script writes RQ's job hash; RQ's own enqueue of the same job on the same queue writes the same fields
+    (the timestamps aside), and RQ reads it back as that job."""
+    made = admission.admit(push_request(new_sha())).deployment
+    ours = redis_conn.hgetall(f"rq:job:deployment-{made.id}")
+    env = admission.config.environments["staging"]
+    queue = queue_for(redis_conn, "staging")
+    theirs_job = queue.enqueue_call(
+        "testjobs.sleepy",
+        args=(made.id,),
+        job_id="rq-own",
+        timeout=int(env.job_timeout),
+        result_ttl=JOB_RESULT_TTL,
+        failure_ttl=JOB_RESULT_TTL,
+        description=f"deploy staging {made.sha[:12]} (#{made.id})",
+    )
+    theirs = redis_conn.hgetall(f"rq:job:{theirs_job.id}")
+    stamps = {b"created_at", b"enqueued_at", b"data"}
+    assert {k: v for k, v in ours.items() if k not in stamps} == {k: v for k, v in theirs.items() if k not in stamps}
+    assert zlib.decompress(ours[b"data"]) and set(ours) == set(theirs)
+    job = Job.fetch(f"deployment-{made.id}", connection=redis_conn)
+    assert (job.func_name, job.args, job.kwargs) == ("testjobs.sleepy", (made.id,), {})
+    assert job.get_status() == JobStatus.QUEUED and job.origin == "deploy-staging"
+    assert queue.job_ids == [f"deployment-{made.id}", "rq-own"]

@@ -107,7 +107,7 @@ def test_every_command_has_help_and_the_shared_config_option(runner: CliRunner, 
 def test_the_commands_the_issue_asks_for_exist() -> None:
     assert {" ".join(path) for path in COMMANDS} >= {
         "deploy", "rollback", "cancel", "status", "logs", "backups list", "backups restore", "config check",
-        "config show", "simulate-push", "install-hook", "up", "worker", "poll",
+        "config show", "simulate-push", "install-hook", "up", "worker", "reporter", "poll", "audit",
     }  # fmt: skip
 
 
@@ -554,6 +554,27 @@ def test_status_without_redis_exits_1(runner: CliRunner, config_file: Path, depl
         "Error: no Redis to connect to: set REDIS_URL (e.g. redis://localhost:6379/0), or start `deployhook up`, "
         f"whose embedded Redis listens on {socket}\n"
     )
+
+
+def test_audit_lists_who_did_what_newest_first(
+    runner: CliRunner, config_file: Path, redis_url: str, redis_conn: redis.Redis, history: list[Deployment]
+) -> None:
+    store = DeploymentStore(redis_conn)
+    store.audit("restore", "operator", "restored", environment="staging", backup="/backups/b.sql.gz")
+    result = invoke(runner, ["audit", "--limit", "2", "--config", str(config_file)], env={"REDIS_URL": redis_url})
+    assert (result.exit_code, result.stderr) == (0, "")
+    header, restore, deploy = result.stdout.splitlines()
+    assert header.split() == ["WHEN", "ACTION", "ACTOR", "OUTCOME", "DETAILS"]
+    assert restore.split()[2:] == ["restore", "operator", "restored", "environment=staging", "backup=/backups/b.sql.gz"]
+    newest = history[-1]
+    assert deploy.split()[2:5] == ["deploy", "api", "queued"] and f"deployment={newest.id}" in deploy.split()
+
+
+def test_audit_with_an_empty_trail(
+    runner: CliRunner, config_file: Path, redis_url: str, redis_conn: redis.Redis
+) -> None:
+    result = invoke(runner, ["audit", "--config", str(config_file)], env={"REDIS_URL": redis_url})
+    assert (result.exit_code, result.stdout) == (0, "No audit entries yet.\n")
 
 
 def test_logs_prints_a_deployments_log(

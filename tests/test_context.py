@@ -18,7 +18,7 @@ from workers.context import DeadlinePassed, DeploymentContext, LockLost, StepSki
 @pytest.fixture
 def context(deploy_config: DeployConfig, redis_conn: redis.Redis) -> DeploymentContext:
     store = DeploymentStore(redis_conn)
-    deployment = store.create(store.new("staging", "a" * 40))
+    deployment = testbed.admitted(store, "staging", "a" * 40)
     env = deploy_config.environments["staging"]
     return DeploymentContext(deploy_config, env, store, deployment, config_redactor(deploy_config))
 

@@ -71,7 +71,7 @@ def finished(
     store: DeploymentStore, status: Status, env: str = "staging", started: float = 1000.0, took: float = 1.0
 ) -> None:
     """A deployment that ran from `started` for `took` seconds and ended with `status`."""
-    running = store.set_status(store.create(store.new(env, new_sha())), Status.RUNNING, started_at=started)
+    running = store.set_status(testbed.admitted(store, env, new_sha()), Status.RUNNING, started_at=started)
     store.set_status(running, status, finished_at=started + took)
 
 
@@ -138,7 +138,7 @@ def test_rejected_deliveries_are_counted_by_reason(client: FlaskClient) -> None:
 def test_durations_land_in_their_buckets(client: FlaskClient, store: DeploymentStore) -> None:
     finished(store, Status.SUCCEEDED, started=1000.0, took=100.0)
     finished(store, Status.FAILED, started=2000.0, took=5000.0)
-    running = store.set_status(store.create(store.new("staging", new_sha())), Status.RUNNING)
+    running = store.set_status(testbed.admitted(store, "staging", new_sha()), Status.RUNNING)
     step = store.start_step(running, "build")
     step.started_at = (step.started_at or 0) - 7  # a build that took about seven seconds
     store.finish_step(running, step, "succeeded")
@@ -162,9 +162,10 @@ def test_durations_land_in_their_buckets(client: FlaskClient, store: DeploymentS
 def test_each_deployment_is_counted_once_under_its_first_final_status(
     client: FlaskClient, store: DeploymentStore
 ) -> None:
-    cancelled = store.set_status(store.create(store.new("staging", new_sha())), Status.CANCELLED)
+    cancelled = store.set_status(testbed.admitted(store, "staging", new_sha()), Status.CANCELLED)
     store.set_status(cancelled, Status.SUPERSEDED)  # a stale writer moves a final deployment again
-    store.create(store.new("production", new_sha(), status=Status.BLOCKED))  # final from the start
+    blocked = testbed.admitted(store, "production", new_sha(), promotion_guard=True)  # final from the start
+    assert blocked.status == Status.BLOCKED
 
     metrics = scrape(client)
     assert metrics.value("deployhook_deployments_total", environment="staging", status="cancelled") == 1

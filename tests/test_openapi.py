@@ -137,7 +137,7 @@ def _seed(world: World, remote: testbed.GitRemote) -> None:
     Production: a blocked one, and one running in a degraded environment."""
     store = DeploymentStore(world.conn)
     remote.push_commit("staging", {"app.txt": "v1\n"}, "First staging commit")
-    first = store.create(store.new("staging", new_sha(), pusher="alice", trigger="manual", source="api"))
+    first = testbed.admitted(store, "staging", new_sha(), pusher="alice", trigger="manual", source="api")
     running = store.set_status(first, Status.RUNNING)
     for name, outcome in (("checkout", "succeeded"), ("backup", "skipped"), ("verify", "warning")):
         store.finish_step(running, store.start_step(running, name), outcome, f"{name} done")
@@ -152,11 +152,12 @@ def _seed(world: World, remote: testbed.GitRemote) -> None:
     store.append_log(first.id, "==> checkout")
     store.append_log(first.id, "--> checkout done")
     store.set_status(running, Status.SUCCEEDED)
-    second = store.create(store.new("staging", new_sha(), pusher="bob"))
+    second = testbed.admitted(store, "staging", new_sha(), pusher="bob")
     store.set_status(second, Status.SUCCEEDED)
-    queued = store.create(store.new("staging", new_sha(), pusher="carol"))
-    blocked = store.create(store.new("production", new_sha(), status=Status.BLOCKED, reason="not on staging"))
-    live = store.set_status(store.create(store.new("production", new_sha(), force=True)), Status.RUNNING)
+    queued = testbed.admitted(store, "staging", new_sha(), pusher="carol")
+    blocked = testbed.admitted(store, "production", new_sha(), promotion_guard=True)
+    assert blocked.status == Status.BLOCKED
+    live = store.set_status(testbed.admitted(store, "production", new_sha(), force=True), Status.RUNNING)
     store.mark_degraded("production", "rollback failed: health check timed out")
     world.ids = {"first": first.id, "second": second.id, "queued": queued.id, "blocked": blocked.id, "live": live.id}
 
@@ -503,6 +504,10 @@ def _cases() -> list[Case]:
             "no Redis",
             lambda w: w.call("POST", "/api/environments/production/promote", dead=True),
         ),
+        case("GET /api/audit", 200, "newest first", lambda w: w.call("GET", "/api/audit?limit=1")),
+        case("GET /api/audit", 400, "bad cursor", lambda w: w.call("GET", "/api/audit?cursor=latest")),
+        case("GET /api/audit", 401, "no token", lambda w: w.call("GET", "/api/audit", token=False)),
+        case("GET /api/audit", 503, "no Redis", lambda w: w.call("GET", "/api/audit", dead=True)),
         case("GET /api/openapi.json", 200, "itself", lambda w: w.call("GET", "/api/openapi.json")),
         case("GET /healthz", 200, "up", lambda w: w.call("GET", "/healthz")),
         case("GET /healthz", 503, "no Redis", lambda w: w.call("GET", "/healthz", dead=True)),

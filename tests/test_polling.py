@@ -28,7 +28,7 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig, DeployError
 from deploy_state import Deployment, DeploymentStore, keys
-from hook_server.intake import IntakeResult
+from deploy_state.admission import Admitted
 from hook_server.polling import poll_forever, poll_once
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
@@ -47,7 +47,7 @@ def jobs(conn: redis.Redis, env: str) -> list[str]:
     return list(rq.Queue(f"deploy-{env}", connection=conn).job_ids)
 
 
-def created(results: list[IntakeResult]) -> list[Deployment]:
+def created(results: list[Admitted]) -> list[Deployment]:
     return [result.deployment for result in results if result.created]
 
 

@@ -46,10 +46,10 @@ from deploy_state import (
     keys,
     queue_for,
 )
+from deploy_state.admission import Admission, DeployRequest
 from deploy_state.queue_workers import live_workers
 from deploy_state.queues import SERIALIZER
 from hook_server import create_app
-from hook_server.intake import DeployRequest, Intake
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment
 
@@ -458,8 +458,8 @@ def test_production_push_without_staging_success_is_blocked_unless_forced(
     assert never_ran.status == Status.BLOCKED and never_ran.steps == [] and never_ran.started_at is None
     assert not store.has_succeeded("production", sha)
 
-    intake = Intake(deploy_config, redis_conn, job=TEST_JOB)
-    forced = intake.submit(
+    admission = Admission(deploy_config, redis_conn, job=TEST_JOB)
+    forced = admission.admit(
         DeployRequest(
             environment="production", sha=sha, trigger=Trigger.MANUAL, source="api", actor="tester", force=True
         )
@@ -685,7 +685,7 @@ def test_lease_keeper_notices_a_lost_lock_and_stops(redis_conn: redis.Redis) -> 
 
 
 def queued_deployment(store: DeploymentStore, environment: str = "staging") -> Deployment:
-    return store.create(store.new(environment, new_sha(), trigger=Trigger.MANUAL))
+    return testbed.admitted(store, environment, new_sha(), trigger=Trigger.MANUAL)
 
 
 def failing_pipeline(exc: BaseException) -> Callable[[DeploymentContext], Status]:

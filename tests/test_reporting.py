@@ -1,7 +1,7 @@
 """Outward reporting against a real HTTP server (tests/recorder.py) standing in for GitHub's API and the
 Discord, Slack and generic webhooks.
 
-Deployments go through the real intake and the real job wrapper (workers.jobs.run_deployment, in-process)
+Deployments go through the real admission and the real job wrapper (workers.jobs.run_deployment, in-process)
 around trivial pipelines; the last test deploys the real sample app on the real Docker engine.
 """
 
@@ -32,10 +32,10 @@ from testbed import Bed
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_reporting.messages import took
-from deploy_reporting.reporting import report
+from deploy_reporting.reporter import drain, run_reporter
 from deploy_state import Deployment, DeploymentStore, Status, Trigger
+from deploy_state.admission import Admission, DeployRequest
 from hook_server import create_app
-from hook_server.intake import DeployRequest, Intake
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment
 
@@ -115,7 +115,7 @@ def new_sha() -> str:
 def submit(
     config: DeployConfig, conn: redis.Redis, env: str = "staging", sha: str = "", trigger: Trigger = Trigger.WEBHOOK
 ) -> Deployment:
-    """A push by alice through the real intake (which reports the deployment queued or blocked)."""
+    """A push by alice through the real admission, and the reporter's drain (which reports it queued or blocked)."""
     request = DeployRequest(
         environment=env,
         sha=sha or new_sha(),
@@ -127,14 +127,17 @@ def submit(
         message="a change",
         delivery_id=str(uuid.uuid4()),
     )
-    return Intake(config, conn, job="testjobs.sleepy").submit(request).deployment
+    deployment = Admission(config, conn, job="testjobs.sleepy").admit(request).deployment
+    drain(config, conn)
+    return deployment
 
 
 def run(
     config: DeployConfig, conn: redis.Redis, deployment: Deployment, pipeline: Pipeline | None = None
 ) -> Deployment:
-    """The real job wrapper, in-process, around a trivial pipeline; returns the record it left."""
+    """The real job wrapper, in-process, around a trivial pipeline, then the reporter's drain; returns the record."""
     run_deployment(deployment.id, pipeline or testjobs.sleepy_pipeline, conn, config)
+    drain(config, conn)
     return DeploymentStore(conn).require(deployment.id)
 
 
@@ -350,9 +353,11 @@ def test_a_deployment_cancelled_through_the_api_is_reported_inactive(
     created = client.post("/api/deployments", json={"environment": "staging", "sha": new_sha()}, headers=headers)
     assert created.status_code == 202, created.json
     deployment_id = created.json["id"] if created.json else ""
-    # The web process sends 'queued' in the background; a person cancels after it landed.
-    testbed.wait_for(lambda: len(recorder.under("/api/v3/")) == 3, timeout=10, what="the queued report")
+    # The reporter sends 'queued'; a person cancels after it landed.
+    assert drain(config, redis_conn) == 1 and len(recorder.under("/api/v3/")) == 3
     assert client.post(f"/api/deployments/{deployment_id}/cancel", headers=headers).status_code == 200
+    assert recorder.under("/api/v3/")[-1].body["description"] != "staging: cancelled"  # the web app sent nothing
+    assert drain(config, redis_conn) == 1
 
     cancelled = DeploymentStore(redis_conn).require(deployment_id)
     assert github_trail(recorder, cancelled) == [
@@ -382,38 +387,63 @@ def test_a_blocked_promotion_sets_an_error_commit_status_and_creates_no_github_d
     assert recorder.under("/discord/") == []
 
 
-# --- ordering between the web process and the worker --------------------------------------------------
+# --- one reporter, in order: the outbox ----------------------------------------------------------------
 
 
-def test_a_queued_report_still_in_flight_holds_back_the_workers_in_progress(
-    config: DeployConfig, store: DeploymentStore, recorder: Recorder
+def test_statuses_set_by_the_web_app_and_the_worker_reach_github_in_the_order_they_were_set(
+    config: DeployConfig, redis_conn: redis.Redis, store: DeploymentStore, recorder: Recorder
 ) -> None:
-    """Web and worker report at once: GitHub still gets one Deployment, and its states in order."""
-    recorder.delay = 0.3
-    queued = store.create(store.new("staging", new_sha(), pusher="alice"))
-    web = threading.Thread(target=report, args=(config, store, queued))
-    web.start()
-    testbed.wait_for(lambda: recorder.calls, timeout=10, interval=0.01, what="the queued report to start")
-    running = store.set_status(queued, Status.RUNNING)
-    report(config, store, running)  # the worker: waits for the web's report to finish
-    web.join(timeout=30)
+    """Admission (the web app) and the job (the worker) only append to the outbox; one drain, later, tells
+    GitHub every state in turn, with one GitHub Deployment."""
+    queued = (
+        Admission(config, redis_conn, job="testjobs.sleepy")
+        .admit(DeployRequest("staging", new_sha(), Trigger.WEBHOOK, "github", "alice"))
+        .deployment
+    )
+    run_deployment(queued.id, testjobs.sleepy_pipeline, redis_conn, config)
+    assert recorder.calls == []  # nothing reported yet: neither process calls out itself
 
-    assert github_trail(recorder, store.require(queued.id)) == QUEUED_THEN_RUNNING
+    assert drain(config, redis_conn) == 3  # queued, running, succeeded
+    done = store.require(queued.id)
+    assert github_trail(recorder, done) == [*QUEUED_THEN_RUNNING, ("deployment", "success"), ("commit", "success")]
+    assert len([call for call in recorder.under("/api/v3/") if call.path.endswith("/deployments")]) == 1
 
 
-def test_a_queued_report_arriving_after_the_worker_started_is_dropped(
-    config: DeployConfig, store: DeploymentStore, recorder: Recorder
+def test_a_restarted_reporter_goes_on_after_the_last_entry_it_reported(
+    config: DeployConfig, redis_conn: redis.Redis, store: DeploymentStore, recorder: Recorder
 ) -> None:
-    queued = store.create(store.new("staging", new_sha(), pusher="alice"))
-    running = store.set_status(queued, Status.RUNNING)
-    report(config, store, running)
-    report(config, store, queued)  # late: the deployment runs already
-
-    assert github_trail(recorder, store.require(queued.id)) == [
+    queued = submit(config, redis_conn)  # drains: queued reported
+    before = len(recorder.calls)
+    assert drain(config, redis_conn) == 0 and len(recorder.calls) == before
+    cancelled = store.set_status(queued, Status.CANCELLED, expect=Status.QUEUED)
+    assert drain(config, redis_conn) == 1
+    assert github_trail(recorder, cancelled) == [
         ("create", None),
-        ("deployment", "in_progress"),
+        ("deployment", "queued"),
         ("commit", "pending"),
+        ("deployment", "inactive"),
+        ("commit", "error"),
     ]
+
+
+def test_the_reporter_process_drains_the_outbox_until_stopped(
+    config: DeployConfig, redis_conn: redis.Redis, recorder: Recorder
+) -> None:
+    stop = threading.Event()
+    reporter = threading.Thread(target=run_reporter, args=(config, redis_conn, stop))
+    reporter.start()
+    try:
+        deployment = (
+            Admission(config, redis_conn, job="testjobs.sleepy")
+            .admit(DeployRequest("staging", new_sha(), Trigger.WEBHOOK, "github", "alice"))
+            .deployment
+        )
+        testbed.wait_for(lambda: len(recorder.under("/api/v3/")) == 3, timeout=10, what="the queued report")
+    finally:
+        stop.set()
+        reporter.join(timeout=10)
+    assert not reporter.is_alive()
+    assert github_trail(recorder, DeploymentStore(redis_conn).require(deployment.id)) == QUEUED_THEN_RUNNING[:3]
 
 
 # --- reports that do not get through ------------------------------------------------------------------
@@ -473,16 +503,20 @@ def test_a_server_that_answers_late_delays_a_deployment_by_at_most_the_timeout_p
     config = with_reporting(config_file, f"{recorder.url}/api/v3", timeout=0.3)
     recorder.delay = 30.0
     queued = submit(config, redis_conn)
-    caplog.clear()  # the intake's two reports failed too; count the job's
+    caplog.clear()  # the queued report's two calls failed too; count the job's
 
     started = time.monotonic()
-    done = run(config, redis_conn, queued)
+    run_deployment(queued.id, testjobs.sleepy_pipeline, redis_conn, config)
+    ran = time.monotonic() - started
+    assert report_failures(caplog) == [], "the deployment itself waited for a report"
+    drain(config, redis_conn)
     took = time.monotonic() - started
 
-    assert done.status == Status.SUCCEEDED
+    assert DeploymentStore(redis_conn).require(queued.id).status == Status.SUCCEEDED
+    assert ran < 2.0, f"late answers delayed the deployment {ran:.1f}s"
     calls = len(report_failures(caplog))
     assert calls == 7  # running: create, commit status; final: create, commit status, webhook, Discord, Slack
-    assert took < calls * 0.3 + 2.0, f"{calls} late answers delayed the deployment {took:.1f}s"
+    assert took < calls * 0.3 + 2.0, f"{calls} late answers held up the reporter {took:.1f}s"
     assert "ReadTimeout" in caplog.text
     assert_no_secret_logged(caplog)
 
@@ -561,7 +595,9 @@ def reporting_bed(
 
 def test_a_real_deployment_of_the_sample_app_reports_success(reporting_bed: Bed, recorder: Recorder) -> None:
     sha = reporting_bed.commit()
-    done = reporting_bed.deploy("staging", sha)
+    deployed = reporting_bed.deploy("staging", sha)
+    drain(reporting_bed.config, reporting_bed.conn)
+    done = reporting_bed.store.require(deployed.id)  # with the GitHub Deployment's id the reporter kept
 
     assert done.status == Status.SUCCEEDED, done.reason
     assert github_trail(recorder, done) == [*QUEUED_THEN_RUNNING, ("deployment", "success"), ("commit", "success")]
@@ -592,6 +628,7 @@ def test_a_slow_github_does_not_hold_up_the_webhooks_answer(
     monkeypatch: pytest.MonkeyPatch,
     secrets: testbed.Secrets,
     client_for: Callable[[DeployConfig], FlaskClient],
+    redis_conn: redis.Redis,
 ) -> None:
     """The 'queued' report leaves the request path: the forge gets its 202 while GitHub is still answering."""
     point_reporting_at(monkeypatch, recorder.url)
@@ -612,4 +649,7 @@ def test_a_slow_github_does_not_hold_up_the_webhooks_answer(
     answered = time.monotonic() - started
     assert response.status_code == 202, response.get_data(as_text=True)
     assert answered < recorder.delay, f"the webhook waited {answered:.1f}s for GitHub"
+    assert recorder.calls == []  # the web app reports nothing itself: the reporter does, from the outbox
+    recorder.delay = 0.0
+    assert drain(config, redis_conn) == 1
     testbed.wait_for(lambda: len(recorder.under("/api/v3/")) == 3, timeout=30, what="the queued report, later")

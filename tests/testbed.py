@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,9 @@ from flask.testing import FlaskClient
 from rq import SimpleWorker
 
 from deploy_config import DeployConfig
-from deploy_state import Deployment, DeploymentStore, queue_for
+from deploy_config.loading import parse_config
+from deploy_state import Deployment, DeploymentStore, Trigger, queue_for
+from deploy_state.admission import Admission, DeployRequest
 from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
 from docker_runtime.compose import ComposeProject
@@ -600,3 +603,53 @@ class Traffic:
     def failed(self) -> int:
         with self._lock:
             return len(self.failures)
+
+
+# --- deployments in the store --------------------------------------------------------------
+
+
+@cache
+def _admission_config(promotion_guard: bool) -> DeployConfig:
+    """The sample config, for tests that only need records: production promotes from staging, or not."""
+    where = Path("/nonexistent/deployhook-test")
+    data = sample_config(str(where / "remote.git"), env_file=where / ".env", state_dir=where / "state")
+    if not promotion_guard:
+        data["environments"]["production"]["promote_from"] = None  # type: ignore[index]
+    return parse_config(yaml.safe_dump(data), where / "deploy.yml")
+
+
+def admitted(
+    store: DeploymentStore,
+    environment: str,
+    sha: str,
+    *,
+    promotion_guard: bool = False,
+    trigger: str = Trigger.MANUAL,
+    source: str = "",
+    pusher: str = "",
+    ref: str = "",
+    message: str = "",
+    commit_url: str = "",
+    reason: str = "",
+    force: bool = False,
+) -> Deployment:
+    """A deployment recorded, and its job enqueued, the one way deployhook records any: admission.
+
+    Queued; with `promotion_guard`, a production deployment of a sha that has not succeeded on staging is
+    blocked, as the sample config's guard blocks it. Manual by default: a webhook or poll trigger claims the
+    branch head, so a second deployment of the same sha would be the first one.
+    """
+    request = DeployRequest(
+        environment,
+        sha,
+        Trigger(trigger),
+        source,
+        actor=pusher,
+        ref=ref,
+        message=message,
+        commit_url=commit_url,
+        reason=reason,
+        force=force,
+    )
+    admission = Admission(_admission_config(promotion_guard), store.conn, job="testjobs.sleepy")
+    return admission.admit(request).deployment

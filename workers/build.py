@@ -1,7 +1,9 @@
 """The build step: every image the environment deploys, built locally from the worktree as <image>:<sha>.
 
 When <image>:<sha> already exists (built for staging), production reuses that very image:
-what was tested is byte-for-byte what ships, and a promotion takes seconds.
+what was tested is byte-for-byte what ships, and a promotion takes seconds. A manual rollback
+(rollback_to) builds nothing: it reuses the very images its target deployment ran, and fails
+plainly if cleanup has removed them.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import docker
 
 from deploy_config import ImageConfig
-from workers.errors import BuildFailed
+from workers.errors import BuildFailed, ReleaseGone
 
 from .context import DeploymentContext
 
@@ -22,6 +24,8 @@ BUILD_TAIL_LINES = 20
 
 def build(ctx: DeploymentContext) -> dict[str, str]:
     """Build (or reuse) every image; record and return {image name: image id}."""
+    if ctx.deployment.rollback_to:
+        return reuse_release(ctx, ctx.deployment.rollback_to)
     images: dict[str, str] = {}
     for image in ctx.env.images:
         ref = f"{image.name}:{ctx.config.tags.release_tag(ctx.deployment.sha)}"
@@ -31,6 +35,30 @@ def build(ctx: DeploymentContext) -> dict[str, str]:
             images[image.name] = existing
             continue
         images[image.name] = _build_one(ctx, image, ref)
+    ctx.save(images=images)
+    return images
+
+
+def reuse_release(ctx: DeploymentContext, target_id: str) -> dict[str, str]:
+    """The images deployment `target_id` ran, still here by id (a tag may have moved); never a rebuild."""
+    target = ctx.store.require(target_id)
+    images, missing = {}, []
+    for image in ctx.env.images:
+        image_id = target.images.get(image.name, "")
+        if image_id and _local_image(ctx, image_id) is not None:
+            images[image.name] = image_id
+        else:
+            missing.append(f"{image.name} ({image_id[:19] or 'not recorded'})")
+    if missing:
+        raise ReleaseGone(
+            f"cannot roll back to deployment {target.id} ({target.sha[:12]}): its image(s) {', '.join(missing)} are "
+            f"no longer on this server (cleanup keeps the last environments.{ctx.env.name}.keep_releases="
+            f"{ctx.env.keep_releases} releases); nothing was touched. To rebuild that commit, deploy it: "
+            f"deployhook deploy {ctx.env.name} --sha {target.sha}"
+        )
+    ctx.log(f"rollback to deployment {target.id}: reusing its images, nothing is rebuilt")
+    for name, image_id in images.items():
+        ctx.log(f"{name}: {image_id[:19]}")
     ctx.save(images=images)
     return images
 

@@ -17,6 +17,10 @@ class BuildFailed(DeployError):
     """An image did not build; nothing was touched."""
 
 
+class ReleaseGone(BuildFailed):
+    """A manual rollback's release has no images left here (cleanup removed them): nothing is rebuilt."""
+
+
 class BackupFailed(DeployError):
     """The database dump failed or did not verify; no file was kept under a final name."""
 

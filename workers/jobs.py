@@ -16,7 +16,6 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError, load_config
-from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
@@ -97,9 +96,8 @@ def _run(
     context.lock_lost = keeper.lost
     log.info("deployment %s: %s@%s running", deployment.id, env.name, short_sha(deployment.sha))
     try:
-        report(config, store, deployment)
         status = pipeline(context)
-        _finish(store, config, deployment, status)
+        _finish(store, deployment, status)
     except Cancelled as cancelled:
         context.log(str(cancelled))
         status = Status(_supersede(store, deployment, cancelled.by, config).status)
@@ -133,16 +131,12 @@ def _trim_logs(store: DeploymentStore, env: str, keep: int) -> None:
 def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> Status:
     reason = context.redact(reason)
     context.log(f"deployment failed: {reason}")
-    return Status(_finish(store, context.config, context.deployment, Status.FAILED, reason=reason).status)
+    return Status(_finish(store, context.deployment, Status.FAILED, reason=reason).status)
 
 
-def _finish(
-    store: DeploymentStore, config: DeployConfig, deployment: Deployment, status: Status, **fields: str
-) -> Deployment:
-    """Move the deployment to a final status, then report it outward (best-effort: never raises)."""
-    finished = store.set_status(deployment, status, **fields)
-    report(config, store, finished)
-    return finished
+def _finish(store: DeploymentStore, deployment: Deployment, status: Status, **fields: str) -> Deployment:
+    """Move the deployment to a final status (the reporter tells the outside world, from the outbox)."""
+    return store.set_status(deployment, status, **fields)
 
 
 def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: DeployConfig) -> Deployment:
@@ -150,7 +144,6 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
     try:
         superseded = _finish(
             store,
-            config,
             deployment,
             Status.SUPERSEDED,
             expect=deployment.status,
@@ -167,7 +160,7 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
 def _block(store: DeploymentStore, deployment: Deployment, reason: str, config: DeployConfig) -> Deployment:
     """The promotion guard stops it: blocked, unless its status changed since it was read."""
     try:
-        return _finish(store, config, deployment, Status.BLOCKED, expect=deployment.status, reason=reason)
+        return _finish(store, deployment, Status.BLOCKED, expect=deployment.status, reason=reason)
     except StatusConflict as conflict:
         log.info("deployment %s not blocked: %s", deployment.id, conflict)
         return store.require(deployment.id)
@@ -218,7 +211,7 @@ def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig,
             store.finish_step(lost, s, "failed", reason)
     store.append_log(lost.id, f"deployment failed: {reason}")
     log.warning("deployment %s: %s", lost.id, reason)
-    return _finish(store, config, lost, Status.FAILED, reason=reason)
+    return _finish(store, lost, Status.FAILED, reason=reason)
 
 
 def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[Deployment]:
