@@ -83,7 +83,7 @@ def test_a_promotion_checks_out_a_sha_on_its_source_branch_and_nothing_else(
     env = deploy_config.environments["production"]
 
     def production_context(promoted_from: str) -> DeploymentContext:
-        deployment = store.create(store.new("production", staged, promoted_from=promoted_from))
+        deployment = testbed.admitted(store, "production", staged, promoted_from=promoted_from)
         return DeploymentContext(deploy_config, env, store, deployment, config_redactor(deploy_config))
 
     with pytest.raises(CheckoutFailed) as refused:

@@ -851,7 +851,7 @@ def test_status_and_logs_as_processes(service: Service, staging_worker: WorkerPr
 def test_promote_queues_stagings_release_for_production_and_status_says_no_worker_serves_it(
     service: Service, staging_head: str
 ) -> None:
-    staged = service.store.create(service.store.new("staging", staging_head))
+    staged = testbed.admitted(service.store, "staging", staging_head)
     service.store.set_status(staged, Status.SUCCEEDED)
     result = service.run("promote")
     assert (result.returncode, result.stderr) == (0, "")

@@ -632,6 +632,7 @@ def admitted(
     commit_url: str = "",
     reason: str = "",
     force: bool = False,
+    promoted_from: str = "",
 ) -> Deployment:
     """A deployment recorded, and its job enqueued, the one way deployhook records any: admission.
 
@@ -650,6 +651,7 @@ def admitted(
         commit_url=commit_url,
         reason=reason,
         force=force,
+        promoted_from=promoted_from,
     )
     admission = Admission(_admission_config(promotion_guard), store.conn, job="testjobs.sleepy")
     return admission.admit(request).deployment

@@ -155,7 +155,7 @@ def test_64_live_log_streams_leave_webhooks_their_threads_on_a_real_gunicorn(
     config_file: Path, redis_url: str, redis_conn: redis.Redis, tmp_path: Path
 ) -> None:
     store = DeploymentStore(redis_conn)
-    queued = store.create(store.new("staging", "a" * 40))  # never final: an admitted stream stays open
+    queued = testbed.admitted(store, "staging", "a" * 40)  # never final: an admitted stream stays open
     sources = [f"127.0.0.{2 + i % CLIENTS}" for i in range(STREAMS)]
     socks: list[socket.socket] = []
     with gunicorn_server(config_file, redis_url, tmp_path / "gunicorn.log") as port:
@@ -225,7 +225,7 @@ def test_a_commit_message_holding_an_env_file_secret_is_masked_when_recorded_ser
     assert DB_PASSWORD not in stored.message, "checkout recorded the secret from git"
 
     # A record that holds one anyway (written before this fix) is masked when served.
-    old = store.create(store.new("staging", "a" * 40, message=f"old {DB_PASSWORD}", reason=f"why {DB_PASSWORD}"))
+    old = testbed.admitted(store, "staging", "a" * 40, message=f"old {DB_PASSWORD}", reason=f"why {DB_PASSWORD}")
     for path in (f"/api/deployments/{old.id}", "/api/deployments", "/api/environments"):
         answer = client.get(path, headers=BEARER)
         assert answer.status_code == 200
@@ -373,7 +373,7 @@ def test_with_a_login_token_api_reads_need_a_session_that_expires_and_that_logou
     login_app: Flask, redis_conn: redis.Redis
 ) -> None:
     store = DeploymentStore(redis_conn)
-    deployment = store.create(store.new("staging", "a" * 40, message="secret plans"))
+    deployment = testbed.admitted(store, "staging", "a" * 40, message="secret plans")
     store.append_log(deployment.id, "backup written to /srv/backups/db.sql.gz")
     anonymous = login_app.test_client()
     for path in api_reads(deployment.id):

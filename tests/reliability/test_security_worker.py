@@ -199,7 +199,7 @@ def test_a_deployments_log_is_capped_and_holds_no_secret_url(
     data["status_page"] = {"log_max_lines": 100}
     config = load_config(testbed.write_yaml(tmp_path / "deploy.yml", data))
     store = DeploymentStore(redis_conn)
-    deployment = store.create(store.new("staging", "a" * 40))
+    deployment = testbed.admitted(store, "staging", "a" * 40)
 
     assert run_deployment(deployment.id, _chatty_pipeline(5000), redis_conn, config) == Status.SUCCEEDED
     lines = [entry["line"] for entry in store.read_log(deployment.id)]
@@ -391,10 +391,10 @@ def test_credentials_in_the_repository_url_stay_off_command_lines_and_the_mirror
         assert ls_remote(config.repository.url, "refs/heads/staging") == {"refs/heads/staging": sha}
         assert [result.deployment.sha for result in poll_once(config, redis_conn, job="testjobs.sleepy")] == [sha]
         store = DeploymentStore(redis_conn)
-        deployment = store.create(store.new("staging", sha))
+        deployment = testbed.admitted(store, "staging", sha)
         assert run_deployment(deployment.id, _checkout_only, redis_conn, config) == Status.SUCCEEDED
         # The second fetch goes through an existing mirror.
-        assert run_deployment(store.create(store.new("staging", sha)).id, _checkout_only, redis_conn, config) == (
+        assert run_deployment(testbed.admitted(store, "staging", sha).id, _checkout_only, redis_conn, config) == (
             Status.SUCCEEDED
         )
     assert seen.refused and seen.served, "the server asked for credentials, and git gave them"
