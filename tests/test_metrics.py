@@ -99,7 +99,16 @@ def test_deployments_run_by_a_separate_worker_process_are_counted(
         "PYTHONPATH": os.pathsep.join(p for p in (str(testbed.TESTS), os.environ.get("PYTHONPATH", "")) if p),
     }
     worker = subprocess.run(
-        [str(RQ), "worker", "--burst", "--url", redis_url, "deploy-staging"],
+        [
+            str(RQ),
+            "worker",
+            "--burst",
+            "--serializer",
+            "rq.serializers.JSONSerializer",
+            "--url",
+            redis_url,
+            "deploy-staging",
+        ],
         env=env,
         capture_output=True,
         text=True,
