@@ -350,9 +350,10 @@ def test_the_live_verify_rolls_production_back_and_warns_on_staging(bed: Bed) ->
     finally:
         stranger.remove(force=True)
     record_security(
-        "live verify's failing path untested",
+        "lint skipped at deploy: the live verify's failing path",
         "a stranger container on both environments' networks: staging's deploy succeeds with a verify warning "
-        "naming it, production's rolls back to the release it ran (verify_failure defaults)",
+        "naming it, production's rolls back to the release it ran (verify_failure defaults); the finding asked "
+        "for this test: the path worked before, untested",
         NODE + "test_the_live_verify_rolls_production_back_and_warns_on_staging",
     )
 
