@@ -13,6 +13,7 @@ import logging
 from redis import Redis
 
 from deploy_state.pushorder import PushOrder
+from deploy_text.formatting import short_sha
 
 from .pushes import Push
 
@@ -30,7 +31,7 @@ def in_order(connection: Redis, environment: str, push: Push) -> bool:
         return True
     log.warning(
         "push of %s to %s ignored: pushed at %s, before the newest push accepted for it (a replay?)",
-        push.after[:12],
+        short_sha(push.after),
         environment,
         push.pushed_at,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from deploy_config.errors import DeployError
 from deploy_config.isolation import lint
 from deploy_config.resolved import ResolvedCompose
+from deploy_text.formatting import short_sha
 from docker_runtime.compose import ComposeProject
 from workers.errors import IsolationLintFailed
 
@@ -21,7 +22,7 @@ from .context import DeploymentContext
 def lint_checkout(ctx: DeploymentContext) -> None:
     """Run every isolation rule on the worktree's compose files; raise IsolationLintFailed on a violation."""
     assert ctx.worktree is not None and ctx.resolved is not None, "checkout resolves the compose file first"
-    sha = ctx.deployment.sha[:12]
+    sha = short_sha(ctx.deployment.sha)
     stacks: dict[str, ResolvedCompose] = {ctx.env.name: ctx.resolved}
     for name, env in ctx.config.environments.items():
         if name == ctx.env.name:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from deploy_config import DeployConfig
 from deploy_state import Deployment, DeploymentStore
 from deploy_state.promotion import pending_deployment
+from deploy_text.formatting import short_sha
 
 POLL_SECONDS = 0.5
 """How often a waiting deployment looks at its source environment's deployment."""
@@ -37,7 +38,7 @@ def await_promotion(
         store.append_log(
             deployment.id,
             f"waiting up to {env.promotion_wait:g}s (environments.{env.name}.promotion_wait) for {source} "
-            f"deployment {pending.id} of {sha[:12]} to succeed",
+            f"deployment {pending.id} of {short_sha(sha)} to succeed",
         )
     while pending is not None and time.monotonic() - started < env.promotion_wait and not interrupted():
         time.sleep(POLL_SECONDS)
@@ -60,10 +61,10 @@ def _why(
     advice = f"deploy it to {source} first, or force it through the API"
     if pending is not None:
         return (
-            f"sha {sha[:12]}: {source} deployment {pending.id} was still {pending.status} after "
+            f"sha {short_sha(sha)}: {source} deployment {pending.id} was still {pending.status} after "
             f"environments.{name}.promotion_wait ({wait:g}s); {advice}"
         )
     ended = store.get(waited_for.id) if waited_for is not None else None
     if ended is not None:
-        return f"sha {sha[:12]}: {source} deployment {ended.id} ended {ended.status}, not succeeded; {advice}"
-    return f"sha {sha[:12]} has no succeeded {source} deployment; {advice}"
+        return f"sha {short_sha(sha)}: {source} deployment {ended.id} ended {ended.status}, not succeeded; {advice}"
+    return f"sha {short_sha(sha)} has no succeeded {source} deployment; {advice}"
