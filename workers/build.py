@@ -52,7 +52,8 @@ def reuse_release(ctx: DeploymentContext, target_id: str) -> dict[str, str]:
             missing.append(f"{image.name} ({image_id[:19] or 'not recorded'})")
     if missing:
         raise ReleaseGone(
-            f"cannot roll back to deployment {target.id} ({short_sha(target.sha)}): its image(s) {', '.join(missing)} are "
+            f"cannot roll back to deployment {target.id} ({short_sha(target.sha)}): "
+            f"its image(s) {', '.join(missing)} are "
             f"no longer on this server (cleanup keeps the last environments.{ctx.env.name}.keep_releases="
             f"{ctx.env.keep_releases} releases); nothing was touched. To rebuild that commit, deploy it: "
             f"deployhook deploy {ctx.env.name} --sha {target.sha}"
