@@ -1,4 +1,4 @@
-"""Admission: the one way a deployment starts, whatever asked for it (a push, a poll, the API, the CLI).
+"""Admission: the one way a deployment starts, whatever asked for it (a push, a poll, the API or the CLI through it).
 
 `Admission(config, connection).admit(request)` turns one DeployRequest into exactly one recorded
 deployment with its RQ job enqueued, in ONE Redis round trip: a Lua script checks the delivery
@@ -163,7 +163,7 @@ class DeployRequest:
     sha: str
     trigger: Trigger
     source: str
-    """github, gitea, gitlab, poll, api, or cli."""
+    """github, gitea, gitlab, poll or api."""
     actor: str
     """Who asked: the pusher, the API token's name, or 'poll'."""
     ref: str = ""

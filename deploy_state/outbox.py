@@ -50,14 +50,5 @@ def mark_done(connection: Redis, entry_id: str) -> None:
     connection.set(keys.outbox_done(), entry_id)
 
 
-def backlog(connection: Redis) -> int:
-    """Entries not reported yet (for /metrics and tests)."""
-    done = connection.get(keys.outbox_done())
-    if done is None:
-        return int(connection.xlen(keys.outbox()))
-    entries: Any = connection.xrange(keys.outbox(), min=f"({_text(done)}", max="+")
-    return len(entries)
-
-
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
