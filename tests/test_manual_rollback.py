@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import testbed
-from test_pipeline import Bed, bed, bed_overrides, running_image_ids, step_statuses  # noqa: F401 - fixtures
+from testbed import Bed, running_image_ids, step_statuses
 
 from deploy_state import Deployment, Status, Trigger
 
