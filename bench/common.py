@@ -330,6 +330,7 @@ ENV = "staging"
 """The environment every benchmark deploys: its branch is also called staging."""
 RAW_DEPLOY = BENCH / "raw-deploy.sh"
 SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
+API_TOKEN_ENV = "DEPLOYHOOK_API_TOKEN"
 DEPLOY_TIMEOUT = 300.0
 RAW_STEPS = ("checkout", "build", "backup", "rollout", "health")
 """raw-deploy.sh's steps, in order."""
@@ -356,8 +357,9 @@ class Stack:
     def health_url(self) -> str:
         return f"http://127.0.0.1:{self.app_port}/healthz"
 
-    def write_config(self, root: Path, repo_url: str) -> Path:
-        """A deploy.yml (testbed.sample_config) for a repository, whose staging environment is this stack."""
+    def write_config(self, root: Path, repo_url: str, staging: dict[str, object] | None = None) -> Path:
+        """A deploy.yml (testbed.sample_config) for a repository, whose staging environment is this stack
+        (with the extra fields `staging`, e.g. a rollout)."""
         root.mkdir(parents=True, exist_ok=True)
         data = testbed.sample_config(
             repo_url,
@@ -371,6 +373,7 @@ class Stack:
         for env in environments.values():
             env["images"] = [{"name": self.images[0]}, {"name": self.images[1], "service": "discord"}]
             env["compose_env"].update(APP_IMAGE=self.images[0], DISCORD_IMAGE=self.images[1])
+        environments[ENV].update(staging or {})
         return testbed.write_yaml(root / "deploy.yml", data)
 
     def remove(self) -> None:
@@ -456,13 +459,19 @@ class Deployhook:
             raise RuntimeError(f"push of {sha[:12]} got {response.status}: {answer}")
         return str(answer["deployment_id"]), answered
 
-    def wait(self, deployment_id: str, timeout: float = DEPLOY_TIMEOUT, interval: float = 0.05) -> Deployment:
-        """Poll the store until the deployment is final; fail unless it succeeded."""
+    def wait(
+        self,
+        deployment_id: str,
+        timeout: float = DEPLOY_TIMEOUT,
+        interval: float = 0.05,
+        expect: str = Status.SUCCEEDED,
+    ) -> Deployment:
+        """Poll the store until the deployment is final; fail unless it ended as expected (succeeded)."""
         store, deadline = DeploymentStore(self.conn), time.monotonic() + timeout
         while time.monotonic() < deadline:
             deployment = store.require(deployment_id)
             if deployment.is_final:
-                if deployment.status != Status.SUCCEEDED:
+                if deployment.status != expect:
                     raise RuntimeError(f"deployment {deployment_id} {deployment.status}: {deployment.reason}")
                 return deployment
             if self.worker.poll() is not None:
@@ -470,11 +479,25 @@ class Deployhook:
             time.sleep(interval)
         raise RuntimeError(f"deployment {deployment_id} not final within {timeout:g}s")
 
-    def deploy(self, remote: testbed.GitRemote, sha: str) -> tuple[Deployment, float]:
+    def deploy(self, remote: testbed.GitRemote, sha: str, expect: str = Status.SUCCEEDED) -> tuple[Deployment, float]:
         """Push sha to staging, deliver the push, wait for success; returns it and the 202's wall time."""
         push_branch(remote, sha)
         deployment_id, answered = self.deliver(sha)
-        return self.wait(deployment_id), answered
+        return self.wait(deployment_id, expect=expect), answered
+
+    def rollback(self) -> Deployment:
+        """`POST /api/environments/staging/rollback` (the CLI's and the page's rollback), waited for."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            headers = {"Authorization": f"Bearer {testbed.API_TOKEN}", "Content-Type": "application/json"}
+            conn.request("POST", f"/api/environments/{ENV}/rollback", body=b"{}", headers=headers)
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+        finally:
+            conn.close()
+        if response.status != 202:
+            raise RuntimeError(f"rollback got {response.status}: {answer}")
+        return self.wait(str(answer["id"]))
 
 
 @contextmanager
@@ -484,7 +507,10 @@ def deployhook(root: Path, config_file: Path, repository: str = "example/sample-
     with (
         redis_server(root / "redis") as (redis_url, _),
         testbed.web_server(
-            config_file, redis_url, extra_env={SECRET_ENV: testbed.WEBHOOK_SECRET}, log_path=root / "gunicorn.log"
+            config_file,
+            redis_url,
+            extra_env={SECRET_ENV: testbed.WEBHOOK_SECRET, API_TOKEN_ENV: testbed.API_TOKEN},
+            log_path=root / "gunicorn.log",
         ) as port,
         (root / "worker.log").open("wb") as log,
     ):
@@ -557,9 +583,10 @@ class BothWays:
 
 
 @contextmanager
-def both_ways(bench: str, rows: int) -> Iterator[BothWays]:
+def both_ways(bench: str, rows: int, staging: dict[str, object] | None = None) -> Iterator[BothWays]:
     """Both stacks deployed once (not measured) with `rows` rows in each database; removed afterwards
-    (compose down -v, their images untagged), as is the temp dir with the repository and the state."""
+    (compose down -v, their images untagged), as is the temp dir with the repository and the state.
+    `staging`: extra fields of deployhook's staging environment (e.g. rollout: start-first)."""
     testbed.ensure_postgres_image()
     ours, theirs = Stack.new(bench, "ours"), Stack.new(bench, "raw")
     try:
@@ -568,7 +595,7 @@ def both_ways(bench: str, rows: int) -> Iterator[BothWays]:
             remote = testbed.GitRemote(root / "git")
             first = remote.add_sample_app("main")
             raw = RawDeploy.new(theirs, root / "raw", remote.url)
-            with deployhook(root / "ours", ours.write_config(root / "ours", remote.url)) as service:
+            with deployhook(root / "ours", ours.write_config(root / "ours", remote.url, staging)) as service:
                 _first_deploys(service, raw, remote, first, rows)
                 yield BothWays(service, raw, remote, ours, theirs)
     finally:

@@ -255,15 +255,27 @@ def test_worker_killed_mid_switch_leaves_the_proxy_serving_and_the_next_deploy_r
 
 @pytest.mark.parametrize("bed_overrides", [{"staging": start_first(drain_timeout=1)}])
 def test_a_request_longer_than_the_drain_timeout_is_cut_and_the_deploy_goes_on(bed: Bed) -> None:
+    """Also: a container that is not the proxy but mounts its admin socket fails the live verify
+    (a warning on staging, verify_failure's default there)."""
     first = release(bed, "one")
     deployed_ok(bed, first)
     (old,) = containers(bed, "app")
     second = release(bed, "two")
     slow = SlowRequest(bed, seconds=8)
-    with testbed.Traffic(base_url(bed)) as traffic:
-        slow.start()
-        deployed = bed.deploy("staging", second)
+    # A stranger's container that mounts the proxy's admin socket directory: the live verify names it.
+    runtime = socket_path(bed.config, bed.config.environments["staging"]).parent
+    intruder = bed.docker.containers.run(
+        testbed.HAPROXY_IMAGE, ["sleep", "300"], detach=True, volumes={str(runtime): {"bind": "/x", "mode": "ro"}}
+    )
+    try:
+        with testbed.Traffic(base_url(bed)) as traffic:
+            slow.start()
+            deployed = bed.deploy("staging", second)
+    finally:
+        intruder.remove(force=True)
     assert deployed.status == Status.SUCCEEDED, deployed.reason
+    verify = next(step for step in deployed.steps if step.name == "verify")
+    assert verify.status == "warning" and f"{intruder.name} mounts {runtime}" in verify.message, verify.message
     log = bed.log(deployed)
     assert f"1 request(s) still in flight on {old.name} after 1s" in log, log
     assert f"stopped and removed {old.name}" in log

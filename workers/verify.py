@@ -145,12 +145,18 @@ def check_proxy(ctx: DeploymentContext, containers: list[Container]) -> list[str
         if not any(bindings for bindings in ports.values()):
             problems.append(f"{container.name} publishes no host port")
     own = {c.id for c in proxies}
-    for container in ctx.docker.containers.list():
-        mounts = {str(m.get("Source") or "") for m in container.attrs.get("Mounts") or []}
-        reaches = any(Path(source) == runtime or runtime.is_relative_to(source) for source in mounts if source)
-        if reaches and container.id not in own:
-            problems.append(f"{container.name} mounts {runtime}, the proxy's admin socket directory")
+    # The list's summaries name the mounts: no inspect per container, which races with removals.
+    for summary in ctx.docker.api.containers():
+        sources = {str(m.get("Source") or "") for m in summary.get("Mounts") or []}
+        reaches = any(_overlap(Path(source), runtime) for source in sources if source)
+        if reaches and summary["Id"] not in own:
+            name = ",".join(n.lstrip("/") for n in summary.get("Names") or []) or summary["Id"][:12]
+            problems.append(f"{name} mounts {runtime}, the proxy's admin socket directory")
     return problems
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
 
 
 CHECKS: tuple[tuple[str, Check], ...] = (
