@@ -30,6 +30,7 @@ from deploy_config import defaults
 from deploy_config.errors import DeployError
 from deploy_config.proxy import BACKEND, CONFIG_NAME
 from deploy_state import Status
+from deploy_text.formatting import short_sha
 from docker_runtime import commands
 from docker_runtime.containers import project_containers
 from docker_runtime.errors import CommandFailed
@@ -260,7 +261,7 @@ def switch_back(ctx: DeploymentContext, release: Release, cause: DeployError) ->
     sha = ctx.deployment.previous_sha
     try:
         with ctx.step("rollback", cancellable=False, deadline=False):
-            back = f"{', '.join(release.old)} ({sha[:12] or 'the previous release'})"
+            back = f"{', '.join(release.old)} ({short_sha(sha) or 'the previous release'})"
             ctx.log(f"switching back to {back} because: {cause}")
             for name in release.old:
                 release.proxy.set_state(BACKEND, name, "ready")
@@ -276,9 +277,11 @@ def switch_back(ctx: DeploymentContext, release: Release, cause: DeployError) ->
             if release.new is not None:
                 retire(ctx, release, [_name(release.new)], since=time.monotonic())
     except DeployError as exc:
-        target = sha[:12] or "the previous release"
+        target = short_sha(sha) or "the previous release"
         raise degraded(ctx, f"{cause}; switching back to {target} failed too: {exc}") from None
-    ctx.save(reason=f"{cause}; switched back: {sha[:12] or 'the previous release'} is serving again{restore_hint(ctx)}")
+    ctx.save(
+        reason=f"{cause}; switched back: {short_sha(sha) or 'the previous release'} is serving again{restore_hint(ctx)}"
+    )
     return Status.ROLLED_BACK
 
 
@@ -415,8 +418,8 @@ def _answers_through_proxy(ctx: DeploymentContext, sha: str) -> None:
     while (problem := probe(ctx.env.health_url, sha)) is not None:
         if time.monotonic() > deadline:
             raise HealthCheckFailed(
-                f"{ctx.env.health_url} (through the proxy) did not answer healthy with {sha[:12]} within "
+                f"{ctx.env.health_url} (through the proxy) did not answer healthy with {short_sha(sha)} within "
                 f"{THROUGH_PROXY_TIMEOUT:g}s: {problem}"
             )
         time.sleep(0.25)
-    ctx.log(f"{ctx.env.health_url} answers with {sha[:12]} through the proxy")
+    ctx.log(f"{ctx.env.health_url} answers with {short_sha(sha)} through the proxy")
