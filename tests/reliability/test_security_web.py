@@ -28,7 +28,7 @@ from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.secrets import config_redactor
 from deploy_reporting.reporting import report
 from deploy_state import DeploymentStore, Status, keys
-from hook_server import create_app
+from hook_server import create_app, pushes
 from hook_server.statusauth import LOGIN_ATTEMPTS, LOGIN_WINDOW, SESSION_SECONDS
 from hook_server.streamslots import STREAMS_PER_CLIENT, STREAMS_PER_PROCESS
 from workers.checkout import checkout
@@ -65,6 +65,29 @@ def signed_push(sha: str, pushed_at: int, branch: str = "staging") -> bytes:
         "head_commit": {"id": sha, "message": "m", "timestamp": "2026-01-01T00:00:00+00:00"},
     }
     return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize(
+    ("repository", "head_commit", "expected"),
+    [
+        ({"pushed_at": 1_760_000_000}, {"timestamp": "2020-01-01T00:00:00Z"}, 1_760_000_000.0),
+        ({}, {"timestamp": "2025-10-09T10:53:20+02:00"}, 1_760_000_000.0),
+        ({"pushed_at": "2025-10-09T08:53:20Z"}, None, 1_760_000_000.0),
+        ({}, {"timestamp": "2025-10-09T08:53:20"}, None),  # no zone: not a time to compare
+        ({"pushed_at": True}, None, None),
+    ],
+)
+def test_the_push_time_comes_from_the_signed_payload(
+    repository: dict[str, object], head_commit: dict[str, object] | None, expected: float | None
+) -> None:
+    payload: dict[str, object] = {
+        "ref": "refs/heads/staging",
+        "after": "a" * 40,
+        "repository": {"full_name": "example/sample-app", **repository},
+    }
+    if head_commit is not None:
+        payload["head_commit"] = head_commit
+    assert pushes.github_push(payload).pushed_at == expected
 
 
 def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it(
