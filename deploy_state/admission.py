@@ -60,7 +60,8 @@ _ID = "{id}"
 
 # KEYS: 1 sequence, 2 head, 3 delivery, 4 index_all, 5 index_env, 6 queued(env), 7 status index
 # queued, 8 status index blocked, 9 finished counts, 10 succeeded shas of promote_from, 11 running
-# pointer, 12 audit, 13 outbox, 14 RQ's set of queues, 15 RQ's queue. ARGV: see Admission._argv.
+# pointer, 12 audit, 13 outbox, 14 RQ's set of queues, 15 RQ's queue, 16 and 17 the environment's
+# status indexes queued and blocked. ARGV: see Admission._argv.
 # A claim (head or delivery) names a deployment and holds only while that deployment's record
 # exists (one claimed by an older release that died before recording is free again). Writes come
 # after every check and the claims last, so that an error part way (Lua does not roll back) never
@@ -136,9 +137,11 @@ redis.call('ZADD', KEYS[4], score, id)
 redis.call('ZADD', KEYS[5], score, id)
 if blocked then
   redis.call('ZADD', KEYS[8], score, id)
+  redis.call('ZADD', KEYS[17], score, id)
   redis.call('HINCRBY', KEYS[9], 'blocked', 1)
 else
   redis.call('ZADD', KEYS[7], score, id)
+  redis.call('ZADD', KEYS[16], score, id)
   redis.call('ZADD', KEYS[6], score, id)
 end
 local entry = {'t', string.format('%.3f', now_ms / 1000), 'action', 'deploy'}
@@ -371,6 +374,8 @@ class Admission:
             keys.outbox(),
             Queue.redis_queues_keys,
             template.queue_key,
+            keys.index_env_status(env.name, Status.QUEUED),
+            keys.index_env_status(env.name, Status.BLOCKED),
         ]
         argv: list[str | bytes | int] = [
             request.sha,

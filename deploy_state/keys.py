@@ -29,6 +29,16 @@ def index_status(status: str) -> str:
     return f"{PREFIX}:status:{status}:deployments"
 
 
+def index_env_status(env: str, status: str) -> str:
+    """Sorted set: ids of env's deployments with this status (score: the id), kept by add() and set_status()."""
+    return f"{PREFIX}:env:{env}:status:{status}:deployments"
+
+
+def index_version() -> str:
+    """Which listing indexes exist for every record: set once the (environment, status) backfill ran."""
+    return f"{PREFIX}:index-version"
+
+
 def queued(env: str) -> str:
     return f"{PREFIX}:env:{env}:queued"
 

@@ -35,7 +35,3 @@ class PushOrder:
         Equal times pass: two pushes in one second, or a redelivery of the newest push (the
         branch-head and delivery claims deduplicate those)."""
         return bool(self.admit_script(keys=[keys.newest_push(environment)], args=[repr(float(pushed_at))]))
-
-    def newest(self, environment: str) -> float | None:
-        value = self.conn.get(keys.newest_push(environment))
-        return None if value is None else float(value)

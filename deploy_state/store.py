@@ -13,13 +13,11 @@ from redis.client import Pipeline
 from deploy_config import DeployError
 from deploy_config.defaults import DEFAULT_LOG_MAX_LINES
 
-from . import keys, logcap, outbox, stats
+from . import keys, listing, logcap, outbox, stats
 from .models import FINAL_STATUSES, Deployment, Status, Step
 
 AUDIT_MAXLEN = 100_000
 """Audit entries kept (approximately); older ones are trimmed so Redis cannot grow without bound."""
-
-_LIST_BATCH = 200
 
 _STARTED_KEPT = 100
 """Started deployment ids remembered per environment (only the newest is read)."""
@@ -128,6 +126,8 @@ class DeploymentStore:
                     outbox.append(pipe, deployment.id, str(status))
                     pipe.zrem(keys.index_status(current), deployment.id)
                     pipe.zadd(keys.index_status(status), score)
+                    pipe.zrem(keys.index_env_status(env, current), deployment.id)
+                    pipe.zadd(keys.index_env_status(env, status), score)
                     if status != Status.QUEUED:
                         pipe.zrem(keys.queued(env), deployment.id)
                     if status == Status.RUNNING:
@@ -194,26 +194,17 @@ class DeploymentStore:
     def page(
         self, environment: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
     ) -> tuple[list[Deployment], str | None]:
-        """Newest first; pass the returned cursor to get the next page (None when there is none)."""
-        if status:
-            index = keys.index_status(status)
-        elif environment:
-            index = keys.index_environment(environment)
-        else:
-            index = keys.index_all()
+        """Newest first; pass the returned cursor to get the next page (None when there is none).
+
+        Each filter has its own index (listing.py), so a page reads its own records and one more
+        id, however many other records there are.
+        """
+        index = listing.index_for(self.conn, environment, status)
         upper = f"({int(cursor)}" if cursor else "+inf"
-        found: list[Deployment] = []
-        while len(found) <= limit:
-            ids = self.conn.zrevrangebyscore(index, upper, "-inf", start=0, num=_LIST_BATCH)
-            if not ids:
-                break
-            for deployment in self._get_many(_text(i) for i in ids):
-                if environment is None or deployment.environment == environment:
-                    found.append(deployment)
-            upper = f"({int(_text(ids[-1]))}"
-        page = found[:limit]
-        next_cursor = page[-1].id if len(found) > limit and page else None
-        return page, next_cursor
+        ids = [_text(i) for i in self.conn.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
+        found = self._get_many(ids[:limit])
+        next_cursor = found[-1].id if len(ids) > limit and found else None
+        return found, next_cursor
 
     def _get_many(self, ids: Iterable[str]) -> list[Deployment]:
         with self.conn.pipeline(transaction=False) as pipe:

@@ -47,10 +47,6 @@ class StreamSlots:
             if held > 0:
                 self._by_client[client] = held
 
-    @property
-    def open(self) -> int:
-        return self._open
-
 
 class HeldStream:
     """A stream that gives its slot back when the server closes it (ended, or the client went away).

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from deploy_config import DeployConfig, DeployError, load_config
 from deploy_reporting.reporting import report
 from deploy_state import DeploymentStore, Status, keys
 from deploy_text.redaction import config_redactor
-from hook_server import create_app
+from hook_server import create_app, pushes
 from hook_server.statusauth import LOGIN_ATTEMPTS, LOGIN_WINDOW, SESSION_SECONDS
 from hook_server.streamslots import STREAMS_PER_CLIENT, STREAMS_PER_PROCESS
 from workers.checkout import checkout
@@ -65,6 +65,29 @@ def signed_push(sha: str, pushed_at: int, branch: str = "staging") -> bytes:
         "head_commit": {"id": sha, "message": "m", "timestamp": "2026-01-01T00:00:00+00:00"},
     }
     return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize(
+    ("repository", "head_commit", "expected"),
+    [
+        ({"pushed_at": 1_760_000_000}, {"timestamp": "2020-01-01T00:00:00Z"}, 1_760_000_000.0),
+        ({}, {"timestamp": "2025-10-09T10:53:20+02:00"}, 1_760_000_000.0),
+        ({"pushed_at": "2025-10-09T08:53:20Z"}, None, 1_760_000_000.0),
+        ({}, {"timestamp": "2025-10-09T08:53:20"}, None),  # no zone: not a time to compare
+        ({"pushed_at": True}, None, None),
+    ],
+)
+def test_the_push_time_comes_from_the_signed_payload(
+    repository: dict[str, object], head_commit: dict[str, object] | None, expected: float | None
+) -> None:
+    payload: dict[str, object] = {
+        "ref": "refs/heads/staging",
+        "after": "a" * 40,
+        "repository": {"full_name": "example/sample-app", **repository},
+    }
+    if head_commit is not None:
+        payload["head_commit"] = head_commit
+    assert pushes.github_push(payload).pushed_at == expected
 
 
 def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it(
@@ -316,7 +339,7 @@ def test_a_production_push_made_with_stagings_waits_for_it_then_runs_or_is_block
         "production push made with staging's",
         "production's push arrives while staging's deploy of the same sha is queued: it is queued, its worker "
         "waits (promotion_wait), then runs when staging succeeds, or ends blocked saying staging failed",
-        node(f"test_a_production_push_made_with_stagings_waits_for_it_then_runs_or_is_blocked[{staging_outcome}]"),
+        node("test_a_production_push_made_with_stagings_waits_for_it_then_runs_or_is_blocked"),  # both cases
     )
 
 
@@ -430,4 +453,65 @@ def test_failed_logins_are_rate_limited_per_client_address(login_app: Flask, red
         f"{LOGIN_ATTEMPTS} wrong tokens from one address, then even the right one is answered 429 for "
         f"{LOGIN_WINDOW} s (a counter in Redis that expires); another address still logs in",
         node("test_failed_logins_are_rate_limited_per_client_address"),
+    )
+
+
+# --- 7. listing costs what the page holds ---------------------------------------------------------------
+
+FAILED_STAGING = 5_000
+
+
+def seed_failed(store: DeploymentStore, conn: redis.Redis, environment: str, count: int) -> list[str]:
+    """`count` failed deployments of environment, written as intake and the worker would leave them."""
+    ids = []
+    for start in range(0, count, 1000):
+        with conn.pipeline(transaction=False) as pipe:
+            for _ in range(start, min(count, start + 1000)):
+                deployment = store.new(environment, "f" * 40, status=Status.FAILED, reason="health gate failed")
+                store.add(deployment, pipe)
+                ids.append(deployment.id)
+            pipe.execute()
+    return ids
+
+
+def commands_for(conn: redis.Redis, send: Callable[[], object]) -> dict[str, int]:
+    """Redis commands (by name, and 'total') that one request made."""
+    conn.config_resetstat()
+    send()
+    stats = conn.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(entry["calls"]) for name, entry in stats.items()}
+    calls.pop("info", None)
+    return {**calls, "total": sum(calls.values())}
+
+
+def test_listing_reads_what_the_page_holds_after_thousands_of_other_records(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    [oldest] = seed_failed(store, redis_conn, "production", 1)
+    seed_failed(store, redis_conn, "staging", FAILED_STAGING)
+    query = "/api/deployments?environment=production&status=failed&limit=1"
+
+    # Records written before the (environment, status) index existed: the first listing backfills it.
+    for key in redis_conn.scan_iter(keys.index_env_status("*", "*")):
+        redis_conn.delete(key)
+    redis_conn.delete(keys.index_version())
+    first = client.get(query, headers=BEARER)
+    assert [d["id"] for d in first.get_json()["deployments"]] == [oldest]
+
+    api = commands_for(redis_conn, lambda: client.get(query, headers=BEARER))
+    assert [d["id"] for d in client.get(query, headers=BEARER).get_json()["deployments"]] == [oldest]
+    assert api.get("hgetall", 0) == 1, api  # the one record on the page
+    assert api["total"] <= 5, api
+    page = commands_for(redis_conn, lambda: client.get("/"))
+    assert client.get("/").status_code == 200
+    assert page.get("hgetall", 0) <= 6, page  # per environment: last success and two kinds of failure
+    assert page["total"] <= 40, page
+    record_security(
+        "listing scans everything",
+        f"{FAILED_STAGING} failed staging records and one failed production one, indexes backfilled on first use: "
+        f"GET /api/deployments?environment=production&status=failed&limit=1 made {api['total']} Redis commands "
+        f"reading {api.get('hgetall', 0)} record; GET / made {page['total']} commands reading "
+        f"{page.get('hgetall', 0)} records",
+        node("test_listing_reads_what_the_page_holds_after_thousands_of_other_records"),
     )

@@ -1,0 +1,78 @@
+"""Which index a listing reads, and the one-time backfill of the (environment, status) indexes.
+
+Every record is in four sorted sets (score: its id): all deployments, its environment's, its
+status's, and its (environment, status)'s. A listing reads the one that matches its filters,
+so `GET /api/deployments?environment=production&status=failed&limit=1` reads one id and one
+record, not every failed staging deployment on the way.
+
+Records written before the (environment, status) index existed are added to it the first time
+a listing needs it; the script does it a batch at a time, reading each record's environment
+and status inside the script, so a status change running meanwhile cannot leave an id behind.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from redis import Redis
+
+from . import keys
+
+log = logging.getLogger(__name__)
+
+INDEX_VERSION = "2"
+"""2: the (environment, status) index exists for every record."""
+
+_BACKFILL_BATCH = 1000
+
+# ARGV: record key template, index key template ('{id}', '{env}', '{status}' placeholders), ids...
+# Values in a record hash are JSON: '"staging"' decodes to staging.
+_BACKFILL = """
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local record = string.gsub(ARGV[1], '{id}', id)
+  local fields = redis.call('HMGET', record, 'environment', 'status')
+  if fields[1] and fields[2] then
+    local env = cjson.decode(fields[1])
+    local status = cjson.decode(fields[2])
+    local index = string.gsub(string.gsub(ARGV[2], '{env}', env), '{status}', status)
+    redis.call('ZADD', index, tonumber(id), id)
+  end
+end
+return #ARGV - 2
+"""
+
+
+def index_for(conn: Redis, environment: str | None, status: str | None) -> str:
+    """The index holding exactly the records that match the filters."""
+    if environment and status:
+        if _text(conn.get(keys.index_version())) != INDEX_VERSION:
+            backfill(conn)
+        return keys.index_env_status(environment, status)
+    if status:
+        return keys.index_status(status)
+    if environment:
+        return keys.index_environment(environment)
+    return keys.index_all()
+
+
+def backfill(conn: Redis) -> int:
+    """Add every record to its (environment, status) index; idempotent. Returns how many records it read."""
+    script = conn.register_script(_BACKFILL)
+    templates = [keys.deployment("{id}"), keys.index_env_status("{env}", "{status}")]
+    done, upper = 0, "+inf"
+    while True:
+        found = conn.zrevrangebyscore(keys.index_all(), upper, "-inf", start=0, num=_BACKFILL_BATCH)
+        ids = [_text(i) for i in found]
+        if not ids:
+            break
+        done += int(script(args=[*templates, *ids]))
+        upper = f"({ids[-1]}"
+    conn.set(keys.index_version(), INDEX_VERSION)
+    if done:
+        log.info("listing indexes: added %d existing deployments to their (environment, status) index", done)
+    return done
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
