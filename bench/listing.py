@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import testbed  # noqa: E402
 
 from deploy_config import load_config  # noqa: E402
-from deploy_state import Deployment, DeploymentStore, Status, keys  # noqa: E402
+from deploy_state import Deployment, Status, keys  # noqa: E402
 from hook_server import create_app  # noqa: E402
 
 QUERIES = {
@@ -46,8 +46,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def seed(conn: redis.Redis, count: int) -> None:
-    """Records written through DeploymentStore.add, as intake writes them; ids taken from the sequence in bulk."""
-    store = DeploymentStore(conn)
+    """Failed records and their indexes, written in bulk (testbed.write_record); ids taken from the sequence."""
     last = int(conn.incrby(keys.sequence(), count))
     for start in range(0, count, 2000):
         with conn.pipeline(transaction=False) as pipe:
@@ -61,7 +60,7 @@ def seed(conn: redis.Redis, count: int) -> None:
                     status=Status.FAILED,
                     reason="health gate failed",
                 )
-                store.add(record, pipe)
+                testbed.write_record(pipe, record)
             pipe.execute()
 
 

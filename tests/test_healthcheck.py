@@ -58,7 +58,7 @@ def test_the_release_answering_as_the_rollout_starts_is_the_old_one_not_a_wrong_
     env = deploy_config.environments["staging"].model_copy(update={"health_url": app.url})
     store = DeploymentStore(redis_conn)
     # No previous_sha on the record (a first deploy over a running app): the answer itself tells.
-    deployment = store.create(store.new("staging", NEW))
+    deployment = testbed.admitted(store, "staging", NEW)
     ctx = DeploymentContext(deploy_config, env, store, deployment, config_redactor(deploy_config))
     with watching_health(ctx) as watch:
         testbed.wait_for(lambda: watch.failed >= 2, timeout=10, what="two probes of the old release")

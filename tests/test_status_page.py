@@ -256,16 +256,6 @@ def _row_ids(html: str) -> list[str]:
     return [part.split('"', 1)[0] for part in html.split('<td class="id"><a href="/deployments/')[1:]]
 
 
-def _write_record(pipe: redis.client.Pipeline, deployment: Deployment) -> None:
-    """A finished record and the indexes the history pages read, written in bulk (admission, one at a time,
-    is the way deployhook records one; ten thousand of them here only need to be there)."""
-    score = {deployment.id: int(deployment.id)}
-    pipe.hset(keys.deployment(deployment.id), mapping={k: json.dumps(v) for k, v in deployment.to_dict().items()})
-    pipe.zadd(keys.index_all(), score)
-    pipe.zadd(keys.index_environment(deployment.environment), score)
-    pipe.zadd(keys.index_status(deployment.status), score)
-
-
 def test_history_renders_pages_of_ten_thousand_records(
     client: FlaskClient, store: DeploymentStore, redis_conn: redis.Redis
 ) -> None:
@@ -278,7 +268,7 @@ def test_history_renders_pages_of_ten_thousand_records(
                 message=f"release {n}", pusher="alice", created_at=now - 60 * (10_001 - n),
                 started_at=now - 60 * (10_001 - n), finished_at=now - 60 * (10_001 - n) + 42,
             )  # fmt: skip
-            _write_record(pipe, deployment)
+            testbed.write_record(pipe, deployment)
         pipe.set(keys.sequence(), 10_000)
         pipe.execute()
 

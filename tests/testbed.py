@@ -36,7 +36,7 @@ from rq import SimpleWorker
 
 from deploy_config import DeployConfig
 from deploy_config.loading import parse_config
-from deploy_state import Deployment, DeploymentStore, Trigger, queue_for
+from deploy_state import Deployment, DeploymentStore, Trigger, keys, queue_for
 from deploy_state.admission import Admission, DeployRequest
 from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
@@ -655,3 +655,17 @@ def admitted(
     )
     admission = Admission(_admission_config(promotion_guard), store.conn, job="testjobs.sleepy")
     return admission.admit(request).deployment
+
+
+def write_record(pipe: redis.client.Pipeline, deployment: Deployment) -> None:
+    """A record and the indexes listings read, written in bulk on a pipeline.
+
+    Admission, one request at a time, is the way deployhook records a deployment; tests and benchmarks
+    that need thousands of finished ones only need them to be there.
+    """
+    score = {deployment.id: int(deployment.id)}
+    pipe.hset(keys.deployment(deployment.id), mapping={k: json.dumps(v) for k, v in deployment.to_dict().items()})
+    pipe.zadd(keys.index_all(), score)
+    pipe.zadd(keys.index_environment(deployment.environment), score)
+    pipe.zadd(keys.index_status(deployment.status), score)
+    pipe.zadd(keys.index_env_status(deployment.environment, deployment.status), score)
