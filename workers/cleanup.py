@@ -30,7 +30,9 @@ def cleanup(ctx: DeploymentContext) -> list[str]:
     for other in ctx.config.environments.values():
         if other.name != ctx.env.name:
             keep |= set(_succeeded_shas(ctx, other.name)[: other.keep_releases])
-    in_use = {c.image.id for c in ctx.docker.containers.list(all=True) if c.image is not None}
+    # sparse: one list call, no inspect per container, which fails (404) when another project's
+    # container goes away between the list and the inspect (any compose down on the same engine).
+    in_use = {c.attrs.get("ImageID") for c in ctx.docker.containers.list(all=True, sparse=True)}
     removed, failures = [], []
     for sha in mine:
         if sha in keep:
