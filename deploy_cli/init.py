@@ -82,7 +82,7 @@ def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dic
             elif (repo_dir / "Dockerfile").is_file():
                 images.append({"name": image_name, "context": ".", "dockerfile": "Dockerfile"})
     entry["images"] = images
-    port, path = _health(services, database)
+    port, path, http_service = _health(services, database)
     if port is not None:
         # `port` is the one place for it when the file reads the port from APP_PORT; else a plain URL.
         if f"${{{defaults.PORT_VARIABLE}" in raw:
@@ -98,11 +98,17 @@ def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dic
     limits = _limits(services)
     if limits:
         entry["expected_limits"] = limits
+    if http_service is not None and not services[http_service].get("container_name"):
+        # Zero downtime: the HTTP service behind a proxy, started next to the old one; every other
+        # service (a chat bot, the database) must never run twice.
+        singletons = sorted(other for other in services if other != http_service)
+        entry["rollout"] = {"strategy": "start-first", "service": http_service, "singletons": singletons}
     return entry
 
 
-def _health(services: dict[str, Any], database: str | None) -> tuple[int | None, str]:
-    """The first published host port of a service other than the database, and its healthcheck's path."""
+def _health(services: dict[str, Any], database: str | None) -> tuple[int | None, str, str | None]:
+    """The first published host port of a service other than the database, its healthcheck's path, and the
+    service (None when no service but the database publishes a port)."""
     for service_name, service in services.items():
         if service_name == database:
             continue
@@ -111,8 +117,8 @@ def _health(services: dict[str, Any], database: str | None) -> tuple[int | None,
             if published.isdigit():
                 test = " ".join(str(part) for part in (service.get("healthcheck") or {}).get("test") or [])
                 match = _HEALTH_PATH.search(test)
-                return int(published), match.group(1) if match else defaults.HEALTH_PATH
-    return None, defaults.HEALTH_PATH
+                return int(published), match.group(1) if match else defaults.HEALTH_PATH, service_name
+    return None, defaults.HEALTH_PATH, None
 
 
 def _database_variables(service: dict[str, Any]) -> dict[str, str]:

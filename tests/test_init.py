@@ -14,6 +14,7 @@ import testbed
 import yaml
 
 from deploy_config import load_config
+from deploy_config.isolation import RULES
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 
@@ -41,7 +42,7 @@ def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_pa
     assert result.stdout.splitlines()[:3] == [
         f"Wrote {config_file} (staging: docker-compose.staging.yml, production: docker-compose.production.yml)",
         f"Wrote {secrets_file} (mode 0600): the webhook secret and the API token",
-        "Isolation lint passed: all 10 rules hold.",
+        f"Isolation lint passed: all {len(RULES)} rules hold.",
     ]
     assert "  Payload URL:  http://<this-host>:8000/hooks/github" in result.stdout
     for path in (config_file, secrets_file):
@@ -62,13 +63,16 @@ def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_pa
     assert production["database"] == {"service": "db", "user_env": "DB_USER", "name_env": "DB_NAME"}
     assert production["expected_limits"]["db"] == {"cpus": 1.0, "memory": "1G"}
     assert staging["expected_limits"]["app"] == {"cpus": 1.0, "memory": "512M"}
+    # Zero downtime for the HTTP service; the bot and the database are never doubled.
+    for env in (staging, production):
+        assert env["rollout"] == {"strategy": "start-first", "service": "app", "singletons": ["db", "discord"]}
 
     config = load_config(config_file)
     assert config.environments["production"].health_url == "http://localhost:8080/healthz"
     assert config.environments["production"].promote_from == "staging"
     check = run("config", "check", "--config", str(config_file), cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "Isolation lint passed: all 10 rules hold." in check.stdout
+    assert f"Isolation lint passed: all {len(RULES)} rules hold." in check.stdout
     # config check read the secrets file: the webhook secret is set (no warning about it).
     assert "DEPLOYHOOK_WEBHOOK_SECRET is not set" not in check.stdout
 
@@ -87,7 +91,7 @@ def test_init_prints_what_the_lint_finds_to_fix(tmp_path: Path, compose_cli: Non
     production.write_text(production.read_text().replace("${APP_PORT:-8080}", "${APP_PORT:-8081}"))
     result = run("init", str(repo_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "Isolation lint: 1 of 10 rules to fix before the first deploy:" in result.stdout
+    assert f"Isolation lint: 1 of {len(RULES)} rules to fix before the first deploy:" in result.stdout
     assert "  - host-ports: " in result.stdout and "8081" in result.stdout
 
 
