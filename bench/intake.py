@@ -58,6 +58,7 @@ PATH = "/hooks/github"
 WEBHOOK_BINARY = "/usr/bin/webhook"
 TARGET_P99_MS = 20.0
 TARGET_RATIO = 0.5
+PUSHED_AT = int(time.time())
 RAN = (Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK)
 
 
@@ -78,7 +79,8 @@ def push(tag: str, index: int, branch: str = "staging") -> Delivery:
         "created": False,
         "deleted": False,
         "forced": False,
-        "repository": {"full_name": REPOSITORY, "name": "sample-app", "private": True},
+        # GitHub signs the push time; intake refuses a push older than the newest accepted (a replay).
+        "repository": {"full_name": REPOSITORY, "name": "sample-app", "private": True, "pushed_at": PUSHED_AT},
         "pusher": {"name": "octocat", "email": "octocat@example.com"},
         "head_commit": {"id": sha, "message": f"Change {index}", "url": f"https://github.com/{REPOSITORY}/{sha}"},
     }

@@ -1,7 +1,8 @@
 """Admission: the one way a deployment starts, whatever asked for it (a push, a poll, the API or the CLI through it).
 
 `Admission(config, connection).admit(request)` turns one DeployRequest into exactly one recorded
-deployment with its RQ job enqueued, in ONE Redis round trip: a Lua script checks the delivery
+deployment with its RQ job enqueued, in ONE Redis round trip: a Lua script refuses a replayed push
+(one older than the newest accepted for its branch), checks the delivery
 and the branch head (webhooks and polls claim both, so a redelivery, a second receiver or the
 poller seeing the same sha get the deployment already made), allocates the id, applies the
 promotion guard, writes the record, its indexes, the audit entry and the outbox entry, writes
@@ -33,7 +34,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 
-from deploy_config import DeployConfig
+from deploy_config import DeployConfig, DeployError
 from deploy_config.secrets import secret_env_values
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import Redactor, config_redactor
@@ -61,12 +62,13 @@ _ID = "{id}"
 # KEYS: 1 sequence, 2 head, 3 delivery, 4 index_all, 5 index_env, 6 queued(env), 7 status index
 # queued, 8 status index blocked, 9 finished counts, 10 succeeded shas of promote_from, 11 running
 # pointer, 12 audit, 13 outbox, 14 RQ's set of queues, 15 RQ's queue, 16 and 17 the environment's
-# status indexes queued and blocked. ARGV: see Admission._argv.
+# status indexes queued and blocked, 18 the newest accepted push time. ARGV: see Admission._run.
 # A claim (head or delivery) names a deployment and holds only while that deployment's record
 # exists (one claimed by an older release that died before recording is free again). Writes come
 # after every check and the claims last, so that an error part way (Lua does not roll back) never
 # leaves a delivery claimed without its job.
-# Replies {'taken', id, record hash...} or {'new', id, status, superseded running id or ''}.
+# Replies {'taken', id, record hash...}, {'new', id, status, superseded running id or ''} or
+# {'older', ''} (a push older than the newest accepted for its branch: nothing written).
 _ADMIT = """
 local function fill(template, id)
   local at = string.find(template, '{id}', 1, true)
@@ -94,6 +96,12 @@ local function zlib_stored(s)
 end
 
 local sha = ARGV[1]
+-- Equal times pass: two pushes in one second, or a redelivery of the newest (the claims dedupe those).
+if ARGV[20] ~= '' then
+  local newest = tonumber(redis.call('GET', KEYS[18]) or '')
+  if newest and tonumber(ARGV[20]) < newest then return {'older', ''} end
+  redis.call('SET', KEYS[18], ARGV[20])
+end
 if ARGV[3] == '1' then
   local id = holder(3, nil)
   if id then return taken(id) end
@@ -110,7 +118,7 @@ local status = blocked and 'blocked' or 'queued'
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local nrecord, naudit = tonumber(ARGV[18]), tonumber(ARGV[19])
-local first_audit, first_job = 20 + nrecord, 20 + nrecord + naudit
+local first_audit, first_job = 21 + nrecord, 21 + nrecord + naudit
 
 local superseded = ''
 if not blocked then
@@ -131,7 +139,7 @@ if not blocked then
 end
 
 local record = {'id', cjson.encode(id), 'status', cjson.encode(status), 'reason', blocked and ARGV[11] or ARGV[12]}
-for i = 20, first_audit - 1 do record[#record + 1] = ARGV[i] end
+for i = 21, first_audit - 1 do record[#record + 1] = ARGV[i] end
 redis.call('HSET', fill(ARGV[5], id), unpack(record))
 redis.call('ZADD', KEYS[4], score, id)
 redis.call('ZADD', KEYS[5], score, id)
@@ -180,6 +188,8 @@ class DeployRequest:
     """A manual rollback: the succeeded deployment whose release (its kept images) goes back, unbuilt."""
     promoted_from: str = ""
     """A promotion: the environment whose succeeded release this deploys (checkout accepts its branch)."""
+    pushed_at: float | None = None
+    """A push's time (Unix seconds) from its signed payload: an older one than the newest accepted is refused."""
 
     @classmethod
     def again(
@@ -200,6 +210,14 @@ class DeployRequest:
             force=force,
             promoted_from=deployment.promoted_from,
         )
+
+
+class OlderPush(DeployError):
+    """A push older than the newest one accepted for its branch: a replay, or a late redelivery; nothing recorded.
+
+    A forge's delivery id is not covered by its signature, so a captured push can be re-sent under a
+    new id; its payload's push time is covered, and a replay carries the old one.
+    """
 
 
 @dataclass(frozen=True)
@@ -274,6 +292,11 @@ class Admission:
         created_at = time.time()
         reply: list[Any] = self._run(request, created_at)
         kind, deployment_id = _text(reply[0]), _text(reply[1])
+        if kind == "older":
+            raise OlderPush(
+                f"push of {short_sha(request.sha)} to {request.environment} was pushed at {request.pushed_at}, "
+                "before the newest push accepted for it (a replay?); nothing was deployed"
+            )
         if kind == "taken":
             record = dict(zip(reply[2::2], reply[3::2], strict=True))
             return Admitted(Deployment.from_hash(record), created=False)
@@ -376,6 +399,7 @@ class Admission:
             template.queue_key,
             keys.index_env_status(env.name, Status.QUEUED),
             keys.index_env_status(env.name, Status.BLOCKED),
+            keys.newest_push(env.name),
         ]
         argv: list[str | bytes | int] = [
             request.sha,
@@ -397,6 +421,7 @@ class Admission:
             outbox.MAXLEN,
             len(record),
             len(audit),
+            "" if request.pushed_at is None else repr(float(request.pushed_at)),
             *record,
             *audit,
             *template.fields,

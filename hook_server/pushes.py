@@ -52,6 +52,7 @@ class Push:
             message=self.message,
             commit_url=self.commit_url,
             delivery_id=delivery_id,
+            pushed_at=self.pushed_at,
         )
 
 

@@ -15,16 +15,19 @@ from flask import Blueprint, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from deploy_state.admission import Admitted
+from deploy_state.admission import Admitted, OlderPush
 
-from . import pushes, replays, signatures
-from .extensions import deploy_config, redis_conn, store
+from . import pushes, signatures
+from .extensions import deploy_config, store
 from .intake import admit
 from .pushes import PayloadError, Push
 from .rejections import record_rejection
 from .responses import Reply, error, status_url
 
 log = logging.getLogger(__name__)
+
+OLDER = "older than what is deployed"
+"""The `ignored` answer to a push older than one already accepted for its branch (admission.OlderPush)."""
 
 bp = Blueprint("webhooks", __name__, url_prefix="/hooks")
 
@@ -137,13 +140,10 @@ def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id
     if env is None:
         return _ignored(f"branch {push.branch} deploys no environment")
     try:
-        if not replays.in_order(redis_conn(), env.name, push):
-            return _ignored(replays.OLDER, environment=env.name, sha=push.after, delivery=delivery_id)
-    except RedisError as exc:
-        log.error("could not check the order of %s delivery %s: %s", source, delivery_id, exc)
-        return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")
-    try:
         result = admit(push.request(env.name, source, delivery_id))
+    except OlderPush as exc:
+        log.warning("%s", exc)
+        return _ignored(OLDER, environment=env.name, sha=push.after, delivery=delivery_id)
     except RedisError as exc:
         log.error("could not record %s delivery %s: %s", source, delivery_id, exc)
         return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")
