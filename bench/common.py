@@ -256,7 +256,24 @@ def run_load(
         thread.join()
     wall = time.perf_counter() - start
     client_cpu = time.process_time() - cpu_before
+    settle(server_pids)
     return LoadResult(latencies, statuses, wall, client_cpu, cpu_seconds(server_pids) - server_before)
+
+
+def settle(pids: Sequence[int], interval: float = 0.2, quiet: float = 0.01, limit: float = 10.0) -> None:
+    """Wait until the processes are idle (under `quiet` CPU seconds per interval), at most `limit` seconds.
+
+    A server may answer before its work is done (webhook runs its command after replying): that
+    work counts as its CPU, and must not run into the next round, which may be the other server's.
+    """
+    deadline = time.monotonic() + limit
+    used = cpu_seconds(pids)
+    while time.monotonic() < deadline:
+        time.sleep(interval)
+        now = cpu_seconds(pids)
+        if now - used < quiet:
+            return
+        used = now
 
 
 # --- statistics and output -----------------------------------------------------------------
