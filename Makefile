@@ -19,10 +19,18 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 run: $(STAMP)
 	$(BIN)/deployhook up $(DEMO)
 
+# The suite runs in two parts: first everything that can share the Docker engine, spread over
+# TEST_WORKERS processes (pytest-xdist; the Docker-backed tests spend most of their time waiting
+# on the engine, so more processes than cores pay), then the `exclusive` tests (they stop
+# dockerd) alone. Exit status 5 of the second part means "none selected" (PYTEST_ARGS named
+# other tests). TEST_WORKERS=0 runs the first part in this one process.
+TEST_WORKERS ?= 4
+
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal -m "not exclusive" $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:xdist -m exclusive $(PYTEST_ARGS) || [ $$? -eq 5 ]
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

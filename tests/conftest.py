@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,26 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         "Docker-backed tests: {passed} passed, {failed} failed, {error} errors, {skipped} skipped".format(**counts)
     )
+
+
+_HOSTILE_BY_WORKER: list[str] = []
+"""On the pytest-xdist controller: each finished worker's hostile-input tally (tests/reliability/conftest.py)."""
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    tally = getattr(node, "workeroutput", {}).get("hostile")
+    if tally:
+        _HOSTILE_BY_WORKER.append(tally)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On the controller: the workers' hostile-input tallies, added up, become the figures file's one section."""
+    if not _HOSTILE_BY_WORKER or hasattr(session.config, "workeroutput"):
+        return
+    from reliability.common import add_tallies, record_figures
+
+    total: dict[str, dict[str, int]] = {}
+    for tally in _HOSTILE_BY_WORKER:
+        add_tallies(total, json.loads(tally))
+    record_figures("hostile", dict(sorted(total.items())))

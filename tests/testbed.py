@@ -5,6 +5,7 @@ Helpers here are plain functions and classes; tests/conftest.py turns them into 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -13,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.request
@@ -343,7 +345,10 @@ def ensure_haproxy_image() -> str:
 
 
 def _ensure_image(fixture: str, tag: str) -> str:
-    result = subprocess.run([str(FIXTURES / fixture / "build-image"), tag], capture_output=True, text=True)
+    # Test processes (pytest-xdist's workers) start together: one builds, the others then find the tag.
+    with open(Path(tempfile.gettempdir()) / f"deployhook-test-{fixture}-image.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run([str(FIXTURES / fixture / "build-image"), tag], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"building {tag} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     return tag

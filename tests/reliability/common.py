@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
@@ -75,16 +76,21 @@ def gunicorn_server(
 
 
 def record_figures(section: str, values: Mapping[str, Any]) -> None:
-    """Merge one section's figures into the suite's JSON file (a partial run updates only its sections)."""
+    """Merge one section's figures into the suite's JSON file (a partial run updates only its sections).
+
+    Test processes (pytest-xdist's workers) write it concurrently: each read-merge-write holds a lock.
+    """
     FIGURES.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        data: dict[str, Any] = json.loads(FIGURES.read_text())
-    except (OSError, ValueError):
-        data = {}
-    current = data.setdefault(section, {})
-    assert isinstance(current, dict)
-    current.update(values)
-    FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    with open(FIGURES.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            data: dict[str, Any] = json.loads(FIGURES.read_text())
+        except (OSError, ValueError):
+            data = {}
+        current = data.setdefault(section, {})
+        assert isinstance(current, dict)
+        current.update(values)
+        FIGURES.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def record_fault(name: str, what: str, outcome: str, injected: int = 1, survived: int = 1) -> None:
@@ -108,6 +114,12 @@ HOSTILE: dict[str, dict[str, int]] = {}
 
 
 def tally(category: str, refused: bool) -> None:
-    counts = HOSTILE.setdefault(category, {"tried": 0, "refused": 0})
-    counts["tried"] += 1
-    counts["refused"] += int(refused)
+    add_tallies(HOSTILE, {category: {"tried": 1, "refused": int(refused)}})
+
+
+def add_tallies(total: dict[str, dict[str, int]], more: Mapping[str, Mapping[str, int]]) -> None:
+    """Add hostile-input counts by category into total (a test's one input, or a test process's tally)."""
+    for category, counts in more.items():
+        into = total.setdefault(category, {"tried": 0, "refused": 0})
+        into["tried"] += counts["tried"]
+        into["refused"] += counts["refused"]

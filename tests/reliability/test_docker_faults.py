@@ -1,8 +1,8 @@
 """The Docker daemon stopped mid-deployment, then started again.
 
-Stopping dockerd stops every container on the engine: run this file alone, under an exclusive
-lock (`flock -x /tmp/dh-docker.lock .venv/bin/pytest tests/reliability/test_docker_faults.py`).
-dockerd is always started again (as .ci/provision starts it) and answering before the test ends.
+Stopping dockerd stops every container on the engine, so these tests are marked `exclusive`:
+`make test` runs them after the rest of the suite, alone. dockerd is always started again (as
+.ci/provision starts it) and answering before the test ends.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from deploy_state.queues import SERIALIZER
 
 from .common import record_fault
 from .dockerfaults import assert_serving, start_dockerd, stop_dockerd
+
+pytestmark = pytest.mark.exclusive
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 SLOW_STEP = """RUN ["/bin/sh", "-c", "trap 'exit 143' TERM; echo slow-build-step; sleep 60 & wait"]\n"""
