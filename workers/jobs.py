@@ -52,7 +52,7 @@ def run_deployment(
         log.info("deployment %s is already %s; nothing to do", deployment.id, deployment.status)
         return deployment.status
     lock = EnvironmentLock(conn, deployment.environment, _lock_token(deployment), config.lock_lease)
-    if not _wait_for_lock(lock, store, deployment, config):
+    if not _wait_for_lock(lock, store, deployment):
         return store.require(deployment_id).status
     keeper = LeaseKeeper(lock)
     keeper.start()
@@ -67,9 +67,9 @@ def run_deployment(
             return deployment.status
         newer = _newer(store, deployment)
         if newer is not None:
-            return _supersede(store, deployment, newer, config).status
+            return _supersede(store, deployment, newer).status
         if blocked:
-            return _block(store, deployment, blocked, config).status
+            return _block(store, deployment, blocked).status
         try:
             running = store.set_status(deployment, Status.RUNNING, expect=deployment.status)
         except StatusConflict as conflict:
@@ -100,7 +100,7 @@ def _run(
         _finish(store, deployment, status)
     except Cancelled as cancelled:
         context.log(str(cancelled))
-        status = Status(_supersede(store, deployment, cancelled.by, config).status)
+        status = Status(_supersede(store, deployment, cancelled.by).status)
     except DeployError as exc:
         status = _fail(store, context, str(exc))
     except JobTimeoutException:
@@ -139,7 +139,7 @@ def _finish(store: DeploymentStore, deployment: Deployment, status: Status, **fi
     return store.set_status(deployment, status, **fields)
 
 
-def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: DeployConfig) -> Deployment:
+def _supersede(store: DeploymentStore, deployment: Deployment, by: str) -> Deployment:
     """Mark it superseded, unless its status changed since it was read (e.g. cancelled meanwhile)."""
     try:
         superseded = _finish(
@@ -157,7 +157,7 @@ def _supersede(store: DeploymentStore, deployment: Deployment, by: str, config: 
     return superseded
 
 
-def _block(store: DeploymentStore, deployment: Deployment, reason: str, config: DeployConfig) -> Deployment:
+def _block(store: DeploymentStore, deployment: Deployment, reason: str) -> Deployment:
     """The promotion guard stops it: blocked, unless its status changed since it was read."""
     try:
         return _finish(store, deployment, Status.BLOCKED, expect=deployment.status, reason=reason)
@@ -184,7 +184,7 @@ def _newer(store: DeploymentStore, deployment: Deployment) -> str | None:
     return str(newest) if newest > int(deployment.id) else None
 
 
-def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment, config: DeployConfig) -> bool:
+def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: Deployment) -> bool:
     """Take the environment lock; False if, while waiting, this deployment was superseded or ended."""
     while not lock.acquire():
         current = store.require(deployment.id)
@@ -192,7 +192,7 @@ def _wait_for_lock(lock: EnvironmentLock, store: DeploymentStore, deployment: De
             return False
         newer = _newer(store, current)
         if newer is not None:
-            _supersede(store, current, newer, config)
+            _supersede(store, current, newer)
             return False
         time.sleep(LOCK_POLL_INTERVAL)
     return True
