@@ -5,9 +5,10 @@ status's, and its (environment, status)'s. A listing reads the one that matches 
 so `GET /api/deployments?environment=production&status=failed&limit=1` reads one id and one
 record, not every failed staging deployment on the way.
 
-Records written before the (environment, status) index existed are added to it the first time
-a listing needs it; the script does it a batch at a time, reading each record's environment
-and status inside the script, so a status change running meanwhile cannot leave an id behind.
+Records written before the (environment, status) index existed are added to it when the web app
+starts (ensure_indexes, from create_app), or, if Redis did not answer then, the first time a
+listing needs it; the script does it a batch at a time, reading each record's environment and
+status inside the script, so a status change running meanwhile cannot leave an id behind.
 """
 
 from __future__ import annotations
@@ -46,14 +47,20 @@ return #ARGV - 2
 def index_for(conn: Redis, environment: str | None, status: str | None) -> str:
     """The index holding exactly the records that match the filters."""
     if environment and status:
-        if _text(conn.get(keys.index_version())) != INDEX_VERSION:
-            backfill(conn)
+        ensure_indexes(conn)
         return keys.index_env_status(environment, status)
     if status:
         return keys.index_status(status)
     if environment:
         return keys.index_environment(environment)
     return keys.index_all()
+
+
+def ensure_indexes(conn: Redis) -> int:
+    """Backfill the (environment, status) indexes unless that was done already; how many records it read."""
+    if _text(conn.get(keys.index_version())) == INDEX_VERSION:
+        return 0
+    return backfill(conn)
 
 
 def backfill(conn: Redis) -> int:

@@ -485,6 +485,27 @@ def commands_for(conn: redis.Redis, send: Callable[[], object]) -> dict[str, int
     return {**calls, "total": sum(calls.values())}
 
 
+def test_the_app_indexes_an_older_releases_records_when_it_starts_not_in_a_request(
+    deploy_config: DeployConfig, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets
+) -> None:
+    store = DeploymentStore(redis_conn)
+    [production] = seed_failed(store, redis_conn, "production", 1)
+    staging = seed_failed(store, redis_conn, "staging", 3)
+    for key in redis_conn.scan_iter(keys.index_env_status("*", "*")):  # as a release before the index left them
+        redis_conn.delete(key)
+    redis_conn.delete(keys.index_version())
+
+    client = create_app({"DEPLOY_CONFIG": deploy_config, "REDIS_URL": redis_url, "TESTING": True}).test_client()
+    assert redis_conn.zrange(keys.index_env_status("production", Status.FAILED), 0, -1) == [production.encode()]
+    assert redis_conn.zrange(keys.index_env_status("staging", Status.FAILED), 0, -1) == [i.encode() for i in staging]
+    api = commands_for(
+        redis_conn, lambda: client.get("/api/deployments?environment=staging&status=failed", headers=BEARER)
+    )
+    assert api.get("zadd", 0) == 0 and api.get("evalsha", 0) == 0, api  # the request only reads
+    response = client.get("/api/deployments?environment=staging&status=failed", headers=BEARER)
+    assert [d["id"] for d in response.get_json()["deployments"]] == staging[::-1]
+
+
 def test_listing_reads_what_the_page_holds_after_thousands_of_other_records(
     client: FlaskClient, redis_conn: redis.Redis
 ) -> None:
