@@ -391,6 +391,10 @@ class DeployConfig(Model):
     reporting: ReportingConfig = ReportingConfig()
     public_url: HttpUrl | None = None
     """Base URL of this service as others reach it, for status links (default: the request's host)."""
+    trusted_proxies: int = Field(default=0, ge=0, le=4)
+    """Reverse proxies in front of the web app that set X-Forwarded-For and X-Forwarded-Proto: the
+    client's address is then taken from them (the login limit, live-log slots, audit). 0: clients
+    connect directly, and those headers are ignored, since anyone can send them."""
     poll_interval: PositiveSeconds | None = None
     """Seconds between checks of the deploy branches with git ls-remote; off (None) by default."""
     min_free_space: int = defaults.DEFAULT_MIN_FREE_SPACE

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from deploy_config import DeployConfig, defaults, load_config
 
@@ -29,6 +30,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     # Werkzeug refuses a larger Content-Length with 413 before reading; chunked bodies it cuts
     # off at the limit, which webhooks._body() turns into a 413 too.
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
+    if config.trusted_proxies:
+        # Behind nginx or Caddy every request comes from the proxy: without this, one client's failed
+        # logins would lock every client out. Only that many hops are believed, never the client's own.
+        n = config.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     from . import api, extensions, health, metrics, openapi, responses, status, streamslots, webhooks
 

@@ -368,6 +368,15 @@ LOGIN_ENV = "DEPLOYHOOK_TEST_LOGIN_TOKEN"
 LOGIN_TOKEN = "status-login-token-for-security-tests-8a1e"
 
 
+def make_login_app(config_file: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch, **settings: object) -> Flask:
+    """The app with a login token, and any other top-level settings (e.g. trusted_proxies)."""
+    monkeypatch.setenv(LOGIN_ENV, LOGIN_TOKEN)
+    data = yaml.safe_load(config_file.read_text())
+    data.update(status_page={"login_token_env": LOGIN_ENV}, **settings)
+    config = load_config(testbed.write_yaml(config_file.with_name("login.yml"), data))
+    return create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+
+
 @pytest.fixture
 def login_app(
     config_file: Path,
@@ -376,11 +385,7 @@ def login_app(
     secrets: testbed.Secrets,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Flask:
-    monkeypatch.setenv(LOGIN_ENV, LOGIN_TOKEN)
-    data = yaml.safe_load(config_file.read_text())
-    data["status_page"] = {"login_token_env": LOGIN_ENV}
-    config = load_config(testbed.write_yaml(config_file.with_name("login.yml"), data))
-    return create_app({"DEPLOY_CONFIG": config, "REDIS_URL": redis_url, "TESTING": True})
+    return make_login_app(config_file, redis_url, monkeypatch)
 
 
 def api_reads(deployment_id: str) -> list[str]:
@@ -453,6 +458,60 @@ def test_failed_logins_are_rate_limited_per_client_address(login_app: Flask, red
         f"{LOGIN_ATTEMPTS} wrong tokens from one address, then even the right one is answered 429 for "
         f"{LOGIN_WINDOW} s (a counter in Redis that expires); another address still logs in",
         node("test_failed_logins_are_rate_limited_per_client_address"),
+    )
+
+
+PROXY = "127.0.0.1"
+"""The reverse proxy's address: behind one, every request comes from it."""
+
+
+def via_proxy(app: Flask, forwarded_for: str) -> FlaskClient:
+    """A client whose requests reach the app through a reverse proxy that appended forwarded_for."""
+    client = app.test_client()
+    client.environ_base.update(REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=forwarded_for)
+    return client
+
+
+def test_behind_a_trusted_proxy_the_login_limit_counts_each_client_not_the_proxy(
+    config_file: Path,
+    redis_url: str,
+    redis_conn: redis.Redis,
+    secrets: testbed.Secrets,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = make_login_app(config_file, redis_url, monkeypatch, trusted_proxies=1)
+    # The attacker's own X-Forwarded-For comes first; the proxy appends the address it saw, the one believed.
+    attacker = via_proxy(app, "198.51.100.7, 203.0.113.9")
+    for _ in range(LOGIN_ATTEMPTS):
+        assert attacker.post("/login", data={"token": "guess"}).status_code == 401
+    assert attacker.post("/login", data={"token": LOGIN_TOKEN}).status_code == 429
+    assert redis_conn.exists(keys.login_failures("203.0.113.9"))
+    assert not redis_conn.exists(keys.login_failures(PROXY))
+
+    # Another client through the same proxy (and the address the attacker claimed) still logs in.
+    assert via_proxy(app, "198.51.100.7").post("/login", data={"token": LOGIN_TOKEN}).status_code == 302
+    assert via_proxy(app, "192.0.2.44").post("/login", data={"token": LOGIN_TOKEN}).status_code == 302
+    record_security(
+        "login limit behind a reverse proxy",
+        f"trusted_proxies: 1: {LOGIN_ATTEMPTS} wrong tokens from one client through the proxy lock out that client "
+        "(the address the proxy appended, not one the client put in X-Forwarded-For), not the proxy: others log in",
+        node("test_behind_a_trusted_proxy_the_login_limit_counts_each_client_not_the_proxy"),
+    )
+
+
+def test_without_trusted_proxies_x_forwarded_for_is_ignored(login_app: Flask, redis_conn: redis.Redis) -> None:
+    for attempt in range(LOGIN_ATTEMPTS):  # a new claimed address each time: it must not reset the count
+        client = login_app.test_client()
+        client.environ_base.update(REMOTE_ADDR="203.0.113.9", HTTP_X_FORWARDED_FOR=f"192.0.2.{attempt}")
+        assert client.post("/login", data={"token": "guess"}).status_code == 401
+    client.environ_base["HTTP_X_FORWARDED_FOR"] = "192.0.2.200"
+    assert client.post("/login", data={"token": LOGIN_TOKEN}).status_code == 429
+    assert not redis_conn.keys(keys.login_failures("192.0.2.*"))
+    record_security(
+        "spoofed X-Forwarded-For",
+        f"trusted_proxies: 0 (the default): {LOGIN_ATTEMPTS} wrong tokens, each claiming another address in "
+        "X-Forwarded-For, still lock out the connecting address",
+        node("test_without_trusted_proxies_x_forwarded_for_is_ignored"),
     )
 
 
