@@ -510,7 +510,8 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(login_app: Flask, re
     record_security(
         "spoofed X-Forwarded-For",
         f"trusted_proxies: 0 (the default): {LOGIN_ATTEMPTS} wrong tokens, each claiming another address in "
-        "X-Forwarded-For, still lock out the connecting address",
+        "X-Forwarded-For, still lock out the connecting address (this path already worked; the test pins it now that "
+        "trusted_proxies exists)",
         node("test_without_trusted_proxies_x_forwarded_for_is_ignored"),
     )
 
