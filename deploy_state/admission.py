@@ -41,9 +41,8 @@ from deploy_text.redaction import Redactor, config_redactor
 
 from . import keys, outbox
 from .models import Deployment, Status, Trigger
-from .promotion import pending_deployment
 from .queues import SERIALIZER, queue_name
-from .store import AUDIT_MAXLEN, DeploymentStore
+from .store import AUDIT_MAXLEN
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,8 @@ _ID = "{id}"
 # KEYS: 1 sequence, 2 head, 3 delivery, 4 index_all, 5 index_env, 6 queued(env), 7 status index
 # queued, 8 status index blocked, 9 finished counts, 10 succeeded shas of promote_from, 11 running
 # pointer, 12 audit, 13 outbox, 14 RQ's set of queues, 15 RQ's queue, 16 and 17 the environment's
-# status indexes queued and blocked, 18 the newest accepted push time. ARGV: see Admission._run.
+# status indexes queued and blocked, 18 the newest accepted push time, 19 and 20 promote_from's
+# queued index and running pointer (the promotion guard's "on its way"). ARGV: see Admission._run.
 # A claim (head or delivery) names a deployment and holds only while that deployment's record
 # exists (one claimed by an older release that died before recording is free again). Writes come
 # after every check and the claims last, so that an error part way (Lua does not roll back) never
@@ -87,6 +87,24 @@ local function taken(id)
   local reply = {'taken', id}
   for _, v in ipairs(redis.call('HGETALL', fill(ARGV[5], id))) do reply[#reply + 1] = v end
   return reply
+end
+-- Whether promote_from has a queued or running deployment of sha: then the worker waits for it
+-- (promotion_wait) instead of the deployment being blocked for good now.
+local function on_its_way(sha)
+  local ids = redis.call('ZRANGE', KEYS[19], 0, -1)
+  local running = redis.call('GET', KEYS[20])
+  if running then ids[#ids + 1] = running end
+  for _, id in ipairs(ids) do
+    local fields = redis.call('HMGET', fill(ARGV[5], id), 'sha', 'status')
+    if fields[1] and fields[2] then
+      local ok_sha, their_sha = pcall(cjson.decode, fields[1])
+      local ok_status, status = pcall(cjson.decode, fields[2])
+      if ok_sha and ok_status and their_sha == sha and (status == 'queued' or status == 'running') then
+        return true
+      end
+    end
+  end
+  return false
 end
 -- zlib's format around one stored (uncompressed) deflate block: what RQ's Job.restore decompresses.
 local function zlib_stored(s)
@@ -113,7 +131,7 @@ end
 
 local id = tostring(redis.call('INCR', KEYS[1]))
 local score = tonumber(id)
-local blocked = ARGV[4] == '1' and redis.call('SISMEMBER', KEYS[10], sha) == 0
+local blocked = ARGV[4] == '1' and redis.call('SISMEMBER', KEYS[10], sha) == 0 and not on_its_way(sha)
 local status = blocked and 'blocked' or 'queued'
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -322,14 +340,6 @@ class Admission:
             reason=redact(request.reason),
         )
 
-    def _pending(self, request: DeployRequest) -> bool:
-        """Whether the source environment's deploy of this sha is queued or running: the worker waits for it
-        (environments.<name>.promotion_wait), then runs or blocks, instead of blocking now for good."""
-        source_env = self.config.environments[request.environment].promote_from
-        if source_env is None:
-            return False
-        return pending_deployment(DeploymentStore(self.conn), source_env, request.sha) is not None
-
     def _block_reason(self, request: DeployRequest) -> str:
         """Why the promotion guard would block this request (the script decides whether it does)."""
         source_env = self.config.environments[request.environment].promote_from
@@ -365,7 +375,7 @@ class Admission:
     def _run(self, request: DeployRequest, created_at: float) -> Any:
         env = self.config.environments[request.environment]
         tracks_head = request.trigger in (Trigger.WEBHOOK, Trigger.POLL)  # API requests deploy on demand
-        checks_promotion = env.promote_from is not None and not request.force and not self._pending(request)
+        guarded = env.promote_from is not None and not request.force  # the script also asks: is it on its way?
         template = job_template(self.job, env.name, int(env.job_timeout))
         record = [
             item for name, value in self._record(request, created_at).items() for item in (name, json.dumps(value))
@@ -400,19 +410,21 @@ class Admission:
             keys.index_env_status(env.name, Status.QUEUED),
             keys.index_env_status(env.name, Status.BLOCKED),
             keys.newest_push(env.name),
+            keys.queued(env.promote_from or env.name),
+            keys.running(env.promote_from or env.name),
         ]
         argv: list[str | bytes | int] = [
             request.sha,
             _flag(tracks_head),
             _flag(bool(request.delivery_id)),
-            _flag(checks_promotion),
+            _flag(guarded),
             keys.deployment(_ID),
             template.job_key,
             template.job_id,
             template.data_head,
             template.data_tail,
             f"deploy {env.name} {short_sha(request.sha)} (#{_ID})",
-            json.dumps(self._block_reason(request) if checks_promotion else ""),
+            json.dumps(self._block_reason(request) if guarded else ""),
             json.dumps(request.reason),
             AUDIT_MAXLEN,
             keys.cancel_requested(_ID),

@@ -429,6 +429,27 @@ def test_production_push_of_a_sha_that_succeeded_on_staging_is_queued(
     assert queue(redis_conn, "production").job_ids == [f"deployment-{json_of(response)['deployment_id']}"]
 
 
+def test_production_push_of_a_sha_staging_is_deploying_is_queued_to_wait_for_it(
+    client: FlaskClient, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    staged = store.require(json_of(deliver(client, push_payload(branch="staging")))["deployment_id"])
+    other = deliver(client, push_payload(branch="production", sha=OTHER_SHA), delivery="other")
+    assert json_of(other)["status"] == "blocked"  # staging has this one queued, not that one
+    queued_meanwhile = deliver(client, push_payload(branch="production"), delivery="queued")
+    assert json_of(queued_meanwhile)["status"] == "queued"  # staging's deploy of the sha is queued
+
+    store.set_status(staged, Status.RUNNING)
+    redis_conn.delete(keys.head("production"), keys.delivery("github", "queued"))  # the same push once more
+    running_meanwhile = deliver(client, push_payload(branch="production"), delivery="running")
+    assert json_of(running_meanwhile)["status"] == "queued"  # and now it is running
+
+    store.set_status(store.require(staged.id), Status.FAILED)
+    redis_conn.delete(keys.head("production"))
+    after_failure = deliver(client, push_payload(branch="production"), delivery="after-failure")
+    assert json_of(after_failure)["status"] == "blocked"  # nothing on its way, and no success
+
+
 # --- malformed payloads -----------------------------------------------------------------------------
 
 
