@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import shutil
@@ -86,10 +87,46 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)  # only outside CI: with CI=true the test fails above
 
 
+PORT_BLOCK = 2500
+"""Ports each test process hands out, from its own block: two pytest-xdist workers never pick the same one."""
+
+
+def _port_blocks_start() -> int:
+    """Where the test ports start: below the kernel's ephemeral range, which outgoing connections draw from."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    return ephemeral_low - 8 * PORT_BLOCK
+
+
+def _port_candidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    start = _port_blocks_start() + (int(worker) % 8 if worker.isdigit() else 0) * PORT_BLOCK
+    offset = int(RUN_ID, 16) % PORT_BLOCK  # another run on this machine starts elsewhere in the block
+    while True:
+        for step in range(PORT_BLOCK):
+            yield start + (offset + step) % PORT_BLOCK
+
+
+_PORTS = _port_candidates()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free port for a server a test starts (gunicorn, Redis, a published container port).
+
+    Not one the kernel picks (bind to port 0): that comes from the ephemeral range, where any
+    outgoing connection may take it before the server binds it, and another test process may be
+    handed it too. Each test process draws from its own block below that range instead.
+    """
+    for port in itertools.islice(_PORTS, PORT_BLOCK):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))  # as Docker publishes: every address
+            except OSError:
+                continue
+            return port
+    pytest.fail(f"no free port in this test process's block of {PORT_BLOCK} (from {_port_blocks_start()})")
 
 
 def wait_for(condition: object, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
