@@ -97,7 +97,7 @@ def _port_blocks_start() -> int:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
-    return ephemeral_low - 8 * PORT_BLOCK
+    return max(1024, ephemeral_low - 8 * PORT_BLOCK)  # a machine with a low range: the bind check still holds
 
 
 def _port_candidates() -> Iterator[int]:
