@@ -87,26 +87,30 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)  # only outside CI: with CI=true the test fails above
 
 
-PORT_BLOCK = 2500
-"""Ports each test process hands out, from its own block: two pytest-xdist workers never pick the same one."""
+def _port_block() -> range:
+    """This test process's own ports: a share of those below the kernel's ephemeral range.
 
-
-def _port_blocks_start() -> int:
-    """Where the test ports start: below the kernel's ephemeral range, which outgoing connections draw from."""
+    Below that range, because outgoing connections take ports from it; a share per
+    pytest-xdist worker, so that two workers never pick the same one.
+    """
     try:
         ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         ephemeral_low = 32768
-    return max(1024, ephemeral_low - 8 * PORT_BLOCK)  # a machine with a low range: the bind check still holds
+    first = 10000 if ephemeral_low > 12000 else 1024  # a machine with a low range: the bind check still holds
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1))
+    worker = (os.environ.get("PYTEST_XDIST_WORKER") or "gw0").removeprefix("gw")
+    size = max(1, (ephemeral_low - first) // workers)
+    start = first + (int(worker) % workers if worker.isdigit() else 0) * size
+    return range(start, start + size)
 
 
 def _port_candidates() -> Iterator[int]:
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
-    start = _port_blocks_start() + (int(worker) % 8 if worker.isdigit() else 0) * PORT_BLOCK
-    offset = int(RUN_ID, 16) % PORT_BLOCK  # another run on this machine starts elsewhere in the block
+    block = _port_block()
+    offset = int(RUN_ID, 16) % len(block)  # another run on this machine starts elsewhere in the block
     while True:
-        for step in range(PORT_BLOCK):
-            yield start + (offset + step) % PORT_BLOCK
+        for step in range(len(block)):
+            yield block[(offset + step) % len(block)]
 
 
 _PORTS = _port_candidates()
@@ -119,14 +123,14 @@ def free_port() -> int:
     outgoing connection may take it before the server binds it, and another test process may be
     handed it too. Each test process draws from its own block below that range instead.
     """
-    for port in itertools.islice(_PORTS, PORT_BLOCK):
+    for port in itertools.islice(_PORTS, len(_port_block())):
         with socket.socket() as sock:
             try:
                 sock.bind(("0.0.0.0", port))  # as Docker publishes: every address
             except OSError:
                 continue
             return port
-    pytest.fail(f"no free port in this test process's block of {PORT_BLOCK} (from {_port_blocks_start()})")
+    pytest.fail(f"no free port in this test process's ports, {_port_block()}")
 
 
 def wait_for(condition: object, timeout: float, interval: float = 0.1, what: str = "condition") -> None:
