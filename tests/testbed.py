@@ -595,9 +595,10 @@ def step_statuses(deployment: Deployment) -> dict[str, str]:
 class Traffic:
     """Clients of a URL in background threads, counting every answer that is not 200.
 
-    `fresh` probes open a new connection each time (every `interval` seconds), `keepalive` sends
-    back to back on one connection, `slow` repeats a slow request: whatever the rollout does, one
-    of them is in flight.
+    `fresh` probes open a new connection each time, `keepalive` reuses one (each every `interval`
+    seconds), `slow` repeats a slow request: whatever the rollout does, one of them is in flight.
+    keepalive used to send back to back: a third of the start-first tests' CPU (each /healthz is
+    a CGI fork in the sample app), which the other test processes waited for.
     """
 
     def __init__(self, base_url: str, interval: float = 0.01, slow_path: str | None = None) -> None:
@@ -641,7 +642,7 @@ class Traffic:
             except requests.RequestException as exc:
                 problem = type(exc).__name__
             self._record(kind, problem)
-            if kind == "fresh":
+            if kind != "slow":
                 self._stop.wait(self.interval)
         session.close()
 
