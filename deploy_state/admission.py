@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from enum import Enum
 from functools import cached_property, lru_cache
 from typing import Any
@@ -311,8 +312,9 @@ class Admission:
         reply: list[Any] = self._run(request, created_at)
         kind, deployment_id = _text(reply[0]), _text(reply[1])
         if kind == "older":
+            pushed = datetime.fromtimestamp(request.pushed_at or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             raise OlderPush(
-                f"push of {short_sha(request.sha)} to {request.environment} was pushed at {request.pushed_at}, "
+                f"push of {short_sha(request.sha)} to {request.environment} was pushed at {pushed}, "
                 "before the newest push accepted for it (a replay?); nothing was deployed"
             )
         if kind == "taken":
