@@ -24,7 +24,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from enum import Enum
 from functools import cached_property, lru_cache
 from typing import Any
@@ -37,7 +36,7 @@ from rq.utils import now, utcformat
 
 from deploy_config import DeployConfig, DeployError
 from deploy_config.secrets import secret_env_values
-from deploy_text.formatting import short_sha
+from deploy_text.formatting import short_sha, utc_time
 from deploy_text.redaction import Redactor, config_redactor
 
 from . import keys, outbox
@@ -312,9 +311,9 @@ class Admission:
         reply: list[Any] = self._run(request, created_at)
         kind, deployment_id = _text(reply[0]), _text(reply[1])
         if kind == "older":
-            pushed = datetime.fromtimestamp(request.pushed_at or 0, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             raise OlderPush(
-                f"push of {short_sha(request.sha)} to {request.environment} was pushed at {pushed}, "
+                f"push of {short_sha(request.sha)} to {request.environment} was pushed at "
+                f"{utc_time(request.pushed_at)}, "
                 "before the newest push accepted for it (a replay?); nothing was deployed"
             )
         if kind == "taken":

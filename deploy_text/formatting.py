@@ -1,6 +1,8 @@
-"""Short shas, durations and sizes, written one way in the CLI, the status page, logs and chat."""
+"""Short shas, times, durations and sizes, written one way in the CLI, the status page, logs and chat."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 SHORT_SHA = 12
 """Characters of a sha shown: unique in any repository a team deploys; the full sha is one click away."""
@@ -9,6 +11,13 @@ SHORT_SHA = 12
 def short_sha(sha: str | None) -> str:
     """The first SHORT_SHA characters of a sha ('' for none)."""
     return (sha or "")[:SHORT_SHA]
+
+
+def utc_time(epoch: float | None) -> str:
+    """An absolute time in UTC, the server's and the log's clock whatever the reader's zone ('' for none)."""
+    if not epoch:
+        return ""
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def duration(seconds: float | None) -> str:

@@ -13,13 +13,6 @@ from flask import current_app, url_for
 from deploy_text.formatting import size
 
 
-def when(epoch: float | None) -> str:
-    """An absolute time in UTC: the server's and the log's clock, whatever the viewer's zone."""
-    if not epoch:
-        return ""
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def clock(epoch: float | str | None) -> str:
     """HH:MM:SS in UTC, for log lines and step starts."""
     if not epoch:

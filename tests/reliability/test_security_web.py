@@ -107,7 +107,7 @@ def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_de
     replay = client.post("/hooks/github", data=captured, headers=github_headers(captured, delivery="replayed-1"))
     assert replay.status_code == 202, replay.get_data(as_text=True)
     assert replay.get_json() == {"ignored": "older than what is deployed"}
-    assert "push of aaaaaaaaaaaa to staging was pushed at 2025-10-09T08:53:20Z, before the newest" in caplog.text
+    assert "push of aaaaaaaaaaaa to staging was pushed at 2025-10-09 08:53:20 UTC, before the newest" in caplog.text
     [latest], _ = store.page(environment="staging", limit=1)
     assert latest.id == newest and latest.sha == new_sha, "the replay became the newest deployment"
     audit = store.audit_entries(count=1)[0]
