@@ -89,7 +89,8 @@ local function taken(id)
   return reply
 end
 -- Whether promote_from has a queued or running deployment of sha: then the worker waits for it
--- (promotion_wait) instead of the deployment being blocked for good now.
+-- (promotion_wait) instead of the deployment being blocked for good now. The same question as
+-- promotion.pending_deployment, which the worker asks while it waits: change them together.
 local function on_its_way(sha)
   local ids = redis.call('ZRANGE', KEYS[19], 0, -1)
   local running = redis.call('GET', KEYS[20])

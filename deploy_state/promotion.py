@@ -12,7 +12,9 @@ from .store import DeploymentStore
 
 
 def pending_deployment(store: DeploymentStore, environment: str, sha: str) -> Deployment | None:
-    """The newest queued or running deployment of `sha` in environment, if any."""
+    """The newest queued or running deployment of `sha` in environment, if any.
+
+    Admission asks the same inside its script (on_its_way in admission.py): change them together."""
     running = store.running(environment)
     ids = [*reversed(store.queued_ids(environment)), *([running] if running else [])]
     for deployment_id in ids:
