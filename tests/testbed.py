@@ -87,6 +87,7 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)  # only outside CI: with CI=true the test fails above
 
 
+@cache
 def _port_block() -> range:
     """This test process's own ports: a share of those below the kernel's ephemeral range.
 
@@ -105,15 +106,11 @@ def _port_block() -> range:
     return range(start, start + size)
 
 
+@cache
 def _port_candidates() -> Iterator[int]:
+    """This process's ports in turn, endlessly; another run on this machine starts elsewhere in the block."""
     block = _port_block()
-    offset = int(RUN_ID, 16) % len(block)  # another run on this machine starts elsewhere in the block
-    while True:
-        for step in range(len(block)):
-            yield block[(offset + step) % len(block)]
-
-
-_PORTS = _port_candidates()
+    return itertools.islice(itertools.cycle(block), int(RUN_ID, 16) % len(block), None)
 
 
 def free_port() -> int:
@@ -123,7 +120,7 @@ def free_port() -> int:
     outgoing connection may take it before the server binds it, and another test process may be
     handed it too. Each test process draws from its own block below that range instead.
     """
-    for port in itertools.islice(_PORTS, len(_port_block())):
+    for port in itertools.islice(_port_candidates(), len(_port_block())):
         with socket.socket() as sock:
             try:
                 sock.bind(("0.0.0.0", port))  # as Docker publishes: every address
