@@ -181,9 +181,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     """On the controller: the workers' hostile-input tallies, added up, become the figures file's one section."""
     if not _HOSTILE_BY_WORKER or hasattr(session.config, "workeroutput"):
         return
-    from reliability.common import add_tallies, record_figures
+    from reliability.common import add_tallies, record_hostile
 
     total: dict[str, dict[str, int]] = {}
     for tally in _HOSTILE_BY_WORKER:
         add_tallies(total, json.loads(tally))
-    record_figures("hostile", dict(sorted(total.items())))
+    record_hostile(total)

@@ -117,6 +117,11 @@ def tally(category: str, refused: bool) -> None:
     add_tallies(HOSTILE, {category: {"tried": 1, "refused": int(refused)}})
 
 
+def record_hostile(tally: Mapping[str, Mapping[str, int]]) -> None:
+    """The hostile-input tally (one process's, or the sum of the xdist workers') as the figures file's section."""
+    record_figures("hostile", {category: dict(counts) for category, counts in sorted(tally.items())})
+
+
 def add_tallies(total: dict[str, dict[str, int]], more: Mapping[str, Mapping[str, int]]) -> None:
     """Add hostile-input counts by category into total (a test's one input, or a test process's tally)."""
     for category, counts in more.items():

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .common import HOSTILE, record_figures
+from .common import HOSTILE, record_hostile
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,4 +24,4 @@ def hostile_figures(request: pytest.FixtureRequest) -> Iterator[None]:
     if workeroutput is not None:  # an xdist worker: the controller writes the sum
         workeroutput["hostile"] = json.dumps(HOSTILE)
     else:
-        record_figures("hostile", {name: dict(counts) for name, counts in sorted(HOSTILE.items())})
+        record_hostile(HOSTILE)
