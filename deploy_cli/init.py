@@ -23,9 +23,10 @@ import yaml
 
 from deploy_config import DeployError, defaults, load_config
 from deploy_config.isolation import lint
+from deploy_config.secrets import read_env_file
 from deploy_text.redaction import config_redactor
 from docker_runtime import commands
-from docker_runtime.compose import resolve_stacks
+from docker_runtime.compose import resolve_stacks, scratch_project_dir
 from docker_runtime.errors import CommandFailed
 
 from .base import cli, config_option
@@ -35,6 +36,8 @@ SECRETS_FILE = "deployhook.secrets"
 
 _COMPOSE_FILE = re.compile(r"^(?:docker-)?compose\.([a-z][a-z0-9_-]*)\.ya?ml$")
 _HEALTH_PATH = re.compile(r"https?://[^/\s\"']+(/[^\s\"']*)")
+# ${VAR}, ${VAR:?message} or ${VAR?message}, and $VAR: interpolations with no default.
+_NEEDED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:]?\?[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def environment_files(repo_dir: Path) -> dict[str, str]:
@@ -52,22 +55,74 @@ def environment_files(repo_dir: Path) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: (item[0] != "staging", item[0] == "production", item[0])))
 
 
+def env_source(repo_dir: Path) -> Path | None:
+    """The values init resolves the compose files with: the checkout's own .env, else its .env.example."""
+    return next((path for path in (repo_dir / ".env", repo_dir / ".env.example") if path.is_file()), None)
+
+
+def needed_variables(raw: str) -> list[str]:
+    """The variables a compose file interpolates without a default (`${VAR}`, `${VAR:?...}`, `$VAR`)."""
+    names = [match.group(1) or match.group(2) for match in _NEEDED.finditer(raw.replace("$$", ""))]
+    return sorted(set(names))
+
+
 def resolve_file(repo_dir: Path, file: str, project: str) -> dict[str, Any]:
-    """The compose file as Compose resolves it (defaults of ${VAR:-default} applied)."""
+    """The compose file as an environment's deploys resolve it, before any env file of the app exists:
+    in a scratch project directory, its env files and interpolation from .env (else .env.example)."""
+    source = env_source(repo_dir)
     env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
-    try:
-        result = commands.run(["docker", "compose", "-p", project, "-f", file, "config", "--format", "json"],
-                              cwd=repo_dir, env=env, timeout=defaults.COMPOSE_TIMEOUT)  # fmt: skip
-    except CommandFailed as exc:
-        raise DeployError(f"Compose cannot resolve {repo_dir / file}: {exc}") from exc
-    model: dict[str, Any] = json.loads(result.stdout)
+    with scratch_project_dir(repo_dir / file, source.read_bytes() if source else b"", repo_dir) as (scratch, root):
+        args = ["docker", "compose", "-p", project, "--project-directory", str(scratch), "-f", str(repo_dir / file)]
+        if source is not None:
+            args += ["--env-file", str(source)]
+        try:
+            result = commands.run([*args, "config", "--format", "json"], cwd=repo_dir, env=env,
+                                  timeout=defaults.COMPOSE_TIMEOUT)  # fmt: skip
+        except CommandFailed as exc:
+            raise DeployError(_unresolved(repo_dir, file, source, exc)) from None
+        # Paths as they are in the checkout: the stand-in is the checkout's path under root.
+        model: dict[str, Any] = json.loads(result.stdout.replace(json.dumps(str(root))[1:-1], ""))
     return model
 
 
-def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dict[str, Any]:
-    """The deploy.yml entry of one environment."""
+def _unresolved(repo_dir: Path, file: str, source: Path | None, exc: CommandFailed) -> str:
+    """What to do when Compose cannot resolve the file: which values it was given, which variables it needs."""
+    given = f"the values of {source.name}" if source else "no env file (the checkout has neither .env nor .env.example)"
+    known = read_env_file(source) if source else {}
+    missing = [name for name in needed_variables((repo_dir / file).read_text()) if name not in known]
+    hint = (
+        f"; it needs {', '.join(missing)}, which {source.name if source else 'nothing'} does not set: add them there "
+        "(or to the checkout's .env) and run init again"
+        if missing
+        else "; fix the file (`docker compose -f FILE config` shows the same), then run init again"
+    )
+    return f"Compose cannot resolve {repo_dir / file} with {given}{hint}. Compose said: {exc}"
+
+
+def tag_variable(raw: str, env: str) -> str | None:
+    """The variable an image reference's tag is read from, `NAME:${VAR:-latest-<env>}`, if the file has one."""
+    match = re.search(rf"image:\s*[\"']?\S*:\$\{{([A-Za-z_][A-Za-z0-9_]*):?-latest-{re.escape(env)}\}}", raw)
+    return match.group(1) if match else None
+
+
+def outside_paths(repo_dir: Path, services: dict[str, Any]) -> list[str]:
+    """Host paths the services bind-mount from outside the repository: they must exist on the server."""
+    found = set()
+    for service in services.values():
+        for mount in service.get("volumes") or []:
+            source = Path(str(mount.get("source") or ""))
+            if mount.get("type") == "bind" and source.is_absolute() and not source.is_relative_to(repo_dir):
+                found.add(str(source))
+    return sorted(found)
+
+
+def environment_entry(
+    repo_dir: Path, name: str, file: str, project: str, version_path: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """The deploy.yml entry of one environment, and what it needs from the server (lines to print)."""
     services: dict[str, Any] = resolve_file(repo_dir, file, project).get("services") or {}
     raw = (repo_dir / file).read_text()
+    needs = _needs(repo_dir, name, file, raw, services)
     entry: dict[str, Any] = {"branch": name, "compose_file": file, "project": project}
     images, database = [], None
     for service_name, service in services.items():
@@ -82,6 +137,9 @@ def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dic
             elif (repo_dir / "Dockerfile").is_file():
                 images.append({"name": image_name, "context": ".", "dockerfile": "Dockerfile"})
     entry["images"] = images
+    variable = tag_variable(raw, name)
+    if variable:
+        entry["tag_variable"] = variable
     port, path, http_service = _health(services, database)
     if port is not None:
         # `port` is the one place for it when the file reads the port from APP_PORT; else a plain URL.
@@ -91,8 +149,11 @@ def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dic
                 entry["health_url"] = f"http://localhost:{port}{path}"
         else:
             entry["health_url"] = f"http://localhost:{port}{path}"
+        if version_path:
+            entry["version_url"] = f"http://localhost:{port}/{version_path.lstrip('/')}"
     else:
-        entry["health_url"] = "http://localhost:8080/healthz  # TODO: no service publishes a port"
+        entry["health_url"] = "http://localhost:8080/healthz"
+        needs.append(f"TODO environments.{name}.health_url: no service publishes a port; set the app's health URL")
     if database is not None:
         entry["database"] = {"service": database, **_database_variables(services[database])}
     limits = _limits(services)
@@ -103,7 +164,20 @@ def environment_entry(repo_dir: Path, name: str, file: str, project: str) -> dic
         # service (a chat bot, the database) must never run twice.
         singletons = sorted(other for other in services if other != http_service)
         entry["rollout"] = {"strategy": "start-first", "service": http_service, "singletons": singletons}
-    return entry
+    return entry, needs
+
+
+def _needs(repo_dir: Path, name: str, file: str, raw: str, services: dict[str, Any]) -> list[str]:
+    """What the compose file needs from the server: variables without a default, host paths outside the repo."""
+    source = env_source(repo_dir)
+    needs = []
+    variables = needed_variables(raw)
+    if variables:
+        needs.append(f"{name}: {file} needs {', '.join(variables)} from the app's env file")
+    for path in outside_paths(repo_dir, services):
+        where = f" (its value in {source.name})" if source else ""
+        needs.append(f"{name}: {file} mounts {path}{where} from outside the repository: it must exist on the server")
+    return needs
 
 
 def _health(services: dict[str, Any], database: str | None) -> tuple[int | None, str, str | None]:
@@ -195,7 +269,10 @@ def write_private(path: Path, text: str) -> None:
 @click.option("--force", is_flag=True, help="Overwrite an existing deploy.yml and secrets file.")
 @click.option("--url", default="http://<this-host>:8000", show_default=True,
               help="Base URL GitHub will reach the service at, for the webhook settings printed.")  # fmt: skip
-def init(config_file: Path, repo_dir: Path, force: bool, url: str) -> None:
+@click.option("--version-path", default=None, metavar="PATH",
+              help="Where the app reports its version when its health URL does not (e.g. /version): "
+                   "written as each environment's version_url.")  # fmt: skip
+def init(config_file: Path, repo_dir: Path, force: bool, url: str, version_path: str | None) -> None:
     """Write deploy.yml (the --config path) and its secrets file from REPO_DIR's compose files.
 
     Then lint the environments' isolation and print what to fix, and the GitHub webhook settings.
@@ -207,8 +284,12 @@ def init(config_file: Path, repo_dir: Path, force: bool, url: str) -> None:
     if existing and not force:
         raise DeployError(f"{', '.join(map(str, existing))} exists already; pass --force to overwrite it")
     prefix = project_prefix(repo_dir)
-    files = environment_files(repo_dir)
-    environments = {name: environment_entry(repo_dir, name, file, f"{prefix}-{name}") for name, file in files.items()}
+    files = deployable_files(repo_dir, environment_files(repo_dir))
+    found = {
+        name: environment_entry(repo_dir, name, file, f"{prefix}-{name}", version_path) for name, file in files.items()
+    }
+    environments = {name: entry for name, (entry, _) in found.items()}
+    needs = [line for _, lines in found.values() for line in lines]
     data = {
         "repository": repository_entry(repo_dir),
         "webhook": {"secret_env": defaults.DEFAULT_WEBHOOK_SECRET_ENV},
@@ -222,12 +303,15 @@ def init(config_file: Path, repo_dir: Path, force: bool, url: str) -> None:
         f"# deploy.yml written by `deployhook init` from {repo_dir}'s compose files.\n"
         "# Every field is described in examples/deploy.yml. Check it with: deployhook config check\n"
     )
+    header += "".join(f"# {line}\n" for line in needs if line.startswith("TODO"))
     target.parent.mkdir(parents=True, exist_ok=True)
     write_private(target, header + yaml.safe_dump(data, sort_keys=False))
     values = new_secrets()
     write_private(secrets_path, "".join(f"{key}={value}\n" for key, value in values.items()))
     click.echo(f"Wrote {target} ({', '.join(f'{n}: {f}' for n, f in files.items())})")
     click.echo(f"Wrote {secrets_path} (mode 0600): the webhook secret and the API token")
+    for line in needs:
+        click.echo(line)
     _lint(target, repo_dir)
     secret = values[defaults.DEFAULT_WEBHOOK_SECRET_ENV]
     click.echo("")
@@ -236,7 +320,25 @@ def init(config_file: Path, repo_dir: Path, force: bool, url: str) -> None:
     click.echo("  Content type: application/json")
     click.echo(f"  Secret:       {secret}")
     click.echo(f"  or print them again: deployhook install-hook --config {config_file} --url {url}")
-    click.echo("Next: create the app's env file (env_file in deploy.yml), then `deployhook up`.")
+    example = repo_dir / ".env.example"
+    create = f"cp {example} {target.parent / 'app.env'}, then edit it" if example.is_file() else "write it"
+    click.echo(f"Next: create the app's env file (env_file in deploy.yml: {create}), then `deployhook up`.")
+
+
+def deployable_files(repo_dir: Path, files: dict[str, str]) -> dict[str, str]:
+    """The environments whose branch exists (locally or on origin); all of them, with a warning, when none does."""
+    try:
+        repo = git.Repo(repo_dir)
+        branches = {head.name for head in repo.heads} | {
+            ref.remote_head for remote in repo.remotes for ref in remote.refs if ref.remote_head != "HEAD"
+        }
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        branches = set()
+    found = {name: file for name, file in files.items() if name in branches}
+    for name in [name for name in files if name not in found]:
+        state = "left out: no branch of that name" if found else "written, but no branch of that name exists yet"
+        click.echo(f"Warning: environment {name} ({files[name]}) {state}; create and push branch {name}")
+    return found or files
 
 
 def _lint(config_file: Path, repo_dir: Path) -> None:

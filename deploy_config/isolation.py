@@ -279,13 +279,23 @@ def check_expected_limits(config: DeployConfig, stacks: Stacks) -> list[str]:
     return violations
 
 
+def environment_services(config: DeployConfig, env: EnvironmentConfig, stack: ResolvedCompose) -> set[str]:
+    """The services that must set ENVIRONMENT: environment_services, else those running an image deployhook
+    builds (a third-party image such as PostgreSQL or Prometheus has no use for it)."""
+    if env.environment_services is not None:
+        return set(env.environment_services)
+    current = {f"{image.name}:{config.tags.current_tag(env.name)}" for image in env.images}
+    built = {image.service for image in env.images if image.service}
+    return built | {name for name, service in stack.services.items() if str(service.get("image") or "") in current}
+
+
 def check_environment_variable(config: DeployConfig, stacks: Stacks) -> list[str]:
     violations = []
     for name, env in config.environments.items():
-        database = env.database.service if env.database else None
+        required = environment_services(config, env, stacks[name])
         for service_name, service in stacks[name].services.items():
             value = (service.get("environment") or {}).get("ENVIRONMENT")
-            if value is None and service_name != database:
+            if value is None and service_name in required:
                 violations.append(f"{name}: service {service_name} does not set ENVIRONMENT (expected {name})")
             elif value is not None and value != name:
                 violations.append(f"{name}: service {service_name} sets ENVIRONMENT={value}, expected {name}")
@@ -379,7 +389,7 @@ RULES: tuple[Rule, ...] = (
     Rule("expected-limits", "services run with the limits deploy.yml expects", check_expected_limits),
     Rule(
         "environment-variable",
-        "every service but the database sets ENVIRONMENT to its environment",
+        "every service running an image deployhook builds sets ENVIRONMENT to its environment",
         check_environment_variable,
     ),
     Rule("images", "each environment's compose file runs the images deploy.yml deploys", check_images),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 
@@ -29,3 +29,24 @@ class ResolvedCompose:
             networks=model.get("networks") or {},
             volumes=model.get("volumes") or {},
         )
+
+    def rebased(self, old: Path, new: Path) -> ResolvedCompose:
+        """This model with the bind sources under `old` moved under `new`.
+
+        Compose resolves `./logs` against the directory it ran in; deployhook runs each environment in its own
+        project directory, so the lint judges the paths there, not where a checkout happened to be resolved."""
+        old_root, new_root = PurePosixPath(old), PurePosixPath(new)
+
+        def moved(mount: Any) -> Any:
+            source = PurePosixPath(str(mount.get("source") or "")) if isinstance(mount, Mapping) else None
+            if source is None or mount.get("type") != "bind" or not source.is_relative_to(old_root):
+                return mount
+            return {**mount, "source": str(new_root / source.relative_to(old_root))}
+
+        services = {
+            name: {**service, "volumes": [moved(mount) for mount in service.get("volumes") or []]}
+            if service.get("volumes")
+            else service
+            for name, service in self.services.items()
+        }
+        return replace(self, services=services)

@@ -316,6 +316,13 @@ class EnvironmentConfig(Model):
     """Per compose service, the limits its containers must run with."""
     compose_env: dict[EnvVarName, str] = {}
     """Extra, non-secret variables for Compose's interpolation (e.g. host ports)."""
+    tag_variable: EnvVarName | None = None
+    """The compose file's image-tag variable (`image: NAME:${DOCKER_IMAGE_TAG:-latest-staging}`): set to the
+    release tag while building (so a build arg such as `VERSION: ${DOCKER_IMAGE_TAG}` names the release), to
+    the current tag (latest-<env>) in every other compose call."""
+    environment_services: tuple[str, ...] | None = None
+    """Services that must set ENVIRONMENT to this environment's name (lint and verify). Default: the
+    services running an image deployhook builds; third-party images (a database, Prometheus) are exempt."""
     cancel_running: bool = False
     """Stop a running deployment at its next step boundary when a newer one is queued."""
     promote_from: str | None = None

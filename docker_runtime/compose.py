@@ -7,7 +7,11 @@ re-implements Compose's interpolation, merging or defaults.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+import re
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from deploy_config import defaults
@@ -21,6 +25,8 @@ from . import commands
 from .childenv import child_environment
 from .commands import Redact
 from .errors import CommandFailed
+from .private import private_dir
+from .projectdir import env_file_paths, place_env_files
 from .proxy import render_override, write_private
 
 
@@ -37,12 +43,20 @@ class ComposeProject:
     """start-first: the generated file that adds the proxy (`-f FILE -f OVERRIDE`); resolve() writes it."""
     runtime_dir: Path | None = None
     """start-first: the host directory bind-mounted into the proxy (haproxy.cfg, the admin socket)."""
+    project_dir: Path | None = None
+    """Where relative paths resolve (--project-directory), when not the compose file's own directory."""
+    variables: Mapping[str, str] = field(default_factory=dict)
+    """Set for Compose's interpolation on every call: the image-tag variable at the current tag."""
 
     @classmethod
     def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
         env_file = config.env_file if config.env_file.is_file() else None
         file = (repo_dir / env.compose_file).resolve()
-        project = cls(environment=env, file=file, env_file=env_file, secret_names=tuple(secret_env_names(config)))
+        variables = {env.tag_variable: config.tags.current_tag(env.name)} if env.tag_variable else {}
+        project = cls(
+            environment=env, file=file, env_file=env_file, secret_names=tuple(secret_env_names(config)),
+            variables=variables,
+        )  # fmt: skip
         if env.rollout.start_first:
             project = replace(project, override=override_file(config, env), runtime_dir=runtime_dir(config, env))
         return project
@@ -51,6 +65,8 @@ class ComposeProject:
         args = ["docker", "compose"]
         if self.environment.project:
             args += ["-p", self.environment.project]
+        if self.project_dir is not None:
+            args += ["--project-directory", str(self.project_dir)]
         args += ["-f", str(self.file)]
         if self.override is not None:
             args += ["-f", str(self.override)]
@@ -62,7 +78,7 @@ class ComposeProject:
         """The environment compose runs with, which a compose file can interpolate into containers:
         the allow-listed part of ours (no COMPOSE_* that would override -p/-f, none of deployhook's
         secrets), then compose_env and ENVIRONMENT."""
-        extra = {**self.environment.compose_env, "ENVIRONMENT": self.environment.name}
+        extra = {**self.environment.compose_env, **self.variables, "ENVIRONMENT": self.environment.name}
         return child_environment(extra, secret_names=self.secret_names)
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
@@ -98,8 +114,60 @@ class ComposeProject:
 
 
 def resolve_stacks(config: DeployConfig, repo_dir: Path, redact: Redact | None = None) -> dict[str, ResolvedCompose]:
-    """Every environment's compose model, resolved by Compose from the checkout at repo_dir."""
-    return {
-        name: ComposeProject.for_environment(config, env, repo_dir).resolve(redact)
-        for name, env in config.environments.items()
-    }
+    """Every environment's compose model from the checkout at repo_dir, as its own deploys would run it."""
+    return {name: resolve_for_lint(config, env, repo_dir, redact) for name, env in config.environments.items()}
+
+
+def resolve_for_lint(
+    config: DeployConfig, env: EnvironmentConfig, repo_dir: Path, redact: Redact | None = None
+) -> ResolvedCompose:
+    """The environment's compose file at repo_dir, resolved as its deploys run it: in a private temporary
+    project directory holding the env files the file expects, its relative bind sources then moved to the
+    environment's own project directory (config.worktree). Nothing of the environment's own is written."""
+    project = ComposeProject.for_environment(config, env, repo_dir)
+    project_dir = config.worktree(env.name)
+    content = _lint_env_content(config, repo_dir)
+    with scratch_project_dir(project.file, content, project_dir, _temp_root(config)) as (scratch, root):
+        override = root.parent / "compose.proxy.yml" if project.override is not None else None
+        example = repo_dir / ".env.example"
+        env_file = project.env_file or (example if example.is_file() else None)
+        model = replace(project, project_dir=scratch, override=override, env_file=env_file).resolve(redact)
+    if env.project is None and model.project == default_project_name(project_dir):
+        # No -p and no `name:`: the name Compose gives the file where it lies, not the project directory's.
+        model = replace(model, project=default_project_name(project.file.parent))
+    return model.rebased(root, Path("/"))
+
+
+def default_project_name(directory: Path) -> str:
+    """Compose's project name for a directory when neither -p nor `name:` gives one (its normalised name)."""
+    return re.sub(r"^[^a-z0-9]+", "", re.sub(r"[^a-z0-9_-]", "", directory.name.lower()))
+
+
+@contextmanager
+def scratch_project_dir(
+    compose_file: Path, env_content: bytes, project_dir: Path, temp_root: Path | None = None
+) -> Iterator[tuple[Path, Path]]:
+    """A private temporary stand-in for project_dir, to resolve compose_file in (--project-directory): it holds
+    the env files the file expects, with env_content, and nothing is written where an environment runs.
+
+    Yields (the stand-in, its root): the stand-in is project_dir's path under the root, so that whatever
+    Compose resolves relative to it, `../uploads` included, maps back by dropping the root."""
+    with tempfile.TemporaryDirectory(prefix="deployhook-resolve-", dir=temp_root) as temp:
+        root = Path(temp) / "root"
+        scratch = root / project_dir.resolve().relative_to("/")
+        scratch.mkdir(parents=True)
+        place_env_files(env_file_paths(compose_file, scratch), env_content)
+        yield scratch, root
+
+
+def _temp_root(config: DeployConfig) -> Path | None:
+    """state_dir/tmp when state_dir exists (private, on the state's disk), else the system's."""
+    return private_dir(config.state_dir / "tmp") if config.state_dir.is_dir() else None
+
+
+def _lint_env_content(config: DeployConfig, repo_dir: Path) -> bytes:
+    """What the compose file's env files hold for a lint: the app's env file, else the repository's example."""
+    for source in (config.env_file, repo_dir / ".env.example"):
+        if source.is_file():
+            return source.read_bytes()
+    return b""

@@ -31,6 +31,11 @@ def seed_shaped_repo(root: Path) -> Path:
     shutil.copytree(testbed.SAMPLE_APP, repo_dir)
     repo = git.Repo.init(repo_dir, initial_branch="main")
     repo.create_remote("origin", "git@github.com:osse101/BrandishBot_Go.git")
+    repo.git.add("-A")
+    repo.git.commit("-m", "the app", author="Test Pusher <pusher@example.com>",
+                    env={**os.environ, "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"})  # fmt: skip
+    for branch in ("staging", "production"):
+        repo.create_head(branch)
     return repo_dir
 
 
@@ -39,11 +44,14 @@ def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_pa
     result = run("init", str(repo_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     config_file, secrets_file = tmp_path / "deploy.yml", tmp_path / "deployhook.secrets"
-    assert result.stdout.splitlines()[:3] == [
+    lines = result.stdout.splitlines()
+    assert lines[:2] == [
         f"Wrote {config_file} (staging: docker-compose.staging.yml, production: docker-compose.production.yml)",
         f"Wrote {secrets_file} (mode 0600): the webhook secret and the API token",
-        f"Isolation lint passed: all {len(RULES)} rules hold.",
     ]
+    # What the env file must give (no default in the compose file), then the lint's verdict.
+    assert lines[2].startswith("staging: docker-compose.staging.yml needs API_KEY, DB_NAME, DB_PASSWORD, DB_USER")
+    assert f"Isolation lint passed: all {len(RULES)} rules hold." in lines[3:6]
     assert "  Payload URL:  http://<this-host>:8000/hooks/github" in result.stdout
     for path in (config_file, secrets_file):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600

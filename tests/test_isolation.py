@@ -23,7 +23,7 @@ import testbed
 import yaml
 
 from deploy_cli import main
-from deploy_config import DeployConfig
+from deploy_config import DeployConfig, load_config
 from deploy_config.isolation import (
     RULES,
     check_host_ports,
@@ -34,6 +34,7 @@ from deploy_config.isolation import (
 )
 from deploy_config.resolved import ResolvedCompose
 from deploy_text.redaction import MASK
+from docker_runtime.compose import ComposeProject
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_CONFIG = REPO_ROOT / "examples" / "deploy.yml"
@@ -247,9 +248,9 @@ def shared_named_volume(layout: Layout) -> None:
 
 
 def shared_writable_bind(layout: Layout) -> None:
-    """./uploads in two files of one directory is one host path."""
+    """../uploads from each environment's project directory is one host path beside both."""
     for env in ENVIRONMENTS:
-        layout.service(env, "app")["volumes"] = ["./uploads:/uploads"]
+        layout.service(env, "app")["volumes"] = ["../uploads:/uploads"]
 
 
 def same_container_name(layout: Layout) -> None:
@@ -363,7 +364,7 @@ VIOLATIONS: list[Any] = [
     pytest.param(
         "volumes",
         shared_writable_bind,
-        f"/{CHECKOUT_NAME}/uploads' in production overlaps",
+        "/worktrees/uploads' in production overlaps",
         id="volumes:bind",
     ),
     pytest.param(
@@ -485,9 +486,14 @@ def test_seed_layout_with_its_expected_limits_passes(config_check: CheckRunner, 
 def test_start_first_layout_passes_and_moves_the_port_to_the_proxies(config_check: CheckRunner, layout: Layout) -> None:
     """Each proxy publishes the port its app published (distinct per environment); the apps publish none."""
     start_first(layout)
-    assert_all_pass(config_check(layout.write()))
+    config_file = layout.write()
+    assert_all_pass(config_check(config_file))
+    config = load_config(config_file)
     for env in ENVIRONMENTS:
         override = Path(layout.config["state_dir"]) / "proxy" / env / "compose.proxy.yml"
+        # The lint resolves in a scratch directory: an environment's live proxy file is its own deploy's.
+        assert not override.exists()
+        ComposeProject.for_environment(config, config.environments[env], layout.checkout).resolve()
         assert override.stat().st_mode & 0o777 == 0o600 and override.parent.stat().st_mode & 0o777 == 0o700
         text = override.read_text()
         assert "ports: !reset []" in text and f"published: '{PORTS[env]['APP_PORT']}'" in text
@@ -512,6 +518,15 @@ def test_start_first_service_with_a_container_name_is_refused(config_check: Chec
         "environments.production.rollout.service: service 'app' sets container_name 'sample-app-production', so "
         "two of its containers cannot run side by side; remove container_name from docker-compose.production.yml"
     ) in check.stderr
+
+
+def test_relative_writable_binds_are_each_environments_own(config_check: CheckRunner, layout: Layout) -> None:
+    """BrandishBot's ./logs in both files: each environment deploys from its own project directory, so
+    the lint judges each path there (state_dir/worktrees/<env>/logs), not in the one checkout."""
+    for env in ENVIRONMENTS:
+        layout.service(env, "app")["volumes"] = ["./logs:/app/logs", "./logs/discord:/app/discord"]
+    check = config_check(layout.write())
+    assert_all_pass(check)
 
 
 def test_read_only_bind_of_one_host_path_passes(config_check: CheckRunner, layout: Layout) -> None:

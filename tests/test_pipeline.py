@@ -89,7 +89,7 @@ def test_failed_build_touches_nothing(bed: Bed) -> None:
     before = running_image_ids(bed, "staging")
     failed = bed.deploy("staging", bad)
     assert failed.status == Status.FAILED
-    assert "image build failed" in failed.reason
+    assert failed.reason.startswith(f"building {testbed.APP_IMAGE}:{bad}") and "failed" in failed.reason
     assert step_statuses(failed)["build"] == "failed"
     assert "rollout" not in step_statuses(failed)
     assert "/bin/false" in bed.log(failed)

@@ -1,4 +1,11 @@
-"""The build step: every image the environment deploys, built locally from the worktree as <image>:<sha>.
+"""The build step: every image the environment deploys, built by `docker compose build` as <image>:<sha>.
+
+Compose builds with BuildKit, so every build setting of the compose file applies (args, target,
+cache mounts, secrets, additional contexts) and BuildKit's cache outlives each deploy. A generated
+file on top of the user's (`-f FILE -f BUILD`) only names each image by its release and adds the
+build arg GIT_SHA; the image-tag variable (tag_variable) is the release tag while building, so a
+build arg such as `VERSION: ${DOCKER_IMAGE_TAG}` names the release. latest-<env> is not touched:
+the rollout re-points it.
 
 When <image>:<sha> already exists (built for staging), production reuses that very image:
 what was tested is byte-for-byte what ships, and a promotion takes seconds. A manual rollback
@@ -8,34 +15,47 @@ plainly if cleanup has removed them.
 
 from __future__ import annotations
 
-from collections import deque
+import tempfile
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import docker
+import yaml
 
 from deploy_config import ImageConfig
 from deploy_text.formatting import short_sha
+from docker_runtime import commands
+from docker_runtime.errors import CommandFailed
+from docker_runtime.private import private_dir
 from workers.errors import BuildFailed, ReleaseGone
 
 from .context import DeploymentContext
+from .rollout import record_rollback_target
 
-BUILD_TAIL_LINES = 20
+BUILD_SERVICE_PREFIX = "deployhook-build-"
+"""The generated build file's service for an image deploy.yml builds from a context, not a compose service."""
 
 
 def build(ctx: DeploymentContext) -> dict[str, str]:
     """Build (or reuse) every image; record and return {image name: image id}."""
+    record_rollback_target(ctx)
     if ctx.deployment.rollback_to:
         return reuse_release(ctx, ctx.deployment.rollback_to)
+    release = ctx.config.tags.release_tag(ctx.deployment.sha)
     images: dict[str, str] = {}
+    missing = []
     for image in ctx.env.images:
-        ref = f"{image.name}:{ctx.config.tags.release_tag(ctx.deployment.sha)}"
+        ref = f"{image.name}:{release}"
         existing = _local_image(ctx, ref)
         if existing is not None:
             ctx.log(f"{ref} already built ({existing[:19]}); reusing it")
             images[image.name] = existing
-            continue
-        images[image.name] = _build_one(ctx, image, ref)
+        else:
+            missing.append(image)
+    if missing:
+        images.update(_compose_build(ctx, missing, release))
     ctx.save(images=images)
     return images
 
@@ -72,55 +92,71 @@ def _local_image(ctx: DeploymentContext, ref: str) -> str | None:
         return None
 
 
-def _build_source(ctx: DeploymentContext, image: ImageConfig) -> tuple[Path, str]:
-    """(context directory, Dockerfile relative to it) from deploy.yml or the compose service's build:."""
-    assert ctx.worktree is not None and ctx.resolved is not None
+def _compose_build(ctx: DeploymentContext, images: list[ImageConfig], release: str) -> dict[str, str]:
+    """`docker compose build` of the services that make these images, tagged <name>:<release>; their ids."""
+    assert ctx.resolved is not None
+    services = {_build_service(ctx, image): image for image in images}
+    refs = ", ".join(f"{image.name}:{release}" for image in images)
+    ctx.log(f"building {refs} with Compose (BuildKit): {', '.join(services)}")
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="deployhook-build-", dir=private_dir(ctx.config.state_dir / "tmp")) as temp:
+        build_file = Path(temp) / "compose.build.yml"
+        build_file.write_text(yaml.safe_dump(_build_file(ctx, services, release), sort_keys=False))
+        project = replace(ctx.project, override=build_file, runtime_dir=None)
+        env = {**project.process_env(), "GIT_SHA": ctx.deployment.sha, "DOCKER_BUILDKIT": "1"}
+        if ctx.env.tag_variable:
+            env[ctx.env.tag_variable] = release
+        try:
+            commands.stream(
+                project.args("--progress", "plain", "build", *services), ctx.log,
+                env=env, timeout=ctx.env.deploy_timeout, redact=ctx.redact,
+            )  # fmt: skip
+        except CommandFailed as exc:
+            raise _build_failed(refs, exc) from None
+    ctx.log(f"built {refs} in {time.monotonic() - started:.1f}s")
+    return {image.name: _image_id(ctx, f"{image.name}:{release}") for image in images}
+
+
+def _build_service(ctx: DeploymentContext, image: ImageConfig) -> str:
+    """The compose service that builds the image: its `service`, or a generated one for a context."""
+    assert ctx.resolved is not None
     if image.service is None:
-        return ctx.worktree / (image.context or "."), image.dockerfile or "Dockerfile"
-    spec = ctx.resolved.services.get(image.service, {}).get("build")
-    if not spec:
+        return f"{BUILD_SERVICE_PREFIX}{image.name.replace('/', '-')}"
+    if not ctx.resolved.services.get(image.service, {}).get("build"):
         raise BuildFailed(f"image {image.name}: compose service {image.service!r} has no build: section")
-    if isinstance(spec, str):
-        return Path(spec), "Dockerfile"
-    return Path(spec.get("context", ".")), str(spec.get("dockerfile", "Dockerfile"))
+    return image.service
 
 
-def _build_one(ctx: DeploymentContext, image: ImageConfig, ref: str) -> str:
-    context, dockerfile = _build_source(ctx, image)
-    ctx.log(f"building {ref} from {context} ({dockerfile})")
-    tail: deque[str] = deque(maxlen=BUILD_TAIL_LINES)
-    image_id = ""
-    try:
-        stream = ctx.docker.api.build(
-            path=str(context),
-            dockerfile=dockerfile,
-            tag=ref,
-            buildargs={"GIT_SHA": ctx.deployment.sha},
-            rm=True,
-            forcerm=True,
-            decode=True,
+def _build_file(ctx: DeploymentContext, services: dict[str, ImageConfig], release: str) -> dict[str, Any]:
+    """The file layered on the user's for the build: each service's image named by its release, GIT_SHA added
+    to its build args (Compose merges them with the file's own); a context image gets a service of its own."""
+    assert ctx.worktree is not None
+    entries: dict[str, Any] = {}
+    for service, image in services.items():
+        build: dict[str, Any] = {"args": {"GIT_SHA": ctx.deployment.sha}}
+        if image.service is None:
+            build = {
+                "context": str(ctx.worktree / (image.context or ".")),
+                "dockerfile": image.dockerfile or "Dockerfile",
+                **build,
+            }
+        entries[service] = {"image": f"{image.name}:{release}", "build": build}
+    return {"services": entries}
+
+
+def _build_failed(refs: str, exc: CommandFailed) -> BuildFailed:
+    if "requires BuildKit" in exc.output or "BuildKit is" in exc.output:
+        return BuildFailed(
+            f"building {refs} needs BuildKit, which this Docker engine does not offer (Docker 18.09 or newer builds "
+            f"with it; DOCKER_BUILDKIT=0 turns it off): {exc}"
         )
-        for chunk in stream:
-            image_id = _consume(ctx, chunk, tail) or image_id
-    except docker.errors.APIError as exc:
-        raise BuildFailed(f"building {ref} failed: {exc.explanation or exc}") from None
-    if not image_id:
-        image_id = str(ctx.docker.images.get(ref).id)
+    return BuildFailed(f"building {refs} failed: {exc}")
+
+
+def _image_id(ctx: DeploymentContext, ref: str) -> str:
+    image_id = _local_image(ctx, ref)
+    if image_id is None:
+        raise BuildFailed(
+            f"docker compose build finished, but {ref} is not on the engine; its service names another image"
+        )
     return image_id
-
-
-def _consume(ctx: DeploymentContext, chunk: dict[str, Any], tail: deque[str]) -> str | None:
-    """Log one build-stream message; raise on an error; return the image id when the stream gives it."""
-    if "error" in chunk:
-        message = str(chunk.get("errorDetail", {}).get("message") or chunk["error"]).strip()
-        ctx.log(message)
-        output = "\n".join(tail)
-        raise BuildFailed(f"image build failed: {message}" + (f"\n{output}" if output else ""))
-    text = chunk.get("stream")
-    if text:
-        for line in str(text).splitlines():
-            if line.strip():
-                tail.append(line)
-                ctx.log(line)
-    aux = chunk.get("aux")
-    return str(aux["ID"]) if isinstance(aux, dict) and "ID" in aux else None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import git
 
@@ -19,6 +19,7 @@ from deploy_text.redaction import display_url
 from docker_runtime.compose import ComposeProject
 from docker_runtime.gitauth import git_access
 from docker_runtime.private import open_private, private_dir, private_file, private_tree, shared_umask
+from docker_runtime.projectdir import clean_excludes, env_file_paths, kept_paths, place_env_files
 from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
@@ -40,12 +41,46 @@ def checkout(ctx: DeploymentContext) -> Path:
     if not ctx.deployment.message:
         # Masked like every other trigger's message: a pusher may paste an env-file secret into a commit.
         ctx.save(message=ctx.redact(str(commit.message).strip()))
+    env_files = _place_env_files(ctx, worktree)
     try:
         ctx.resolved = ctx.compose.resolve(ctx.redact)
     except DeployError as exc:
         raise CheckoutFailed(f"the compose file does not resolve at {short_sha(sha)}: {exc}") from None
+    _clean(ctx, worktree, [*kept_paths(ctx.resolved, worktree), *(path.relative_to(worktree) for path in env_files)])
     lint_checkout(ctx)
     return worktree
+
+
+def _place_env_files(ctx: DeploymentContext, worktree: Path) -> list[Path]:
+    """The app's env file (deploy.yml env_file) wherever the compose file's services read one (`env_file:
+    .env`): it is never committed, and Compose refuses a service whose env file is missing."""
+    assert ctx.compose is not None
+    tracked = set(git.Repo(worktree).git.ls_files().splitlines())
+    wanted = [
+        path for path in env_file_paths(ctx.compose.file, worktree) if str(path.relative_to(worktree)) not in tracked
+    ]
+    if not wanted:
+        return []
+    names = ", ".join(str(path.relative_to(worktree)) for path in wanted)
+    if not ctx.config.env_file.is_file():
+        raise CheckoutFailed(
+            f"{ctx.env.compose_file} reads {names} (env_file), which deployhook writes from deploy.yml's env_file "
+            f"{ctx.config.env_file}: that file does not exist; create it from the repository's .env.example"
+        )
+    written = place_env_files(wanted, ctx.config.env_file.read_bytes())
+    ctx.log(f"env file {names} written from {ctx.config.env_file.name} (mode 0600)")
+    return written
+
+
+def _clean(ctx: DeploymentContext, worktree: Path, kept: list[PurePosixPath | Path]) -> None:
+    """Nothing left over from an earlier deploy but what the app wrote under its bind-mounted paths
+    (./logs, ./backups) and the env files: those the running containers use, and they outlive a release."""
+    try:
+        git.Repo(worktree).git.clean("-ffdx", *clean_excludes(kept))
+    except git.GitCommandError as exc:
+        raise CheckoutFailed(f"cannot clean {worktree}: {_git_error(exc)}") from None
+    if kept:
+        ctx.log(f"kept across deploys: {', '.join(sorted(str(path) for path in kept))}")
 
 
 @contextmanager
@@ -128,10 +163,8 @@ def _checked_out(ctx: DeploymentContext, mirror: git.Repo, worktree: Path, sha: 
                 mirror.git.worktree("prune")
                 mirror.git.worktree("add", "--detach", "--force", str(worktree), sha)
             else:
-                tree = git.Repo(worktree)
-                tree.git.checkout("--detach", "--force", sha)
-                # Build from exactly the commit: nothing left over from an earlier deploy.
-                tree.git.clean("-ffdx")
+                # Untracked files go once the compose file says which are the app's (_clean).
+                git.Repo(worktree).git.checkout("--detach", "--force", sha)
         private_tree(Path(mirror.git_dir) / "worktrees")  # git's record of the worktree, made under that umask
     except git.GitCommandError as exc:
         raise CheckoutFailed(f"cannot check out {short_sha(sha)} in {worktree}: {_git_error(exc)}") from None

@@ -13,7 +13,7 @@ from deploy_config.errors import DeployError
 from deploy_config.isolation import lint
 from deploy_config.resolved import ResolvedCompose
 from deploy_text.formatting import short_sha
-from docker_runtime.compose import ComposeProject
+from docker_runtime.compose import resolve_for_lint
 from workers.errors import IsolationLintFailed
 
 from .context import DeploymentContext
@@ -28,7 +28,7 @@ def lint_checkout(ctx: DeploymentContext) -> None:
         if name == ctx.env.name:
             continue
         try:
-            stacks[name] = ComposeProject.for_environment(ctx.config, env, ctx.worktree).resolve(ctx.redact)
+            stacks[name] = resolve_for_lint(ctx.config, env, ctx.worktree, ctx.redact)
         except DeployError as exc:
             raise IsolationLintFailed(
                 f"the isolation lint cannot run at {sha}: {name}'s compose file does not resolve there: {exc}"

@@ -13,12 +13,18 @@ from .context import DeploymentContext
 
 
 def rollout(ctx: DeploymentContext) -> None:
-    """Remember what latest-<env> pointed at (the rollback target), re-point it, bring the stack up."""
+    """Re-point latest-<env> at the new build, bring the stack up."""
+    point_current_tags(ctx, ctx.deployment.images)
+    compose_up(ctx)
+
+
+def record_rollback_target(ctx: DeploymentContext) -> None:
+    """Remember what latest-<env> points at and the last succeeded sha: what a rollback puts back.
+
+    Recorded before anything is built, so nothing the build does can change what a rollback restores."""
     previous = {image.name: image_id for image in ctx.env.images if (image_id := current_image(ctx, image.name))}
     last = ctx.store.last_succeeded(ctx.env.name, before=ctx.deployment.id)
     ctx.save(previous_images=previous, previous_sha=last.sha if last else "")
-    point_current_tags(ctx, ctx.deployment.images)
-    compose_up(ctx)
 
 
 def current_image(ctx: DeploymentContext, name: str) -> str | None:

@@ -13,7 +13,7 @@ from typing import Any
 from docker.models.containers import Container
 
 from deploy_config import defaults
-from deploy_config.isolation import service_limits
+from deploy_config.isolation import environment_services, service_limits
 from docker_runtime.containers import SERVICE_LABEL, project_containers
 from workers.errors import VerifyFailed
 
@@ -108,11 +108,12 @@ def check_limits(ctx: DeploymentContext, containers: list[Container]) -> list[st
 
 
 def check_environment(ctx: DeploymentContext, containers: list[Container]) -> list[str]:
-    """ENVIRONMENT inside every container but the database's is the environment's name."""
-    database = ctx.env.database.service if ctx.env.database else None
+    """ENVIRONMENT inside every container of a service that must set it (the lint's rule) is the environment's name."""
+    assert ctx.resolved is not None
+    required = environment_services(ctx.config, ctx.env, ctx.resolved)
     problems = []
     for container in containers:
-        if _service(container) == database:
+        if _service(container) not in required:
             continue
         env = dict(item.partition("=")[::2] for item in container.attrs["Config"].get("Env") or [])
         if env.get("ENVIRONMENT") != ctx.env.name:
