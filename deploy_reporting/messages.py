@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from deploy_state.models import Deployment, Status
+from collections.abc import Callable
+
+from deploy_state.models import Deployment, Status, Trigger
 from deploy_text.formatting import duration, short_sha
 
 GITHUB_DESCRIPTION_LIMIT = 140
@@ -73,3 +75,41 @@ def github_description(deployment: Deployment) -> str:
         text = f"{deployment.environment}: {outcome(deployment, limit=GITHUB_DESCRIPTION_LIMIT)}"
     limit = GITHUB_DESCRIPTION_LIMIT
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def release_summary(deployment: Deployment) -> str:
+    """The release notes' first line: what the release brings ('' when there are no notes to tell)."""
+    notes = deployment.release_notes
+    if deployment.trigger == Trigger.ROLLBACK:
+        target = f" (deployment #{deployment.rollback_to})" if deployment.rollback_to else ""
+        return f"Rolled back to {short_sha(deployment.sha)}{target}"
+    if notes is None:
+        return ""
+    if not notes.since:
+        return f"First release of {deployment.environment}" + ("; latest commits:" if notes.commits else "")
+    count = len(notes.commits) + notes.more
+    if count == 0:
+        return f"No new commits since {short_sha(notes.since)}"
+    return f"{count} commit{'' if count == 1 else 's'} since {short_sha(notes.since)}:"
+
+
+def release_lines(
+    deployment: Deployment,
+    escape: Callable[[str], str] = str,
+    fits: Callable[[list[str]], bool] = lambda lines: True,
+) -> list[str]:
+    """A succeeded deployment's release notes as lines, each through `escape`: the summary, '• <commit>' per
+    commit listed, and '… and N more'. Fewer commits are listed (and more counted) until the lines `fits`."""
+    summary = release_summary(deployment) if deployment.status == Status.SUCCEEDED else ""
+    if not summary:
+        return []
+    notes = deployment.release_notes
+    commits, more = (notes.commits, notes.more) if notes is not None else ([], 0)
+    for listed in range(len(commits), -1, -1):
+        lines = [escape(summary), *(escape(f"• {commit}") for commit in commits[:listed])]
+        left = len(commits) - listed + more
+        if left:
+            lines.append(escape(f"… and {left} more"))
+        if fits(lines):
+            return lines
+    return [escape(summary)] if fits([escape(summary)]) else []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,9 @@ DEFAULT_PUBLIC_URL = "http://localhost:8000"
 
 CHAT_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.ROLLED_BACK})
 """What Discord and Slack hear about; the generic webhook hears about every final status."""
+
+DISCORD_LIMIT = 2000
+"""Characters (UTF-16 code units) of a Discord message's content: Discord refuses a longer one."""
 
 
 @dataclass(frozen=True)
@@ -109,16 +113,43 @@ def _generic_body(deployment: Deployment, where: Links) -> dict[str, Any]:
         "text": f"{messages.headline(deployment)}\n{where.deployment}",
         "url": where.deployment,
         "environment_url": where.environment,
+        "release_notes": messages.release_lines(deployment),
         "deployment": deployment.to_dict(),
     }
 
 
+# A mention is '@everyone', '@here', or '<@id>', '<@!id>', '<@&role>': a zero-width space after the '@' breaks each.
+_MENTION = re.compile(r"@(?=(?:everyone|here|channel)\b|[!&]?\d)", re.IGNORECASE)
+# Emphasis, code, spoilers, masked links. A quote or a heading only starts a line: none starts with a commit's text.
+_DISCORD_MARKDOWN = re.compile(r"([\\*_~`|\[\]])")
+
+
+def _unmentioned(text: str) -> str:
+    return _MENTION.sub("@\u200b", text)
+
+
+def _discord_text(text: str) -> str:
+    """Text shown as typed: markdown escaped, mentions broken (a commit subject is anyone's text)."""
+    return _unmentioned(_DISCORD_MARKDOWN.sub(r"\\\1", text))
+
+
+def _slack_text(text: str) -> str:
+    """Slack's mrkdwn: &, < and > escaped, or <!channel> in a reason would notify everyone."""
+    return _unmentioned(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _discord_body(deployment: Deployment, where: Links) -> dict[str, Any]:
-    # No mentions: a commit message or reason saying @everyone must not ping the whole server.
-    return {"content": f"{messages.headline(deployment)}\n{where.deployment}", "allowed_mentions": {"parse": []}}
+    # No mentions either way: a commit message or reason saying @everyone must not ping the whole server.
+    head = messages.headline(deployment)
+
+    def fits(lines: list[str]) -> bool:
+        content = "\n".join([head, *lines, where.deployment])
+        return len(content.encode("utf-16-le")) // 2 <= DISCORD_LIMIT
+
+    notes = messages.release_lines(deployment, _discord_text, fits)
+    return {"content": "\n".join([head, *notes, where.deployment]), "allowed_mentions": {"parse": []}}
 
 
 def _slack_body(deployment: Deployment, where: Links) -> dict[str, Any]:
-    # Slack's mrkdwn: &, < and > must be escaped, or <!channel> in a reason would notify everyone.
-    text = messages.headline(deployment).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    return {"text": f"{text}\n<{where.deployment}|deployment #{deployment.id}>"}
+    lines = [_slack_text(messages.headline(deployment)), *messages.release_lines(deployment, _slack_text)]
+    return {"text": "\n".join([*lines, f"<{where.deployment}|deployment #{deployment.id}>"])}

@@ -44,6 +44,23 @@ class Step:
 
 
 @dataclass
+class ReleaseNotes:
+    """What a deployment brings to its environment: the commits since the environment's previous release."""
+
+    since: str = ""
+    """The sha of the environment's previous release ('' on its first release)."""
+    commits: list[str] = field(default_factory=list)
+    """'<short sha> <subject> (<author>)', newest first along the first parent, bounded and masked."""
+    more: int = 0
+    """Commits since then beyond those listed."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ReleaseNotes:
+        known = {f.name for f in fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
 class Deployment:
     id: str
     environment: str
@@ -85,6 +102,8 @@ class Deployment:
     """The environment whose release this promotes: checkout accepts a sha on that environment's branch."""
     rollback_to: str = ""
     """A manual rollback (trigger rollback): the succeeded deployment whose images it puts back."""
+    release_notes: ReleaseNotes | None = None
+    """The commits since the environment's previous release, listed after checkout (none for a manual rollback)."""
 
     @property
     def is_final(self) -> bool:
@@ -99,6 +118,7 @@ class Deployment:
         A pusher may paste a secret into a commit message; records written before masking at
         record time existed, or by a checkout that read the message from git, are masked here too.
         """
+        notes = self.release_notes
         return replace(
             self,
             pusher=redact(self.pusher),
@@ -108,6 +128,7 @@ class Deployment:
             reason=redact(self.reason),
             steps=[replace(step, message=redact(step.message)) for step in self.steps],
             checks=[{key: redact(value) for key, value in check.items()} for check in self.checks],
+            release_notes=None if notes is None else replace(notes, commits=[redact(line) for line in notes.commits]),
         )
 
     @classmethod
@@ -119,4 +140,6 @@ class Deployment:
             if key in known:
                 values[key] = json.loads(raw_value)
         values["steps"] = [Step(**step) for step in values.get("steps") or []]
+        notes = values.get("release_notes")
+        values["release_notes"] = ReleaseNotes.from_dict(notes) if isinstance(notes, dict) else None
         return cls(**values)

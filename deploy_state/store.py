@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from redis import Redis, WatchError
@@ -68,7 +69,14 @@ def _text(value: object) -> str:
 
 def _encode(fields: Mapping[str, Any]) -> dict[Any, Any]:
     """Record fields as a Redis hash mapping: every value JSON, so types survive the round trip."""
-    return {key: json.dumps(value) for key, value in fields.items()}
+    return {key: json.dumps(value, default=_plain) for key, value in fields.items()}
+
+
+def _plain(value: object) -> Any:
+    """A record's part (ReleaseNotes) as JSON data; Deployment.from_hash makes it whole again."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    raise TypeError(f"a record field cannot hold {type(value).__name__}: {value!r}")
 
 
 class DeploymentStore:

@@ -79,6 +79,11 @@ _DEPLOYMENT_PROPERTIES: Schema = {
         "type": "string",
         "description": "a manual rollback (trigger rollback): the succeeded deployment whose kept images it reuses",
     },
+    "release_notes": {
+        **_nullable(_ref("ReleaseNotes")),
+        "description": "the commits since the environment's previous release, listed after checkout; "
+        "null before checkout, for a manual rollback, or when git could not list them",
+    },
 }
 
 STATUS_MEANINGS = {
@@ -121,6 +126,17 @@ SCHEMAS: dict[str, Schema] = {
         }
     ),
     "Check": _object({"name": STRING, "status": STRING, "message": STRING}, required=()),
+    "ReleaseNotes": _object(
+        {
+            "since": {"type": "string", "description": "the previous release's sha; empty on a first release"},
+            "commits": {
+                "type": "array",
+                "items": STRING,
+                "description": "'<short sha> <subject> (<author>)', newest first along the first parent, masked",
+            },
+            "more": {"type": "integer", "minimum": 0, "description": "commits beyond those listed"},
+        }
+    ),
     "Deployment": _object(_DEPLOYMENT_PROPERTIES),
     "AcceptedDeployment": _object(
         {**_DEPLOYMENT_PROPERTIES, "status_url": {"type": "string", "format": "uri"}},

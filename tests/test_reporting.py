@@ -607,6 +607,13 @@ def test_a_real_deployment_of_the_sample_app_reports_success(reporting_bed: Bed,
     [discord] = recorder.under("/discord/")
     assert discord.body["content"].startswith(f"✅ staging: deployment #{done.id} of {sha[:12]} by alice succeeded in ")
     assert discord.body["content"].endswith(f"\n{page(done)}")
+    # pipeline.py lists the release notes after checkout: staging's first release, its two commits.
+    parent = reporting_bed.remote.work.commit(f"{sha}~1").hexsha
+    assert discord.body["content"].splitlines()[1:-1] == [
+        "First release of staging; latest commits:",
+        f"• {sha[:12]} change (Test Pusher)",
+        f"• {parent[:12]} Add the sample app (Test Pusher)",
+    ]
     assert generic_events(recorder) == [("deployment.succeeded", done.id)]
 
     metrics = scrape(reporting_bed.client)

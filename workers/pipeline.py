@@ -24,6 +24,7 @@ from .context import DeploymentContext
 from .healthcheck import health_gate, watching_health
 from .hooks import run_hook
 from .preflight import preflight
+from .release_notes import release_notes
 from .rollback import rollback
 from .rollout import rollout
 from .switch import run_start_first
@@ -60,6 +61,7 @@ def _run(ctx: DeploymentContext) -> Status:
         preflight(ctx)
     with ctx.step("checkout"):
         checkout(ctx)
+    release_notes(ctx)  # not a step: best-effort, for the chat message
     with ctx.step("build"):
         build(ctx)
     if ctx.env.pre_deploy is not None:
