@@ -99,7 +99,7 @@ def config_show(config_file: Path) -> None:
     """Print the resolved config as YAML: defaults filled in, paths absolute, no secret's value.
 
     Secrets are named, never shown: a comment block lists each variable the config names and
-    whether it is set. Credentials in URLs and any value of the env file are masked.
+    whether it is set. Credentials in URLs and the env file's secret values are masked.
     """
     config = load_config(config_file)
     click.echo(render_config(config, output_redactor(config)), nl=False)

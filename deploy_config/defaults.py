@@ -43,7 +43,8 @@ COMPOSE_TIMEOUT = 60.0
 """Seconds a `docker compose config` resolution may take."""
 
 DEFAULT_PUBLIC_ENV = ("ENVIRONMENT", "LOG_LEVEL", "DB_HOST", "DB_USER", "DB_NAME")
-"""env-file variables shown as they are: masking 'brandishbot' everywhere would garble output."""
+"""env-file variables shown even if their names look secret (secrets.is_secret_name): the seed's plain settings,
+kept readable so that masking 'brandishbot' cannot garble every line."""
 
 DEFAULT_API_TOKEN_ENV = "DEPLOYHOOK_API_TOKEN"
 """Name of the environment variable that holds the manual API's bearer token."""

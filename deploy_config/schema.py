@@ -415,7 +415,10 @@ class DeployConfig(Model):
     """deployhook's own secrets (KEY=VALUE, mode 0600), e.g. the webhook secret and API token that
     `deployhook init` generates: every command reads them into its environment; variables set win."""
     public_env: tuple[EnvVarName, ...] = defaults.DEFAULT_PUBLIC_ENV
-    """env-file variables whose values are not secret; every other value is masked in output."""
+    """env-file variables whose values are shown even if their names look secret (PASSWORD, TOKEN, KEY, SECRET,
+    AUTH, WEBHOOK...: secrets.is_secret_name); credentials inside a URL value are masked all the same."""
+    masked_env: tuple[EnvVarName, ...] = ()
+    """env-file variables whose values are masked although their names do not look secret (wins over public_env)."""
     tags: TagScheme = TagScheme()
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 

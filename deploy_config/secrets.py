@@ -1,4 +1,4 @@
-"""The app's env file (the seed's shared .env), and which values the config names as secret."""
+"""The app's env file (the seed's shared .env), which names look secret, and the secrets the config names."""
 
 from __future__ import annotations
 
@@ -11,6 +11,17 @@ from .errors import ConfigError
 from .schema import DeployConfig
 
 _LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+SECRET_NAME_WORDS = ("PASSWORD", "PASSWD", "PASS", "TOKEN", "SECRET", "KEY", "CREDENTIAL", "AUTH", "WEBHOOK", "DSN")
+"""Words that, anywhere in a variable's name and in any case, make its value a secret (DB_PASSWORD, API_KEY,
+PRIVATE_KEY, DISCORD_TOKEN, STREAMERBOT_WEBHOOK_URL, SENTRY_DSN). Matched as substrings: a false match (MONKEY)
+only masks a plain value, a missed one would show a secret."""
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a variable's name says its value is secret: it contains one of SECRET_NAME_WORDS."""
+    upper = name.upper()
+    return any(word in upper for word in SECRET_NAME_WORDS)
 
 
 def parse_env_file(text: str, source: str = ".env") -> dict[str, str]:

@@ -451,18 +451,27 @@ class Admission:
 
 
 _REDACTORS: dict[tuple[Any, ...], Redactor] = {}
-"""config_redactor's result per (env file, its stat, the secret values): the web app admits per request, and
-reading and parsing the env file each time was a tenth of a push's CPU."""
+"""config_redactor's result per everything it reads (env file, its stat, the secret values, public_env, masked_env,
+repository.url): the web app admits per request, and reading and parsing the env file each time was a tenth of a
+push's CPU."""
 
 
 def _redactor(config: DeployConfig) -> Redactor:
-    """config_redactor, read again only when the env file (its mtime, size, inode) or a secret variable changed."""
+    """config_redactor, built again only when the env file (its mtime, size, inode), a secret variable or the
+    config's masking fields changed."""
     try:
         stat = config.env_file.stat()
         stamp: tuple[int, ...] = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
     except OSError:
         stamp = ()
-    key = (str(config.env_file), stamp, tuple(secret_env_values(config)), tuple(config.public_env))
+    key = (
+        str(config.env_file),
+        stamp,
+        tuple(secret_env_values(config)),
+        tuple(config.public_env),
+        tuple(config.masked_env),
+        config.repository.url,
+    )
     redactor = _REDACTORS.get(key)
     if redactor is None:
         if len(_REDACTORS) > 16:  # configs and edits come and go: keep it small

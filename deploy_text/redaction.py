@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from deploy_config import DeployConfig
-from deploy_config.secrets import read_env_file, secret_env_values
+from deploy_config.secrets import is_secret_name, read_env_file, secret_env_values
 
 # Values this short are too common to redact without mangling ordinary output.
 MIN_SECRET_LENGTH = 6
@@ -22,10 +22,19 @@ class Redactor:
         self._values = sorted(values, key=len, reverse=True)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], extra: Iterable[str] = (), public: Iterable[str] = ()) -> Redactor:
-        """Mask every value of env except those of the public keys, plus the extra values."""
-        shown = set(public)
-        return cls([*(value for key, value in env.items() if key not in shown), *extra])
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        extra: Iterable[str] = (),
+        public: Iterable[str] = (),
+        masked: Iterable[str] = (),
+    ) -> Redactor:
+        """Mask env's values whose names look secret (unless public) or are masked (even if public), the
+        credentials in any URL value, and the extra values; plain values (names, hosts, ports) stay readable."""
+        shown, hidden = set(public), set(masked)
+        secret = [value for key, value in env.items() if key in hidden or (is_secret_name(key) and key not in shown)]
+        credentials = [part for value in env.values() for part in _url_credentials(value)]
+        return cls([*secret, *credentials, *extra])
 
     def __call__(self, text: str) -> str:
         for value in self._values:
@@ -36,16 +45,16 @@ class Redactor:
 def config_redactor(config: DeployConfig) -> Redactor:
     """The redactor for everything secret the config points at.
 
-    The env file's values (but its public_env keys), the webhook secret, every token, the chat
-    webhook URLs (and the parts of them an HTTP library's error prints alone), and the credential
-    in repository.url.
+    The env file's secret values (Redactor.from_env: of secret-looking names unless in public_env, of masked_env,
+    and credentials in URLs), the webhook secret, every token, the chat webhook URLs (and the parts of them an
+    HTTP library's error prints alone), and the credential in repository.url.
     """
     env = read_env_file(config.env_file) if config.env_file.is_file() else {}
     values = secret_env_values(config)
     urls = [value for value in values if "://" in value]
     url_parts = [part for url in urls for part in url_secrets(url) if len(part) >= MIN_URL_PART_LENGTH]
     extra = [*values, *url_parts, *url_secrets(config.repository.url, credentials_only=True)]
-    return Redactor.from_env(env, extra=extra, public=config.public_env)
+    return Redactor.from_env(env, extra=extra, public=config.public_env, masked=config.masked_env)
 
 
 MIN_URL_PART_LENGTH = 12
@@ -67,6 +76,17 @@ def url_secrets(url: str, credentials_only: bool = False) -> list[str]:
     path_and_query = f"{parts.path}?{parts.query}" if parts.query else parts.path
     last_segment = parts.path.rstrip("/").rpartition("/")[2]
     return [url, path_and_query, parts.path, parts.query, last_segment, *credentials]
+
+
+def _url_credentials(value: str) -> list[str]:
+    """The credentials of a URL value (postgres://user:password@host/db), whatever its variable's name; a value
+    that looks like a URL but does not parse is masked whole, since where its credential ends is unknown."""
+    if "://" not in value:
+        return []
+    try:
+        return url_secrets(value, credentials_only=True)
+    except ValueError:
+        return [value]
 
 
 def display_url(url: str) -> str:

@@ -388,7 +388,7 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
             set_at("webhok", {}),
             "webhok: unknown field; expected one of: repository, webhook, api, status_page, reporting, public_url, "
             "trusted_proxies, poll_interval, "
-            "min_free_space, lock_lease, state_dir, env_file, secrets_file, public_env, tags, environments",
+            "min_free_space, lock_lease, state_dir, env_file, secrets_file, public_env, masked_env, tags, environments",
             id="unknown-top-level-field",
         ),
         pytest.param(
