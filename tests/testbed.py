@@ -56,6 +56,20 @@ RUN_ID = uuid.uuid4().hex[:6]
 # run and a benchmark) on one Docker engine must not share it.
 SAMPLE_IMAGES = (f"sample-app-{RUN_ID}", f"sample-app-discord-{RUN_ID}")
 APP_IMAGE, DISCORD_IMAGE = SAMPLE_IMAGES
+# The BrandishBot-shaped fixture: its compose files name their images
+# ${DOCKER_USER}/${DOCKER_IMAGE_NAME}[-discord]:<tag>, and run Prometheus and Grafana from
+# PROMETHEUS_IMAGE and GRAFANA_IMAGE, locally built stand-ins here; all per run, as above.
+BRANDISH_APP = FIXTURES / "brandish_app"
+BRANDISH_DOCKER_USER = "deployhook-test"
+BRANDISH_IMAGE_NAME = f"brandishbot-{RUN_ID}"
+BRANDISH_IMAGES = (
+    f"{BRANDISH_DOCKER_USER}/{BRANDISH_IMAGE_NAME}",
+    f"{BRANDISH_DOCKER_USER}/{BRANDISH_IMAGE_NAME}-discord",
+)
+MONITORING_IMAGES = {
+    "prometheus": f"deployhook-test/prometheus-standin:{RUN_ID}",
+    "grafana": f"deployhook-test/grafana-standin:{RUN_ID}",
+}
 IN_CI = os.environ.get("CI", "").lower() == "true"
 WEBHOOK_SECRET = "webhook-secret-for-tests-5e1f"
 API_TOKEN = "api-token-for-tests-9c2d"
@@ -78,6 +92,25 @@ SAMPLE_ENV = {
     "LOG_LEVEL": "info",
     "ENVIRONMENT": "dev",
 }
+
+# The brandish fixture's .env: .env.example's values, these over them (the secrets as SAMPLE_ENV's,
+# so that the same greps find a leak), and per test the images, ports and presets directory.
+BRANDISH_ENV = {
+    **{key: SAMPLE_ENV[key] for key in ("DB_USER", "DB_PASSWORD", "DB_NAME", "DISCORD_TOKEN", "API_KEY")},
+    "GRAFANA_ADMIN_PASSWORD": "grafana-password-8e2b4d6f",
+    "GITHUB_TOKEN": "ghp_test-token-1a2b3c4d5e6f",
+    "DOCKER_USER": BRANDISH_DOCKER_USER,
+    "DOCKER_IMAGE_NAME": BRANDISH_IMAGE_NAME,
+    # The real 30s would make every `up --wait` take 30 s; the start period keeps the real grace
+    # (retries x 30s) for a slow start on a busy machine, and costs nothing once a check passes.
+    "HEALTHCHECK_INTERVAL": "1s",
+    "HEALTHCHECK_START_PERIOD": "60s",
+}
+BRANDISH_PORTS = {
+    "staging": ("APP_PORT", "DB_PORT", "PROMETHEUS_PORT", "GRAFANA_PORT"),
+    "production": ("APP_PORT",),
+}
+"""The host ports each of the brandish fixture's compose files publishes, as variables."""
 
 
 def unavailable(reason: str) -> None:
@@ -259,6 +292,14 @@ class GitRemote:
         files["busybox"] = static_busybox().read_bytes()
         return self.commit(files, message, branch, executable=("busybox", "app/entrypoint.sh", "discord/bot.sh"))
 
+    def add_brandish_app(self, branch: str = "main", message: str = "Add the BrandishBot-shaped app") -> str:
+        """Commit the brandish fixture (plus the static busybox its Dockerfiles copy) on branch."""
+        files: dict[str, str | bytes] = {
+            str(path.relative_to(BRANDISH_APP)): path.read_bytes() for path in BRANDISH_APP.rglob("*") if path.is_file()
+        }
+        files["busybox"] = static_busybox().read_bytes()
+        return self.commit(files, message, branch, executable=("busybox",))
+
     def _switch(self, branch: str) -> None:
         if not self.work.head.is_valid():
             self.work.git.checkout("-B", branch)
@@ -382,11 +423,29 @@ def ensure_haproxy_image() -> str:
     return _ensure_image("haproxy", HAPROXY_IMAGE)
 
 
-def _ensure_image(fixture: str, tag: str) -> str:
+def ensure_monitoring_images() -> dict[str, str]:
+    """Build this run's Prometheus and Grafana stand-ins unless they exist; {"prometheus": tag, "grafana": tag}.
+
+    Per run (RUN_ID): remove_brandish_images removes them when the run ends, and another run's
+    teardown never removes the ones this run uses.
+    """
+    busybox = str(static_busybox())
+    return {kind: _ensure_image("monitoring", tag, kind, busybox) for kind, tag in MONITORING_IMAGES.items()}
+
+
+def remove_brandish_images(client: docker.DockerClient) -> None:
+    """Remove every tag of this run's brandish images and monitoring stand-ins."""
+    tags = [tag for name in BRANDISH_IMAGES for image in client.images.list(name=name) for tag in image.tags]
+    for tag in (*tags, *MONITORING_IMAGES.values()):
+        with suppress(docker.errors.APIError):  # ImageNotFound among them: never built
+            client.images.remove(tag, force=True)
+
+
+def _ensure_image(fixture: str, tag: str, *args: str) -> str:
     # Test processes (pytest-xdist's workers) start together: one builds, the others then find the tag.
     with open(Path(tempfile.gettempdir()) / f"deployhook-test-{fixture}-image.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        result = subprocess.run([str(FIXTURES / fixture / "build-image"), tag], capture_output=True, text=True)
+        result = subprocess.run([str(FIXTURES / fixture / "build-image"), tag, *args], capture_output=True, text=True)
     if result.returncode != 0:
         pytest.fail(f"building {tag} failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
     return tag
@@ -451,6 +510,45 @@ def write_yaml(path: Path, data: object) -> Path:
 def write_env_file(path: Path, values: Mapping[str, str] = SAMPLE_ENV) -> Path:
     path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
     return path
+
+
+def brandish_ports(environment: str) -> dict[str, int]:
+    """Free host ports for every port the brandish fixture's compose file for `environment` publishes."""
+    return {name: free_port() for name in BRANDISH_PORTS[environment]}
+
+
+def brandish_presets(root: Path) -> Path:
+    """A MapRando presets directory outside the repository, holding one preset, as the bot needs."""
+    presets = root / "maprando-presets"
+    presets.mkdir(parents=True, exist_ok=True)
+    (presets / "full-settings.json").write_text('{"preset": "test"}\n')
+    return presets
+
+
+def brandish_env(presets_dir: Path, ports: Mapping[str, int] | None = None) -> dict[str, str]:
+    """The brandish fixture's .env: every key of its .env.example, with test values.
+
+    This run's image names (BRANDISH_ENV), the local PostgreSQL image and the monitoring stand-ins
+    (their tags, whether built yet or not), the presets directory, and `ports` (brandish_ports): one
+    .env serves both compose files, so ports given here apply to both; Compose's process environment
+    (deploy.yml's compose_env) overrides them per environment.
+    """
+    lines = (BRANDISH_APP / ".env.example").read_text().splitlines()
+    values = {key: value for key, _, value in (line.partition("=") for line in lines if line and line[0] != "#")}
+    return {
+        **values,
+        **BRANDISH_ENV,
+        "POSTGRES_IMAGE": POSTGRES_IMAGE,
+        "PROMETHEUS_IMAGE": MONITORING_IMAGES["prometheus"],
+        "GRAFANA_IMAGE": MONITORING_IMAGES["grafana"],
+        "MAPRANDO_PRESETS_DIR": str(presets_dir),
+        **{name: str(port) for name, port in (ports or {}).items()},
+    }
+
+
+def write_brandish_env(path: Path, presets_dir: Path, ports: Mapping[str, int] | None = None) -> Path:
+    """Write brandish_env() to path (a checkout's .env, or the env file deploy.yml names)."""
+    return write_env_file(path, brandish_env(presets_dir, ports))
 
 
 # --- the pipeline's test bed ----------------------------------------------------------------
