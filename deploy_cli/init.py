@@ -150,7 +150,7 @@ def environment_entry(
         else:
             entry["health_url"] = f"http://localhost:{port}{path}"
         if version_path:
-            entry["version_url"] = f"http://localhost:{port}/{version_path.lstrip('/')}"
+            entry["version_url"] = f"/{version_path.lstrip('/')}"  # at the health URL's host and port
     else:
         entry["health_url"] = "http://localhost:8080/healthz"
         needs.append(f"TODO environments.{name}.health_url: no service publishes a port; set the app's health URL")

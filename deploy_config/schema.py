@@ -309,6 +309,12 @@ class EnvironmentConfig(Model):
     http://localhost:<port>/healthz and Compose reads it as APP_PORT, unless either is set."""
     health_url: HttpUrl
     health_timeout: PositiveSeconds = defaults.DEFAULT_HEALTH_TIMEOUT
+    version_url: HttpUrl | None = None
+    """Where the app reports its version as JSON, for an app whose health URL reports none: the health gate
+    then requires it to name the release (start-first: its path at the new container's own address, as
+    health_url's, then through the proxy)."""
+    version_field: str = "version"
+    """The field of version_url's JSON holding the version; a dotted path (build.version) reaches into objects."""
     database: DatabaseConfig | None = None
     # Built from {} at load time, so the default backups.dir resolves against the config file too.
     backups: BackupConfig = Field(default_factory=dict, validate_default=True)
@@ -351,14 +357,41 @@ class EnvironmentConfig(Model):
     @model_validator(mode="before")
     @classmethod
     def _from_port(cls, data: Any) -> Any:
-        """health_url and compose_env's APP_PORT follow from `port` where they are not set."""
-        if not isinstance(data, dict) or not isinstance(data.get("port"), int) or isinstance(data["port"], bool):
+        """health_url and compose_env's APP_PORT follow from `port` where they are not set; a version_url
+        given as a path (/version) is at the health URL's host and port, so `port` moves both."""
+        if not isinstance(data, dict):
             return data
-        port = data["port"]
-        compose_env = data.get("compose_env") or {}
-        if isinstance(compose_env, dict):
-            compose_env = {defaults.PORT_VARIABLE: str(port), **compose_env}
-        return {"health_url": f"http://localhost:{port}{defaults.HEALTH_PATH}", **data, "compose_env": compose_env}
+        port = data.get("port")
+        if isinstance(port, int) and not isinstance(port, bool):
+            compose_env = data.get("compose_env") or {}
+            if isinstance(compose_env, dict):
+                compose_env = {defaults.PORT_VARIABLE: str(port), **compose_env}
+            data = {"health_url": f"http://localhost:{port}{defaults.HEALTH_PATH}", **data, "compose_env": compose_env}
+        version_url, health_url = data.get("version_url"), data.get("health_url")
+        if isinstance(version_url, str) and version_url.startswith("/") and isinstance(health_url, str):
+            base = urlsplit(health_url)
+            data = {**data, "version_url": f"{base.scheme}://{base.netloc}{version_url}"}
+        return data
+
+    @field_validator("version_field")
+    @classmethod
+    def _json_field(cls, value: str) -> str:
+        if not value.strip() or any(not part.strip() for part in value.split(".")):
+            raise ValueError(
+                f"not a JSON field: {value!r}; give the field of version_url's JSON that holds the version, "
+                "or a dotted path into it such as build.version"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _version_field_needs_url(self) -> EnvironmentConfig:
+        # Only another field than the default: `config show` writes the default out, and its output must load back.
+        if self.version_url is None and self.version_field != type(self).model_fields["version_field"].default:
+            raise ValueError(
+                f"version_field {self.version_field!r} is read from version_url's answer, and version_url is not "
+                "set: set version_url too (the health URL's own version is always its 'version' field)"
+            )
+        return self
 
     @property
     def is_production(self) -> bool:

@@ -32,8 +32,10 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 
 Mutation = Callable[[dict[str, Any]], None]
 EXPECTED_ENV_FIELDS = (
-    "branch, compose_file, project, images, port, health_url, health_timeout, database, backups, expected_limits, "
-    "compose_env, cancel_running, promote_from, promotion_wait, deploy_timeout, rollout_timeout, backup_timeout, "
+    "branch, compose_file, project, images, port, health_url, health_timeout, version_url, version_field, "
+    "database, backups, expected_limits, "
+    "compose_env, tag_variable, environment_services, cancel_running, promote_from, promotion_wait, deploy_timeout, "
+    "rollout_timeout, backup_timeout, "
     "smoke, pre_deploy, post_deploy, verify_failure, keep_releases, rollout"
 )
 
@@ -275,6 +277,20 @@ def test_default_tags(tmp_path: Path) -> None:
     assert (tags.release_tag("abc"), tags.current_tag("staging")) == ("abc", "latest-staging")
 
 
+def test_version_url_and_field(tmp_path: Path) -> None:
+    staging = load_config(EXAMPLE).environments["staging"]
+    assert (staging.version_url, staging.version_field) == (None, "version")
+    version = {"version_url": "http://localhost:8081/version", "version_field": "build.version"}
+    mutate = set_at("environments.staging", {**valid_config()["environments"]["staging"], **version})
+    staging = load_config(write_config(tmp_path, mutate)).environments["staging"]
+    assert (staging.version_url, staging.version_field) == ("http://localhost:8081/version", "build.version")
+    # A path is at the health URL's host and port: `port` moves both.
+    mutate = set_at("environments.staging", {**valid_config()["environments"]["staging"], "port": 9181,
+                                             "version_url": "/version"})  # fmt: skip
+    staging = load_config(write_config(tmp_path, mutate)).environments["staging"]
+    assert staging.version_url == "http://localhost:9181/version"
+
+
 def test_environment_for_branch() -> None:
     config = load_config(EXAMPLE)
     assert config.environment_for_branch("staging") is config.environments["staging"]
@@ -360,6 +376,26 @@ def test_the_issues_example_message(in_tmp: Path) -> None:
             "environments.staging.health_url: not a URL: 'http://localhost:99999/healthz'; "
             "the port is not a number from 1 to 65535",
             id="health_url-bad-port",
+        ),
+        pytest.param(
+            set_at("environments.staging.version_url", "localhost:8081/version"),
+            "environments.staging.version_url: not a URL: 'localhost:8081/version'; expected http://HOST[:PORT]/PATH",
+            id="version_url-no-scheme",
+        ),
+        pytest.param(
+            combine(
+                set_at("environments.staging.version_url", "http://localhost:8081/version"),
+                set_at("environments.staging.version_field", "build..version"),
+            ),
+            "environments.staging.version_field: not a JSON field: 'build..version'; give the field of version_url's "
+            "JSON that holds the version, or a dotted path into it such as build.version",
+            id="version_field-empty-part",
+        ),
+        pytest.param(
+            set_at("environments.staging.version_field", "build.version"),
+            "environments.staging: version_field 'build.version' is read from version_url's answer, and version_url "
+            "is not set: set version_url too (the health URL's own version is always its 'version' field)",
+            id="version_field-without-version_url",
         ),
         pytest.param(drop("repository.url"), "repository.url: required field is missing", id="missing-url"),
         pytest.param(

@@ -32,8 +32,8 @@ def seed_shaped_repo(root: Path) -> Path:
     repo = git.Repo.init(repo_dir, initial_branch="main")
     repo.create_remote("origin", "git@github.com:osse101/BrandishBot_Go.git")
     repo.git.add("-A")
-    repo.git.commit("-m", "the app", author="Test Pusher <pusher@example.com>",
-                    env={**os.environ, "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"})  # fmt: skip
+    committer = {"GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    repo.git.commit("-m", "the app", author="Test Pusher <pusher@example.com>", env={**os.environ, **committer})
     for branch in ("staging", "production"):
         repo.create_head(branch)
     return repo_dir

@@ -39,9 +39,9 @@ from docker_runtime.proxy import private_dir, release_port, render_haproxy_confi
 from workers.errors import HealthCheckFailed, RolloutFailed
 
 from .context import DeploymentContext
-from .healthcheck import health_gate, probe
+from .healthcheck import Endpoints, confirmation, health_gate, probe
 from .rollback import degraded, describe_running, restore_hint
-from .rollout import current_image, point_current_tags
+from .rollout import point_current_tags
 
 PROXY_START_TIMEOUT = 30.0
 """Seconds the proxy's runtime API may take to answer after `up`."""
@@ -79,7 +79,7 @@ def run_start_first(ctx: DeploymentContext, checks: Checks) -> Status | None:
         with ctx.step("rollout", cancellable=False):
             release = start_release(ctx)
         with ctx.step("health", cancellable=False):
-            ctx.save(health=health_gate(ctx, url=container_url(ctx, release)))
+            ctx.save(health=health_gate(ctx, at=container_endpoints(ctx, release)))
     except (DeployError, JobTimeoutException) as exc:
         cause = exc if isinstance(exc, DeployError) else DeployError("timed out before the switch")
         raise DeployError(f"{cause}; {discard(ctx, release)}") from None
@@ -105,9 +105,6 @@ def start_release(ctx: DeploymentContext) -> Release:
     assert ctx.resolved is not None
     release = Release(proxy=ensure_proxy(ctx), port=release_port(ctx.env, ctx.resolved))
     release.old = reconcile(ctx, release)
-    previous = {image.name: image_id for image in ctx.env.images if (image_id := current_image(ctx, image.name))}
-    last = ctx.store.last_succeeded(ctx.env.name, before=ctx.deployment.id)
-    ctx.save(previous_images=previous, previous_sha=last.sha if last else "")
     point_current_tags(ctx, ctx.deployment.images)
     # The other services are created if missing (the first deploy: the database before the app's
     # migrations), but not recreated yet: a release that never takes traffic must not change them.
@@ -202,12 +199,19 @@ def reconcile(ctx: DeploymentContext, release: Release) -> list[str]:
 # --- health, switch, drain ------------------------------------------------------------------------------
 
 
-def container_url(ctx: DeploymentContext, release: Release) -> str:
-    """The health URL's path at the new container's own address, on the environment's network."""
+def container_endpoints(ctx: DeploymentContext, release: Release) -> Endpoints:
+    """The health URL's and the version URL's paths at the new container's own address, on the environment's
+    network: the release is gated there before it takes traffic."""
     assert release.new is not None
-    address = _address(ctx, release.new)
-    parts = urlsplit(ctx.env.health_url)
-    return f"http://{address}:{release.port}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
+    address = f"{_address(ctx, release.new)}:{release.port}"
+    version_url = ctx.env.version_url
+    return Endpoints(_at(address, ctx.env.health_url), _at(address, version_url) if version_url else None)
+
+
+def _at(address: str, url: str) -> str:
+    """url's path and query at address (IP:port): the container's own, not the host port the proxy holds."""
+    parts = urlsplit(url)
+    return f"http://{address}{parts.path or '/'}{'?' + parts.query if parts.query else ''}"
 
 
 def switch(ctx: DeploymentContext, release: Release) -> None:
@@ -412,14 +416,15 @@ def _write_config(ctx: DeploymentContext, release: Release, servers: list[str]) 
 
 
 def _answers_through_proxy(ctx: DeploymentContext, sha: str) -> None:
-    """The environment's own health URL, through the proxy, answers with sha (no stability window: the
-    container passed it already; this checks the path through the proxy)."""
+    """The environment's own health URL (and version URL), through the proxy, answers with sha (no stability
+    window: the container passed it already; this checks the path through the proxy)."""
     deadline = time.monotonic() + THROUGH_PROXY_TIMEOUT
-    while (problem := probe(ctx.env.health_url, sha)) is not None:
+    while (verdict := probe(ctx, sha)).problem is not None:
         if time.monotonic() > deadline:
             raise HealthCheckFailed(
                 f"{ctx.env.health_url} (through the proxy) did not answer healthy with {short_sha(sha)} within "
-                f"{THROUGH_PROXY_TIMEOUT:g}s: {problem}"
+                f"{THROUGH_PROXY_TIMEOUT:g}s: {verdict.problem}"
             )
         time.sleep(0.25)
-    ctx.log(f"{ctx.env.health_url} answers with {short_sha(sha)} through the proxy")
+    answers = f"with {short_sha(sha)}" if verdict.version else "healthy"
+    ctx.log(f"{ctx.env.health_url} answers {answers} through the proxy; {confirmation(ctx.env, verdict)}")
