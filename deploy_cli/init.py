@@ -22,6 +22,7 @@ import git
 import yaml
 
 from deploy_config import DeployError, defaults, load_config
+from deploy_config.interpolation import split_image
 from deploy_config.isolation import lint
 from deploy_config.secrets import read_env_file
 from deploy_text.redaction import config_redactor
@@ -123,6 +124,7 @@ def environment_entry(
     services: dict[str, Any] = resolve_file(repo_dir, file, project).get("services") or {}
     raw = (repo_dir / file).read_text()
     needs = _needs(repo_dir, name, file, raw, services)
+    written = _written_images(raw)
     entry: dict[str, Any] = {"branch": name, "compose_file": file, "project": project}
     images, database = [], None
     for service_name, service in services.items():
@@ -132,6 +134,9 @@ def environment_entry(
             continue
         if image.endswith(f":latest-{name}") or service.get("build"):
             image_name = image.rsplit(":", 1)[0] if image else f"{project}-{service_name}"
+            if "$" in written.get(service_name, ""):
+                # As the compose file writes it (${DOCKER_USER}/brandishbot): it follows the env file.
+                image_name = split_image(written[service_name])[0]
             if service.get("build"):
                 images.append({"name": image_name, "service": service_name})
             elif (repo_dir / "Dockerfile").is_file():
@@ -165,6 +170,17 @@ def environment_entry(
         singletons = sorted(other for other in services if other != http_service)
         entry["rollout"] = {"strategy": "start-first", "service": http_service, "singletons": singletons}
     return entry, needs
+
+
+def _written_images(raw: str) -> dict[str, str]:
+    """Each service's `image:` as the file writes it, variables and all."""
+    model = yaml.safe_load(raw) or {}
+    services = model.get("services") if isinstance(model, dict) else None
+    return {
+        name: service["image"]
+        for name, service in (services or {}).items()
+        if isinstance(service, dict) and isinstance(service.get("image"), str)
+    }
 
 
 def _needs(repo_dir: Path, name: str, file: str, raw: str, services: dict[str, Any]) -> list[str]:

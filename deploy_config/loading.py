@@ -15,6 +15,7 @@ from pydantic_core import ErrorDetails
 
 from . import defaults
 from .errors import ConfigError
+from .interpolation import interpolate
 from .schema import DeployConfig, EnvironmentConfig
 from .secrets import read_env_file
 
@@ -97,10 +98,52 @@ def parse_config(text: str, source: Path) -> DeployConfig:
     if not isinstance(data, Mapping):
         raise ConfigError(name, ["expected a mapping of settings at the top level (see examples/deploy.yml)"])
     data = {**data, "source": source}
+    base_dir = source.parent.resolve()
+    data = _interpolate_image_names(data, base_dir, name)
     try:
-        return DeployConfig.model_validate(data, context={"base_dir": source.parent.resolve()})
+        return DeployConfig.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(name, [format_error(error) for error in exc.errors()]) from None
+
+
+def _interpolate_image_names(data: dict[str, Any], base_dir: Path, name: str) -> dict[str, Any]:
+    """environments.*.images[].name written as the compose file writes it (`${DOCKER_USER}/app`), with the
+    values Compose reads: the env file's, else the checkout's .env.example, and the environment's compose_env."""
+    envs = data.get("environments")
+    if not isinstance(envs, Mapping) or "$" not in str(envs):
+        return data
+    values = _interpolation_values(data, base_dir)
+    problems, named = [], {}
+    for env_name, env in envs.items():
+        images = env.get("images") if isinstance(env, Mapping) else None
+        if not isinstance(images, list):
+            named[env_name] = env
+            continue
+        compose_env = env.get("compose_env") if isinstance(env.get("compose_env"), Mapping) else {}
+        resolved = []
+        for index, image in enumerate(images):
+            if isinstance(image, Mapping) and isinstance(image.get("name"), str) and "$" in image["name"]:
+                try:
+                    image = {**image, "name": interpolate(image["name"], {**values, **compose_env})}
+                except ValueError as exc:
+                    problems.append(f"environments.{env_name}.images.{index}.name: {exc}")
+            resolved.append(image)
+        named[env_name] = {**env, "images": resolved}
+    if problems:
+        raise ConfigError(name, problems)
+    return {**data, "environments": named}
+
+
+def _interpolation_values(data: Mapping[str, Any], base_dir: Path) -> dict[str, str]:
+    candidates = [data.get("env_file")]
+    repository = data.get("repository")
+    if isinstance(repository, Mapping) and isinstance(repository.get("checkout"), str):
+        candidates.append(str(Path(repository["checkout"]) / ".env.example"))
+    for candidate in candidates:
+        path = base_dir / str(candidate) if candidate else None
+        if path is not None and path.is_file():
+            return read_env_file(path)
+    return {}
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

@@ -8,6 +8,7 @@ Stopping dockerd stops every container on the engine, so these tests are marked 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -52,7 +53,9 @@ def staging_worker(target: Bed, redis_url: str, log: Path) -> Iterator[subproces
 
 
 def _printed(target: Bed, deployment_id: str, line: str) -> bool:
-    return any(entry["line"].strip() == line for entry in target.store.read_log(deployment_id))
+    """The step printed `line` (BuildKit's plain progress prefixes it with the step and the time: #9 0.25 line)."""
+    printed = re.compile(rf"(#\d+ [\d.]+ )?{re.escape(line)}")
+    return any(printed.fullmatch(entry["line"].strip()) for entry in target.store.read_log(deployment_id))
 
 
 def final(target: Bed, deployment_id: str, timeout: float) -> Deployment:
