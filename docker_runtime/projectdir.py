@@ -8,6 +8,7 @@ when a deploy, rollback or switch checks out another commit: everything else unt
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -84,3 +85,35 @@ def clean_excludes(paths: Iterable[PurePosixPath | Path]) -> list[str]:
         pattern = "".join(f"\\{char}" if char in "*?[]\\!#" else char for char in str(path))
         args += ["-e", f"/{pattern}"]
     return args
+
+
+def unignored(context: Path, paths: Iterable[Path], dockerfile: str = "Dockerfile") -> list[Path]:
+    """The paths inside the build context that its .dockerignore does not exclude: an env file among them
+    would be sent to the build, and `COPY . .` would bake its secrets into the image.
+
+    Docker's rules, near enough for a warning: patterns relative to the context, `**/` at any depth, a
+    directory's pattern covering what is under it, the last matching pattern (or `!` exception) winning."""
+    ignore = next((f for f in (context / f"{dockerfile}.dockerignore", context / ".dockerignore") if f.is_file()), None)
+    patterns = [line.strip() for line in ignore.read_text().splitlines()] if ignore else []
+    patterns = [line for line in patterns if line and not line.startswith("#")]
+    found = []
+    for path in paths:
+        if not path.is_relative_to(context):
+            continue
+        relative = str(path.relative_to(context))
+        excluded = False
+        for pattern in patterns:
+            negated = pattern.startswith("!")
+            glob = pattern.lstrip("!").strip("/").removeprefix("./")
+            if _matches(relative, glob):
+                excluded = not negated
+        if not excluded:
+            found.append(path)
+    return found
+
+
+def _matches(relative: str, glob: str) -> bool:
+    parts = relative.split("/")
+    prefixes = ["/".join(parts[: index + 1]) for index in range(len(parts))]
+    globs = {glob, glob.replace("**/", "")}
+    return any(fnmatch.fnmatchcase(prefix, candidate) for prefix in prefixes for candidate in globs)

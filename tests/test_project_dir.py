@@ -15,7 +15,9 @@ from test_config import set_at, write_config
 from deploy_config import ConfigError, load_config
 from deploy_config.interpolation import interpolate, split_image
 from deploy_config.resolved import ResolvedCompose
-from docker_runtime.projectdir import clean_excludes, env_file_paths, kept_paths, place_env_files
+from docker_runtime.errors import CommandFailed
+from docker_runtime.projectdir import clean_excludes, env_file_paths, kept_paths, place_env_files, unignored
+from workers.build import _build_failed
 
 
 @pytest.mark.parametrize(
@@ -136,3 +138,39 @@ def test_rebased_moves_only_bind_sources_under_the_old_root() -> None:
     assert [mount["source"] for mount in moved.services["app"]["volumes"]] == [
         "/srv/state/worktrees/staging/logs", "/srv/presets", "data"
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("dockerignore", "unexcluded"),
+    [
+        (".env\n.env.*\nlogs/\n", ["config/.env"]),
+        ("**/.env\n", []),
+        ("# nothing of it\n*.md\n", [".env", "config/.env"]),
+        ("config\n!config/.env\n.env\n", ["config/.env"]),
+        (None, [".env", "config/.env"]),
+    ],
+)
+def test_unignored_env_files_in_a_build_context(
+    tmp_path: Path, dockerignore: str | None, unexcluded: list[str]
+) -> None:
+    if dockerignore is not None:
+        (tmp_path / ".dockerignore").write_text(dockerignore)
+    found = unignored(tmp_path, [tmp_path / ".env", tmp_path / "config" / ".env", tmp_path.parent / "outside.env"])
+    assert [str(path.relative_to(tmp_path)) for path in found] == unexcluded
+
+
+def test_a_dockerfiles_own_ignore_file_wins(tmp_path: Path) -> None:
+    (tmp_path / ".dockerignore").write_text("*.md\n")
+    (tmp_path / "Dockerfile.discord.dockerignore").write_text(".env\n")
+    assert unignored(tmp_path, [tmp_path / ".env"], "Dockerfile.discord") == []
+    assert unignored(tmp_path, [tmp_path / ".env"]) == [tmp_path / ".env"]
+
+
+def test_a_build_without_buildkit_says_so() -> None:
+    output = (
+        "Step 5/9 : RUN --mount=type=cache,target=/go/pkg/mod go mod download\nthe --mount option requires BuildKit"
+    )
+    failed = _build_failed("app:abc", CommandFailed(["docker", "compose", "build"], 1, output))
+    assert str(failed).startswith("building app:abc needs BuildKit, which this Docker engine does not offer")
+    plain = _build_failed("app:abc", CommandFailed(["docker", "compose", "build"], 1, "RUN /bin/false\nexit code: 1"))
+    assert str(plain).startswith("building app:abc failed: command failed (exit code 1)")

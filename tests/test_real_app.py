@@ -198,7 +198,10 @@ def walkthrough(newcomer: Newcomer, deploy: list[str], ports: dict[str, int]) ->
         newcomer.run(line)
     assert version(ports["staging"]) == first and version(ports["production"]) == first
     staged = latest(newcomer, "staging")
-    assert f"version {first[:12]} confirmed at http://" in deployment_log(newcomer, str(staged["id"]))
+    staged_log = deployment_log(newcomer, str(staged["id"]))
+    assert f"version {first[:12]} confirmed at http://" in staged_log
+    assert "env file .env written from app.env (mode 0600)" in staged_log
+    assert "warning:" not in staged_log  # its .dockerignore keeps .env out of the build context
     worktrees = newcomer.home / "state" / "worktrees"
     assert (worktrees / "staging" / ".env").stat().st_mode & 0o777 == 0o600
     assert "starting version" in (worktrees / "staging" / "logs" / "app.log").read_text()

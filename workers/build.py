@@ -29,6 +29,7 @@ from deploy_text.formatting import short_sha
 from docker_runtime import commands
 from docker_runtime.errors import CommandFailed
 from docker_runtime.private import private_dir
+from docker_runtime.projectdir import env_file_paths, unignored
 from workers.errors import BuildFailed, ReleaseGone
 
 from .context import DeploymentContext
@@ -97,6 +98,7 @@ def _compose_build(ctx: DeploymentContext, images: list[ImageConfig], release: s
     assert ctx.resolved is not None
     services = {_build_service(ctx, image): image for image in images}
     refs = ", ".join(f"{image.name}:{release}" for image in images)
+    _warn_env_files_in_contexts(ctx, services)
     ctx.log(f"building {refs} with Compose (BuildKit): {', '.join(services)}")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="deployhook-build-", dir=private_dir(ctx.config.state_dir / "tmp")) as temp:
@@ -142,6 +144,25 @@ def _build_file(ctx: DeploymentContext, services: dict[str, ImageConfig], releas
             }
         entries[service] = {"image": f"{image.name}:{release}", "build": build}
     return {"services": entries}
+
+
+def _warn_env_files_in_contexts(ctx: DeploymentContext, services: dict[str, ImageConfig]) -> None:
+    """The env file checkout writes (env_file: .env) must not reach an image: say so when a build context
+    holds it and its .dockerignore does not exclude it (`COPY . .` would bake the app's secrets in)."""
+    assert ctx.worktree is not None and ctx.resolved is not None
+    env_files = env_file_paths(ctx.project.file, ctx.worktree)
+    for service, image in services.items():
+        spec = ctx.resolved.services.get(service, {}).get("build") if image.service else None
+        if isinstance(spec, dict):
+            context, dockerfile = Path(str(spec.get("context") or ctx.worktree)), str(spec.get("dockerfile") or "")
+        else:
+            context, dockerfile = ctx.worktree / (image.context or "."), image.dockerfile or "Dockerfile"
+        for path in unignored(context, env_files, Path(dockerfile or "Dockerfile").name):
+            ctx.log(
+                f"warning: {path.relative_to(ctx.worktree)} (the app's env file, written for the compose file's "
+                f"env_file) is in {service}'s build context and its .dockerignore does not exclude it: its "
+                "secrets reach the build, and an image that copies the context keeps them; add it to .dockerignore"
+            )
 
 
 def _build_failed(refs: str, exc: CommandFailed) -> BuildFailed:
