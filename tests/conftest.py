@@ -13,6 +13,7 @@ import redis
 import testbed
 from flask import Flask
 from flask.testing import FlaskClient
+from recorder import Recorder
 
 from deploy_config import DeployConfig, load_config
 from hook_server import create_app
@@ -33,6 +34,13 @@ def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
     yield conn
     conn.flushall()
     conn.close()
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    """A real HTTP server on loopback recording what is posted to it: Discord, Slack, GitHub, a webhook."""
+    with Recorder() as server:
+        yield server
 
 
 @pytest.fixture

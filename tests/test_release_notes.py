@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import uuid
-from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -42,12 +41,6 @@ WEBHOOK_ENVS = {
 }
 AUTHOR = "Test Pusher"
 """Who GitRemote commits as."""
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    with Recorder() as server:
-        yield server
 
 
 @pytest.fixture

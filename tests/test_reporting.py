@@ -75,12 +75,6 @@ def point_reporting_at(monkeypatch: pytest.MonkeyPatch, base: str) -> None:
 
 
 @pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    with Recorder() as server:
-        yield server
-
-
-@pytest.fixture
 def config(
     config_file: Path, recorder: Recorder, monkeypatch: pytest.MonkeyPatch, secrets: testbed.Secrets
 ) -> DeployConfig:

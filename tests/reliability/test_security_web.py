@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
@@ -44,12 +44,6 @@ GENERIC_ENV = "DEPLOYHOOK_TEST_GENERIC_URL"
 
 def node(name: str) -> str:
     return f"tests/reliability/test_security_web.py::{name}"
-
-
-@pytest.fixture
-def recorder() -> Iterator[Recorder]:
-    with Recorder() as server:
-        yield server
 
 
 # --- 1. replayed pushes ---------------------------------------------------------------------------
