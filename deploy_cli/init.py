@@ -91,9 +91,9 @@ def _unresolved(repo_dir: Path, file: str, source: Path | None, exc: CommandFail
     given = f"the values of {source.name}" if source else "no env file (the checkout has neither .env nor .env.example)"
     known = read_env_file(source) if source else {}
     missing = [name for name in needed_variables((repo_dir / file).read_text()) if name not in known]
+    setter = f"{source.name} does not set: add them there" if source else "nothing sets: add them to .env.example"
     hint = (
-        f"; it needs {', '.join(missing)}, which {source.name if source else 'nothing'} does not set: add them there "
-        "(or to the checkout's .env) and run init again"
+        f"; it needs {', '.join(missing)}, which {setter} (or to the checkout's .env) and run init again"
         if missing
         else "; fix the file (`docker compose -f FILE config` shows the same), then run init again"
     )

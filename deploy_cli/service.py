@@ -16,8 +16,8 @@ from types import FrameType
 import redis
 
 from deploy_config import DeployConfig, DeployError
-from deploy_state.connection import embedded_socket
-from docker_runtime.private import private_dir
+from deploy_state.connection import embedded_pointer, embedded_socket
+from docker_runtime.private import open_private, private_dir
 
 from . import supervisor
 from .startup import CHECKED_ENVVAR
@@ -83,10 +83,20 @@ class EmbeddedRedis:
                 raise DeployError(f"embedded Redis exited at start (code {self.proc.returncode}); see its output above")
             try:
                 redis.Redis.from_url(self.url).ping()
+                self._point_at_socket()
                 return self.url
             except redis.RedisError:
                 time.sleep(0.05)
         raise DeployError(f"embedded Redis did not answer on {self.socket} within {timeout:g}s")
+
+    def _point_at_socket(self) -> None:
+        """The socket moved out of a state_dir too deep for a unix socket's path: tell the other commands where."""
+        pointer = embedded_pointer(self.data_dir.parent)
+        if self.socket.parent != self.data_dir:
+            with open_private(pointer) as handle:
+                handle.write(f"{self.url}\n".encode())
+        else:
+            pointer.unlink(missing_ok=True)
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -126,6 +126,3 @@ DEFAULT_PROXY_MEMORY = "128M"
 
 PROXY_SERVICE = "proxy"
 """Name of the compose service deployhook adds in front of a start-first environment's HTTP service."""
-
-MAX_SOCKET_PATH = 107
-"""Bytes a unix socket's path may have on Linux (sun_path's 108, less the NUL): the proxy's admin socket."""

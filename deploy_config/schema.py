@@ -475,21 +475,6 @@ class DeployConfig(Model):
             data = {**data, "environments": named}
         return data
 
-    @model_validator(mode="after")
-    def _proxy_sockets_fit(self) -> DeployConfig:
-        """A start-first proxy's admin socket lives under state_dir; a unix socket's path has a hard limit."""
-        from .proxy import socket_path  # proxy.py imports this module
-
-        for env in self.environments.values():
-            path = str(socket_path(self, env))
-            if env.rollout.start_first and len(path.encode()) > defaults.MAX_SOCKET_PATH:
-                raise ValueError(
-                    f"state_dir: {env.name}'s proxy admin socket would be {path} ({len(path.encode())} bytes), "
-                    f"longer than a unix socket's path may be ({defaults.MAX_SOCKET_PATH}); move state_dir to a "
-                    "shorter path"
-                )
-        return self
-
     @field_validator("environments")
     @classmethod
     def _distinct_branches(cls, envs: dict[str, EnvironmentConfig]) -> dict[str, EnvironmentConfig]:

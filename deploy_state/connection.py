@@ -14,6 +14,11 @@ def embedded_socket(state_dir: Path) -> Path:
     return state_dir / "redis" / "redis.sock"
 
 
+def embedded_pointer(state_dir: Path) -> Path:
+    """Where `up` writes its embedded Redis's URL when the socket cannot be under a deep state_dir."""
+    return state_dir / "redis" / "url"
+
+
 def redis_url(config: DeployConfig) -> str:
     url = os.environ.get("REDIS_URL")
     if url:
@@ -21,6 +26,11 @@ def redis_url(config: DeployConfig) -> str:
     socket = embedded_socket(config.state_dir)
     if socket.exists():
         return f"unix://{socket}"
+    pointer = embedded_pointer(config.state_dir)
+    if pointer.is_file():
+        url = pointer.read_text().strip()
+        if Path(url.removeprefix("unix://")).exists():
+            return url
     raise DeployError(
         f"no Redis to connect to: set REDIS_URL (e.g. redis://localhost:6379/0), or start `deployhook up`, "
         f"whose embedded Redis listens on {socket}"

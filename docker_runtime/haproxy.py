@@ -9,6 +9,7 @@ leaks into the next command.
 from __future__ import annotations
 
 import csv
+import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,7 @@ class HAProxy:
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
-                sock.connect(str(self.socket_path))
+                _connect(sock, self.socket_path)
                 sock.sendall(line.encode() + b"\n")
                 chunks, size = [], 0
                 while size < MAX_ANSWER and (chunk := sock.recv(65536)):
@@ -135,3 +136,13 @@ class HAProxy:
         ok = success in answer if success else not answer
         if not ok:
             raise ProxyError(f"the proxy refused {line!r}: {answer or 'no answer'}")
+
+
+def _connect(sock: socket.socket, path: Path) -> None:
+    """Connect to a unix socket through its directory's descriptor (/proc/self/fd/N/NAME): a socket's path
+    may not exceed 107 bytes, and state_dir/proxy/<env>/run/admin.sock under a deep state_dir does."""
+    directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        sock.connect(f"/proc/self/fd/{directory}/{path.name}")
+    finally:
+        os.close(directory)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -66,8 +67,9 @@ def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_pa
     staging, production = data["environments"]["staging"], data["environments"]["production"]
     assert (staging["project"], production["project"]) == ("brandishbot-staging", "brandishbot-production")
     assert (staging["port"], production["port"]) == (8081, 8080)
-    assert staging["images"] == [{"name": "sample-app", "context": ".", "dockerfile": "Dockerfile"},
-                                 {"name": "sample-app-discord", "service": "discord"}]  # fmt: skip
+    # As the compose file writes them: the names follow the env file, as Compose's do.
+    assert staging["images"] == [{"name": "${APP_IMAGE:-sample-app}", "context": ".", "dockerfile": "Dockerfile"},
+                                 {"name": "${DISCORD_IMAGE:-sample-app-discord}", "service": "discord"}]  # fmt: skip
     assert production["database"] == {"service": "db", "user_env": "DB_USER", "name_env": "DB_NAME"}
     assert production["expected_limits"]["db"] == {"cpus": 1.0, "memory": "1G"}
     assert staging["expected_limits"]["app"] == {"cpus": 1.0, "memory": "512M"}
@@ -76,6 +78,7 @@ def test_init_writes_a_config_config_check_accepts_with_distinct_projects(tmp_pa
         assert env["rollout"] == {"strategy": "start-first", "service": "app", "singletons": ["db", "discord"]}
 
     config = load_config(config_file)
+    assert [image.name for image in config.environments["staging"].images] == ["sample-app", "sample-app-discord"]
     assert config.environments["production"].health_url == "http://localhost:8080/healthz"
     assert config.environments["production"].promote_from == "staging"
     check = run("config", "check", "--config", str(config_file), cwd=tmp_path)
@@ -110,3 +113,56 @@ def test_init_refuses_a_repository_without_per_environment_compose_files(tmp_pat
     assert result.returncode == 1
     assert result.stderr.startswith(f"Error: no per-environment compose file in {tmp_path / 'repo'}")
     assert not (tmp_path / "deploy.yml").exists()
+
+
+def test_init_names_what_compose_needs_instead_of_its_raw_error(tmp_path: Path, compose_cli: None) -> None:
+    """Before any env file exists, a bind source read from a variable without a default cannot resolve."""
+    repo_dir = seed_shaped_repo(tmp_path)
+    staging = repo_dir / "docker-compose.staging.yml"
+    staging.write_text(staging.read_text().replace("    depends_on:\n      - db\n",
+                                                   "    volumes:\n      - ${PRESETS_DIR}:/presets:ro\n"
+                                                   "    depends_on:\n      - db\n", 1))  # fmt: skip
+    example = repo_dir / ".env.example"
+    example.unlink(missing_ok=True)
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"Error: Compose cannot resolve {staging} with no env file (the checkout has neither .env nor .env.example); "
+        "it needs API_KEY, DB_NAME, DB_PASSWORD, DB_USER, DISCORD_TOKEN, PRESETS_DIR, which nothing sets: add them to "
+        ".env.example"
+    ), result.stderr
+    assert "Compose said: " in result.stderr
+    # With an .env.example that sets it, init resolves, and says the path must exist on the server.
+    example.write_text("# the app's settings\nPRESETS_DIR=/srv/presets\nDB_USER=app\n")
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "staging: docker-compose.staging.yml mounts /srv/presets (its value in .env.example) from outside the "
+        "repository: it must exist on the server"
+    ) in result.stdout
+    assert f"cp {repo_dir / '.env.example'} {tmp_path / 'app.env'}, then edit it" in result.stdout
+
+
+def test_init_writes_the_environments_whose_branch_exists(tmp_path: Path, compose_cli: None) -> None:
+    repo_dir = seed_shaped_repo(tmp_path)
+    git.Repo(repo_dir).delete_head("production", force=True)
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "Warning: environment production (docker-compose.production.yml) left out: no branch of that name; "
+        "create and push branch production"
+    )
+    assert list(yaml.safe_load((tmp_path / "deploy.yml").read_text())["environments"]) == ["staging"]
+
+
+def test_init_puts_no_comment_inside_a_value(tmp_path: Path, compose_cli: None) -> None:
+    """A file whose services publish no port: the health URL is a plain value, the TODO a comment beside it."""
+    repo_dir = seed_shaped_repo(tmp_path)
+    for env in ("staging", "production"):
+        compose = repo_dir / f"docker-compose.{env}.yml"
+        compose.write_text(re.sub(r"    ports:\n(      - .*\n)+", "", compose.read_text()))
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = (tmp_path / "deploy.yml").read_text()
+    assert "# TODO environments.staging.health_url: no service publishes a port; set the app's health URL\n" in text
+    assert yaml.safe_load(text)["environments"]["staging"]["health_url"] == "http://localhost:8080/healthz"

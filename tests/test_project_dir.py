@@ -74,15 +74,6 @@ def test_an_image_name_without_its_variable_is_refused(tmp_path: Path) -> None:
     ]
 
 
-def test_a_proxy_socket_path_too_long_for_unix_is_refused(tmp_path: Path) -> None:
-    deep = tmp_path / ("d" * 90)
-    with pytest.raises(ConfigError) as error:
-        load_config(write_config(tmp_path, set_at("state_dir", str(deep))))
-    (problem,) = error.value.problems
-    assert problem.startswith(f"(top level): state_dir: staging's proxy admin socket would be {deep}/proxy/staging")
-    assert problem.endswith("longer than a unix socket's path may be (107); move state_dir to a shorter path")
-
-
 def test_env_file_paths_are_the_services_own_inside_the_project(tmp_path: Path) -> None:
     project = tmp_path / "project"
     (project / "config").mkdir(parents=True)

@@ -18,10 +18,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -76,8 +74,8 @@ def newcomer(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[New
     github = testbed.GitRemote(tmp_path / "github")
     github.add_brandish_app("main")
     github.work.git.push("origin", "main:refs/heads/staging", "main:refs/heads/production")
-    # A short path, as a server's /srv/deployhook is: the proxy's admin socket lives under state_dir.
-    base = Path(tempfile.mkdtemp(prefix="dh-"))
+    # Deep on purpose: the proxy's admin socket under state_dir is longer than a unix socket's path may be.
+    base = tmp_path / "a-newcomers-home-directory-somewhat-deeper-than-most"
     app = git.Repo.clone_from(str(github.path), base / "your-app", branch="staging")
     with app.config_writer() as writer:
         writer.set_value("user", "name", "Test Pusher")
@@ -96,7 +94,6 @@ def newcomer(tmp_path: Path, docker_client: docker.DockerClient) -> Iterator[New
             subprocess.run(["docker", "compose", "-p", str(environment.project), "down", "--volumes",
                             "--remove-orphans", "--timeout", "1"], capture_output=True, check=False)  # fmt: skip
     testbed.remove_brandish_images(docker_client)
-    shutil.rmtree(base, ignore_errors=True)
 
 
 def make_run(newcomer: Newcomer, line: str, log: Path) -> subprocess.Popen[bytes]:
