@@ -80,7 +80,9 @@ def _clean(ctx: DeploymentContext, worktree: Path, kept: list[PurePosixPath | Pa
     except git.GitCommandError as exc:
         raise CheckoutFailed(f"cannot clean {worktree}: {_git_error(exc)}") from None
     if kept:
-        ctx.log(f"kept across deploys: {', '.join(sorted(str(path) for path in kept))}")
+        ctx.log(
+            f"untracked files kept (bind-mounted paths, env files): {', '.join(sorted(str(path) for path in kept))}"
+        )
 
 
 @contextmanager
