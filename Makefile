@@ -43,13 +43,14 @@ check-config: $(STAMP)
 	$(BIN)/deployhook config check --config $(or $(DEPLOYHOOK_CONFIG),examples/deploy.yml)
 
 # Benchmarks (bench/README.md): each prints a table and writes bench/results/<name>.json.
-# overhead, downtime and backup need the Docker engine with Compose v2 (downtime also the HAProxy
-# test image); listing seeds 100,000 records in Redis.
+# overhead, downtime, backup and build_cache need the Docker engine with Compose v2 (downtime also
+# the HAProxy test image); listing seeds 100,000 records in Redis.
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/overhead.py
 	$(BIN)/python bench/downtime.py
 	$(BIN)/python bench/backup.py
+	$(BIN)/python bench/build_cache.py
 	$(BIN)/python bench/listing.py
 
 clean:
