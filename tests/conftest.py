@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,10 +156,34 @@ _DOCKER_FIXTURES = {"docker_client", "compose_cli", "postgres_image"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark every test that needs Docker, so the run can report how many of them ran."""
+    """Mark every test that needs Docker, so the run can report how many of them ran; under xdist, order them
+    so that each worker's share starts with its part of the Docker-backed tests."""
     for item in items:
         if _DOCKER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.docker)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if workers > 1:
+        items[:] = spread_heavy_first(items, workers, lambda item: item.get_closest_marker("docker") is not None)
+
+
+def spread_heavy_first(
+    items: list[pytest.Item], workers: int, heavy: Callable[[pytest.Item], bool]
+) -> list[pytest.Item]:
+    """The items reordered for pytest-xdist's worksteal: it hands each worker a contiguous share of the
+    collection (len // workers remaining, in turn) and later steals from the END of a busy worker's queue.
+    With each share starting with its part of the slow (Docker-backed) tests, the last minutes run the quick
+    ones, instead of one worker finishing a run of slow tests alone while the others wait."""
+    slow, quick = [item for item in items if heavy(item)], [item for item in items if not heavy(item)]
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for index in range(workers):
+        size = remaining // (workers - index)
+        share = slow[index::workers]
+        take = max(0, size - len(share))
+        ordered += share + quick[:take]
+        quick = quick[take:]
+        remaining -= size
+    return ordered + quick
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
