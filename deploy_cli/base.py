@@ -18,6 +18,11 @@ from deploy_text.redaction import Redactor, config_redactor, display_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+DEMO_DIR_ENVVAR = "DEPLOYHOOK_DEMO_DIR"
+"""Names the demo directory (`deployhook up --demo`) instead of ./.demo."""
+
+DEFAULT_DEMO_DIR = ".demo"
+
 
 class DeployhookGroup(click.Group):
     """The root group: a DeployError anywhere below is shown as `Error: <message>` and exits with its exit_code."""
@@ -41,12 +46,15 @@ def cli() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def demo_dir() -> Path:
+    """Where `deployhook up --demo` keeps its repository, deploy.yml and secrets (demo.py makes them)."""
+    return Path(os.environ.get(DEMO_DIR_ENVVAR) or DEFAULT_DEMO_DIR).resolve()
+
+
 def default_config() -> str:
     """./deploy.yml; without one, the demo's config once `deployhook up --demo` has made it."""
     if not Path(defaults.DEFAULT_CONFIG_PATH).exists():
-        from .demo import demo_config_path
-
-        demo = demo_config_path()
+        demo = demo_dir() / "deploy.yml"
         if demo.is_file():
             return str(demo)
     return defaults.DEFAULT_CONFIG_PATH

@@ -12,7 +12,6 @@ what is there.
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 import shutil
 import socket
@@ -29,11 +28,6 @@ from docker_runtime.errors import CommandFailed
 
 from .init import SECRETS_FILE, new_secrets, write_private
 
-DEMO_DIR_ENVVAR = "DEPLOYHOOK_DEMO_DIR"
-"""Names the demo directory instead of ./.demo."""
-
-DEFAULT_DEMO_DIR = ".demo"
-
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE_APP = ROOT / "tests" / "fixtures" / "sample_app"
 POSTGRES_BUILDER = ROOT / "tests" / "fixtures" / "postgres" / "build-image"
@@ -45,14 +39,6 @@ PREFERRED_PORTS = {"staging": {"APP_PORT": 8081, "DB_PORT": 5433}, "production":
 
 APP_ENV = {"DB_USER": "demo", "DB_NAME": "demo", "DISCORD_TOKEN": "", "API_KEY": "", "LOG_LEVEL": "info"}
 """The sample app's .env; the password and keys are generated."""
-
-
-def demo_dir() -> Path:
-    return Path(os.environ.get(DEMO_DIR_ENVVAR) or DEFAULT_DEMO_DIR).resolve()
-
-
-def demo_config_path() -> Path:
-    return demo_dir() / "deploy.yml"
 
 
 def static_busybox() -> Path | None:

@@ -14,7 +14,7 @@ from deploy_config import load_config
 from deploy_text.formatting import short_sha
 from docker_runtime.private import private_umask
 
-from .base import cli, config_option
+from .base import cli, config_option, demo_dir
 from .startup import warn_at_start
 
 
@@ -96,7 +96,8 @@ def poll(config_file: Path, once: bool) -> None:
     import threading
 
     from deploy_state.connection import connect
-    from hook_server.polling import poll_forever, poll_once
+
+    from .polling import poll_forever, poll_once
 
     private_umask()
     config = load_config(config_file)
@@ -132,7 +133,7 @@ def up(config_file: Path, bind: str, demo: bool) -> None:
 
     private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
     if demo:
-        config_file = demo_setup.ensure_demo(demo_setup.demo_dir())
+        config_file = demo_setup.ensure_demo(demo_dir())
     config = load_config(config_file)
     # Before anything else: a second `up` must not start a Redis on the first one's socket.
     instance.acquire(config.state_dir, f"deployhook up --bind {bind}")

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 import click
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
+from docker_runtime.gitrefs import resolve_ref
 from hook_server.pushes import SHA
-from hook_server.refs import resolve_ref
 
 from .base import cli, config_option, open_store, require_env, url_option, wait_option
 from .client import ServiceClient, secret_from_env

@@ -1,4 +1,6 @@
-"""Running external commands: the one module that starts subprocesses.
+"""Running external commands: the one module that runs the pipeline's (Compose, hooks, pg_dump).
+
+deploy_cli's supervisor and demo start deployhook's own processes; GitPython runs git itself.
 
 Commands are argument lists, never shell strings, so nothing a webhook carries
 (branch names, commit messages) can ever be interpreted by a shell.

@@ -1,15 +1,20 @@
-"""Listing a compose project's containers: the one place that asks Docker which containers a project has."""
+"""Listing a compose project's containers: the one place that asks Docker which containers a project has.
+
+The status page lists containers too: the Docker SDK is imported where it is called, so the web app
+(`create_app`) does not load it until a page asks Docker.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import docker
-import docker.errors
 import requests
-from docker.models.containers import Container as DockerContainer
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container as DockerContainer
 
 PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
@@ -49,6 +54,8 @@ def list_containers(project: str | None, timeout: float = DOCKER_TIMEOUT) -> Con
     """The compose project's containers with their state and limits, or why they cannot be listed."""
     if not project:
         return Containers(error="no compose project set for this environment")
+    import docker.errors
+
     try:
         client = docker.from_env(timeout=int(max(timeout, 1)))
     except docker.errors.DockerException as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import docker
 import requests
 
 from . import commands
@@ -24,6 +23,8 @@ def docker_host() -> str:
 
 def docker_unreachable(timeout: float = 5.0) -> str | None:
     """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None."""
+    import docker.errors  # here, not at the top: the web app's setup banner asks, and create_app must not load the SDK
+
     try:
         client = docker.from_env(timeout=int(timeout))
     except docker.errors.DockerException as exc:

@@ -16,12 +16,12 @@ from deploy_config import DeployError
 from deploy_state import Deployment, Status, StatusConflict, Trigger
 from deploy_state.admission import DeployRequest
 from deploy_text.formatting import short_sha
+from docker_runtime.gitrefs import resolve_ref
 
 from . import livelog, statusauth
 from .extensions import deploy_config, store
 from .intake import admit
 from .pushes import SHA
-from .refs import resolve_ref
 from .responses import Reply, error, status_url
 
 bp = Blueprint("api", __name__, url_prefix="/api")

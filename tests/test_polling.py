@@ -26,13 +26,13 @@ import yaml
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from deploy_cli.polling import poll_forever, poll_once
 from deploy_config import DeployConfig, DeployError
 from deploy_state import Deployment, DeploymentStore, keys
 from deploy_state.admission import Admitted
-from hook_server.polling import poll_forever, poll_once
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
-POLL_LOGGER = "hook_server.polling"
+POLL_LOGGER = "deploy_cli.polling"
 
 
 # --- helpers ---------------------------------------------------------------------------

@@ -26,11 +26,11 @@ from rq.job import Job, JobStatus
 from testbed import Bed, step_statuses
 
 from deploy_cli.base import main
+from deploy_cli.polling import poll_once
 from deploy_config import load_config
 from deploy_state import DeploymentStore, Status, keys, queue_for, queue_name
 from deploy_state.queues import SERIALIZER
-from hook_server.polling import poll_once
-from hook_server.refs import ls_remote
+from docker_runtime.gitrefs import ls_remote
 from workers.checkout import checkout
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment

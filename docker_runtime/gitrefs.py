@@ -1,4 +1,4 @@
-"""Asking the repository what a branch or ref points at (git ls-remote)."""
+"""Asking the repository what a branch or ref points at (git ls-remote): for the API, the CLI and the poller."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import git
 
 from deploy_config import DeployError
 from deploy_text.redaction import display_url
-from docker_runtime.gitauth import git_access
+
+from .gitauth import git_access
 
 GIT_TIMEOUT = 30
 """Seconds a `git ls-remote` may take: a hung remote must not hang a request or the poller."""

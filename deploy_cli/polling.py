@@ -1,4 +1,5 @@
-"""The polling fallback for servers GitHub cannot reach: watch the deploy branches with ls-remote.
+"""The poller of `deployhook poll` (and `up`, with poll_interval): for servers GitHub cannot reach, watch the
+deploy branches with ls-remote.
 
 A moved branch head becomes a deployment (trigger `poll`) through the same admission as a
 webhook, which records the head it saw: webhook and poller never deploy one sha twice.
@@ -15,8 +16,7 @@ from deploy_config import DeployConfig, DeployError
 from deploy_state import Trigger
 from deploy_state.admission import DEPLOY_JOB, Admission, Admitted, DeployRequest
 from deploy_text.formatting import short_sha
-
-from .refs import ls_remote
+from docker_runtime.gitrefs import ls_remote
 
 log = logging.getLogger(__name__)
 
