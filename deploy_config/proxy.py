@@ -35,6 +35,8 @@ def override_file(config: DeployConfig, env: EnvironmentConfig) -> Path:
 
 
 def socket_path(config: DeployConfig, env: EnvironmentConfig) -> Path:
+    """The proxy's runtime API socket, as deployhook reaches it on this host (the proxy's own path is
+    CONTAINER_DIR/SOCKET_NAME)."""
     return runtime_dir(config, env) / SOCKET_NAME
 
 

@@ -1,5 +1,5 @@
 """A small client of HAProxy's runtime API (a unix socket): the servers behind a backend, their sessions,
-and the commands that add, switch, drain and remove them without a reload.
+and the commands that add, switch, drain and remove them without a reload; the one module that speaks it.
 
 HAProxy 2.4 and newer accept `add server` / `del server` (dynamic servers). Each command is one
 connection: HAProxy answers and closes it (non-interactive mode), so a half-read answer never
@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import os
 import socket
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,10 @@ TIMEOUT = 5.0
 """Seconds one runtime API command may take (connect, send, read the whole answer)."""
 MAX_ANSWER = 4 * 1024 * 1024
 """Bytes of an answer read at most: a stat dump of a few servers is a few KiB."""
+POLL = 0.2
+"""Seconds between looks while waiting on the proxy (its API to answer, sessions to end, a delete to pass)."""
+DELETE_TIMEOUT = 5.0
+"""Seconds HAProxy gets to close a server's connections before it can be deleted."""
 
 # srv_admin_state bits (HAProxy's SRV_ADMF_*): forced, inherited, config, resolver maintenance; forced drain.
 _MAINT_BITS = 0x01 | 0x02 | 0x04 | 0x20
@@ -80,6 +86,15 @@ class HAProxy:
         except ProxyError:
             return False
 
+    def wait_until_answers(self, timeout: float) -> bool:
+        """Poll `show info` until the proxy answers (True) or timeout seconds pass (False): a proxy just started."""
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL)
+        return True
+
     def servers(self, backend: str) -> list[Server]:
         """The backend's servers with their admin state and current sessions."""
         states = self._states(backend)
@@ -87,6 +102,19 @@ class HAProxy:
         return [
             Server(name, address, port, state, sessions.get(name, 0)) for name, (address, port, state) in states.items()
         ]
+
+    def sessions(self, backend: str, names: Collection[str]) -> int:
+        """The requests on the named servers right now (in flight and queued), summed."""
+        return sum(server.sessions for server in self.servers(backend) if server.name in names)
+
+    def wait_drained(self, backend: str, names: Collection[str], deadline: float) -> int:
+        """Poll the named servers' sessions until none is left or time.monotonic() passes deadline; the
+        requests still on them (0: drained)."""
+        in_flight = self.sessions(backend, names)
+        while in_flight and time.monotonic() < deadline:
+            time.sleep(POLL)
+            in_flight = self.sessions(backend, names)
+        return in_flight
 
     def _states(self, backend: str) -> dict[str, tuple[str, int, str]]:
         answer = self.command(f"show servers state {backend}")
@@ -131,6 +159,22 @@ class HAProxy:
         """Remove a server; HAProxy refuses one that is not in maintenance or still has connections."""
         self._expect(f"del server {backend}/{name}", "Server deleted")
 
+    def remove_server(self, backend: str, name: str, timeout: float = DELETE_TIMEOUT) -> None:
+        """Take a server out for good: maintenance, the requests still on it cut, then deleted once HAProxy has
+        let go of its connections (retried for timeout seconds). Raises ProxyError when it still refuses: the
+        server then stays in maintenance and takes nothing."""
+        deadline = time.monotonic() + timeout
+        self.set_state(backend, name, "maint")
+        self.shutdown_sessions(backend, name)
+        while True:
+            try:
+                self.delete_server(backend, name)
+                return
+            except ProxyError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL)
+
     def _expect(self, line: str, success: str) -> None:
         answer = self.command(line).strip()
         ok = success in answer if success else not answer
@@ -140,7 +184,7 @@ class HAProxy:
 
 def _connect(sock: socket.socket, path: Path) -> None:
     """Connect to a unix socket through its directory's descriptor (/proc/self/fd/N/NAME): a socket's path
-    may not exceed 107 bytes, and state_dir/proxy/<env>/run/admin.sock under a deep state_dir does."""
+    may not exceed 107 bytes, and the admin socket under a deep state_dir's proxy/<env>/run does."""
     directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     try:
         sock.connect(f"/proc/self/fd/{directory}/{path.name}")

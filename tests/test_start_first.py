@@ -23,7 +23,7 @@ from testbed import TESTS, Bed, step_statuses
 
 from deploy_config.proxy import BACKEND, socket_path
 from deploy_state import Status, keys
-from docker_runtime.haproxy import HAProxy
+from docker_runtime.haproxy import HAProxy, ProxyError
 
 CHANGED = "app/entrypoint.sh"
 
@@ -283,3 +283,16 @@ def test_a_request_longer_than_the_drain_timeout_is_cut_and_the_deploy_goes_on(b
     assert slow.outcome != "HTTP 200", "the request on the old container outlived its drain timeout"
     assert traffic.failures == [], f"{traffic.failed} failed of {traffic.answers}"
     assert_serves_only(bed, second)
+
+
+# --- a proxy that does not answer -----------------------------------------------------------------
+
+
+def test_a_proxy_that_does_not_answer_is_given_up_on_within_the_timeouts(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    silent = HAProxy(tmp_path / "run" / "nothing.sock", timeout=0.5)
+    began = time.monotonic()
+    assert not silent.wait_until_answers(1.0)
+    with pytest.raises(ProxyError, match=r"runtime API at .*nothing\.sock did not answer 'set'"):
+        silent.remove_server(BACKEND, "app-1", timeout=1.0)
+    assert time.monotonic() - began < 5

@@ -27,7 +27,7 @@ from .preflight import preflight
 from .release_notes import release_notes
 from .rollback import rollback
 from .rollout import rollout
-from .switch import run_start_first
+from .start_first import run_start_first
 from .verify import verify
 
 

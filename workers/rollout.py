@@ -1,11 +1,17 @@
-"""The rollout step: point <image>:latest-<env> at the new build, then `docker compose up -d`."""
+"""The rollout step: point <image>:latest-<env> at the new build, then `docker compose up -d`.
+
+Also the compose calls both strategies make (recreate here and in rollback.py, start-first in start_first.py):
+one `docker compose` call streamed into the log, and `up` waiting for healthchecks.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import docker
 
 from docker_runtime import commands
-from docker_runtime.containers import project_containers
+from docker_runtime.containers import SERVICE_LABEL, project_containers
 from docker_runtime.errors import CommandFailed
 from workers.errors import RolloutFailed
 
@@ -42,24 +48,41 @@ def point_current_tags(ctx: DeploymentContext, images: dict[str, str]) -> None:
         ctx.log(f"{name}:{tag} -> {image_id[:19]}")
 
 
-def compose_up(ctx: DeploymentContext) -> None:
-    """`docker compose up -d --remove-orphans`, waiting for healthchecks when the services define them."""
-    assert ctx.resolved is not None
-    wait = any(service.get("healthcheck") for service in ctx.resolved.services.values())
-    timeout = ctx.env.rollout_timeout
-    extra = ["--wait", "--wait-timeout", str(int(timeout))] if wait else []
-    args = ctx.project.args("up", "-d", "--remove-orphans", *extra)
+def compose(ctx: DeploymentContext, *args: str) -> None:
+    """One `docker compose` call of a rollout (the environment's -p, -f and env), its output in the log."""
     try:
-        commands.stream(args, ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact)
+        _stream(ctx, args)
+    except CommandFailed as exc:
+        raise RolloutFailed(f"docker compose {' '.join(args[:2])} failed: {exc}") from None
+
+
+def _stream(ctx: DeploymentContext, args: Sequence[str]) -> None:
+    timeout = ctx.env.rollout_timeout
+    commands.stream(
+        ctx.project.args(*args), ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact
+    )
+
+
+def compose_up(ctx: DeploymentContext, *options: str, services: Sequence[str] = ()) -> None:
+    """`docker compose up -d`: the named services with options, or every service with --remove-orphans when
+    none is named; waiting for healthchecks when those services define them (start-first: the database is
+    ready before the app's migrations)."""
+    assert ctx.resolved is not None
+    scope = list(services) or None
+    wait = any(ctx.resolved.services[name].get("healthcheck") for name in scope or ctx.resolved.services)
+    flags = [*options] if scope else ["--remove-orphans", *options]
+    extra = ["--wait", "--wait-timeout", str(int(ctx.env.rollout_timeout))] if wait else []
+    try:
+        _stream(ctx, ["up", "-d", *flags, *extra, *(scope or [])])
     except CommandFailed as exc:
         # Only when compose's --wait gave up on health: not when compose itself was killed or timed out.
         gave_up = wait and exc.returncode is not None and exc.returncode > 0 and "healthy" in exc.output
-        unhealthy = unhealthy_containers(ctx) if gave_up else []
+        unhealthy = unhealthy_containers(ctx, services=scope) if gave_up else []
         if unhealthy:
             raise _not_healthy(ctx, unhealthy, f"docker compose up failed: {exc}") from None
         raise RolloutFailed(f"docker compose up failed: {exc}") from None
     # Compose 2.26 can exit 0 when --wait-timeout runs out with a container still unhealthy: check.
-    unhealthy = unhealthy_containers(ctx, running_only=True) if wait else []
+    unhealthy = unhealthy_containers(ctx, running_only=True, services=scope) if wait else []
     if unhealthy:
         raise _not_healthy(ctx, unhealthy, "docker compose up --wait exited 0 regardless")
 
@@ -71,14 +94,19 @@ def _not_healthy(ctx: DeploymentContext, unhealthy: list[str], detail: str) -> R
     )
 
 
-def unhealthy_containers(ctx: DeploymentContext, running_only: bool = False) -> list[str]:
-    """The project's containers whose healthcheck does not say healthy (starting or unhealthy), described."""
+def unhealthy_containers(
+    ctx: DeploymentContext, running_only: bool = False, services: Sequence[str] | None = None
+) -> list[str]:
+    """The project's containers (of those services, if given) whose healthcheck does not say healthy
+    (starting or unhealthy), described."""
     try:
         containers = project_containers(ctx.docker, ctx.env.project or "", stopped_too=not running_only)
     except docker.errors.DockerException:
         return []  # a description, best effort: the engine may be the problem
     found = []
     for container in containers:
+        if services is not None and container.labels.get(SERVICE_LABEL) not in services:
+            continue
         health = (container.attrs.get("State") or {}).get("Health") or {}
         if health.get("Status") not in (None, "healthy"):
             found.append(f"{container.name} ({health['Status']})")

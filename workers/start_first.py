@@ -1,5 +1,5 @@
 """The start-first rollout (rollout.strategy: start-first): the new container starts next to the old one,
-behind the environment's HAProxy, and the proxy switches between them.
+behind the environment's HAProxy, and the proxy switches between them. `recreate` is rollout.py.
 
     rollout  proxy up; leftovers reconciled; <service> scaled to one more container (the new release)
     health   the new container's own address answers healthy with the pushed sha, for STABLE_FOR
@@ -13,6 +13,9 @@ nothing to roll back. A failure after it puts the old containers back in the pro
 The proxy is never left pointing at nothing: a server is drained only once another one is ready. A
 worker that dies half-way leaves at most two sets of healthy containers in the proxy, and the next
 start-first deploy reconciles what it finds (reconcile()).
+
+The proxy is driven through docker_runtime/haproxy.py (its runtime API) and docker_runtime/proxy.py (its
+haproxy.cfg); the compose calls are rollout.py's.
 """
 
 from __future__ import annotations
@@ -28,29 +31,23 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import defaults
 from deploy_config.errors import DeployError
-from deploy_config.proxy import BACKEND, CONFIG_NAME
+from deploy_config.proxy import BACKEND, CONFIG_NAME, socket_path
 from deploy_state import Status
 from deploy_text.formatting import short_sha
-from docker_runtime import commands
 from docker_runtime.containers import project_containers
-from docker_runtime.errors import CommandFailed
-from docker_runtime.haproxy import HAProxy, ProxyError, Server
+from docker_runtime.haproxy import HAProxy, ProxyError
 from docker_runtime.proxy import private_dir, release_port, render_haproxy_config, write_private
 from workers.errors import HealthCheckFailed, RolloutFailed
 
 from .context import DeploymentContext
 from .healthcheck import Endpoints, confirmation, health_gate, probe
 from .rollback import degraded, describe_running, restore_hint
-from .rollout import point_current_tags
+from .rollout import compose, compose_up, point_current_tags
 
 PROXY_START_TIMEOUT = 30.0
 """Seconds the proxy's runtime API may take to answer after `up`."""
-DRAIN_POLL = 0.2
-"""Seconds between looks at a draining server's session count."""
 THROUGH_PROXY_TIMEOUT = 10.0
 """Seconds the health URL, through the proxy, may take to answer with the new release after the switch."""
-DELETE_TIMEOUT = 5.0
-"""Seconds HAProxy gets to close a server's connections before it can be deleted."""
 STOP_TIMEOUT = 10
 """Seconds a retired container gets to stop (SIGTERM, then SIGKILL), as `docker stop`."""
 
@@ -110,7 +107,7 @@ def start_release(ctx: DeploymentContext) -> Release:
     # migrations), but not recreated yet: a release that never takes traffic must not change them.
     others = other_services(ctx)
     if others:
-        compose(ctx, "up", "-d", "--no-deps", "--no-recreate", *_wait(ctx, others), *others)
+        compose_up(ctx, "--no-deps", "--no-recreate", services=others)
     before = {c.id for c in _service_containers(ctx, stopped_too=True)}
     service = ctx.env.rollout.service
     compose(ctx, "up", "-d", "--no-deps", "--no-recreate", "--scale", f"{service}={len(before) + 1}", service)
@@ -142,15 +139,12 @@ def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
         )
         services.append(ctx.env.rollout.service)
     compose(ctx, "up", "-d", "--no-deps", *services)
-    proxy = HAProxy(runtime / "admin.sock")
-    deadline = time.monotonic() + PROXY_START_TIMEOUT
-    while not proxy.answers():
-        if time.monotonic() > deadline:
-            raise RolloutFailed(
-                f"the proxy of {ctx.env.name} did not answer on {proxy.socket_path} within {PROXY_START_TIMEOUT:g}s "
-                f"(docker compose logs proxy; environments.{ctx.env.name}.rollout.proxy_image)"
-            )
-        time.sleep(0.1)
+    proxy = HAProxy(socket_path(ctx.config, ctx.env))
+    if not proxy.wait_until_answers(PROXY_START_TIMEOUT):
+        raise RolloutFailed(
+            f"the proxy of {ctx.env.name} did not answer on {proxy.socket_path} within {PROXY_START_TIMEOUT:g}s "
+            f"(docker compose logs proxy; environments.{ctx.env.name}.rollout.proxy_image)"
+        )
     return proxy
 
 
@@ -225,7 +219,7 @@ def switch(ctx: DeploymentContext, release: Release) -> None:
     ctx.log(f"proxy: {release.new.name} takes new requests; draining {', '.join(release.old) or 'nothing'}")
     others = other_services(ctx)
     if others:  # Compose recreates each (stop-first) only when its image or configuration changed
-        compose(ctx, "up", "-d", "--no-deps", *_wait(ctx, others), *others)
+        compose_up(ctx, "--no-deps", services=others)
     _answers_through_proxy(ctx, ctx.deployment.sha)
 
 
@@ -237,10 +231,7 @@ def retire(ctx: DeploymentContext, release: Release, names: Iterable[str], since
         return
     timeout = ctx.env.rollout.drain_timeout
     began = since or release.switched_at or time.monotonic()
-    in_flight = _sessions(release.proxy, names)
-    while in_flight and time.monotonic() - began < timeout:
-        time.sleep(DRAIN_POLL)
-        in_flight = _sessions(release.proxy, names)
+    in_flight = release.proxy.wait_drained(BACKEND, names, deadline=began + timeout)
     if in_flight:
         ctx.log(
             f"{in_flight} request(s) still in flight on {', '.join(names)} after {timeout:g}s "
@@ -275,7 +266,7 @@ def switch_back(ctx: DeploymentContext, release: Release, cause: DeployError) ->
             point_current_tags(ctx, ctx.deployment.previous_images)
             others = other_services(ctx)
             if others:  # the singletons back on the previous images (recreated only where they changed)
-                compose(ctx, "up", "-d", "--no-deps", *_wait(ctx, others), *others)
+                compose_up(ctx, "--no-deps", services=others)
             if sha:
                 _answers_through_proxy(ctx, sha)
             if release.new is not None:
@@ -306,24 +297,6 @@ def discard(ctx: DeploymentContext, release: Release | None) -> str:
 
 
 # --- helpers --------------------------------------------------------------------------------------------
-
-
-def compose(ctx: DeploymentContext, *args: str) -> None:
-    timeout = ctx.env.rollout_timeout
-    try:
-        commands.stream(
-            ctx.project.args(*args), ctx.log, env=ctx.project.process_env(), timeout=timeout + 30, redact=ctx.redact
-        )
-    except CommandFailed as exc:
-        raise RolloutFailed(f"docker compose {' '.join(args[:2])} failed: {exc}") from None
-
-
-def _wait(ctx: DeploymentContext, services: list[str]) -> list[str]:
-    """--wait when one of the services has a healthcheck: the database is ready before the app's migrations."""
-    assert ctx.resolved is not None
-    if not any(ctx.resolved.services[name].get("healthcheck") for name in services):
-        return []
-    return ["--wait", "--wait-timeout", str(int(ctx.env.rollout_timeout))]
 
 
 def other_services(ctx: DeploymentContext) -> list[str]:
@@ -386,27 +359,12 @@ def _add(ctx: DeploymentContext, release: Release, container: Container) -> None
 
 
 def _delete(ctx: DeploymentContext, proxy: HAProxy, name: str) -> None:
-    """Out of the proxy: maintenance, requests still on it cut, then deleted once HAProxy has let go of its
-    connections; one it still refuses stays in maintenance (takes nothing) and the next deploy removes it."""
-    deadline = time.monotonic() + DELETE_TIMEOUT
+    """Out of the proxy (HAProxy.remove_server); one it still refuses stays in maintenance (takes nothing) and
+    the next deploy removes it."""
     try:
-        proxy.set_state(BACKEND, name, "maint")
-        proxy.shutdown_sessions(BACKEND, name)
-        while True:
-            try:
-                proxy.delete_server(BACKEND, name)
-                return
-            except ProxyError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(DRAIN_POLL)
+        proxy.remove_server(BACKEND, name)
     except ProxyError as exc:
         ctx.log(f"proxy: {name} stays in maintenance (the next deploy removes it): {exc}")
-
-
-def _sessions(proxy: HAProxy, names: list[str]) -> int:
-    servers: list[Server] = proxy.servers(BACKEND)
-    return sum(s.sessions for s in servers if s.name in names)
 
 
 def _write_config(ctx: DeploymentContext, release: Release, servers: list[str]) -> None:
