@@ -46,8 +46,8 @@ from common import (
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 import testbed  # noqa: E402 - tests/ holds the config helpers the test suite uses
+from testjobs import TEST_JOB  # noqa: E402 - the sleepy job the burst's worker runs
 
-from deploy_cli.service import web_command  # noqa: E402
 from deploy_state import DeploymentStore, Status, queue_for  # noqa: E402
 
 SECRET = testbed.WEBHOOK_SECRET
@@ -120,16 +120,17 @@ def ours_env(redis_url: str, config_file: Path) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "DEPLOYHOOK_CONFIG": str(config_file),
         SECRET_ENV: SECRET,
-        # Only the job's dotted path differs from production: the burst's worker runs the sleepy job.
-        "DEPLOYHOOK_DEPLOY_JOB": "testjobs.sleepy",
         "PYTHONPATH": str(REPO_ROOT / "tests"),
     }
 
 
 @contextmanager
 def ours(port: int, env: dict[str, str], redis_pid: int, log: Path) -> Iterator[Server]:
-    """gunicorn over the app factory, with the Procfile's arguments (deploy_cli.service.web_command)."""
-    command = web_command(f"127.0.0.1:{port}")
+    """gunicorn over the app factory, with the Procfile's arguments (deploy_cli.service.web_command).
+
+    Only the job's dotted path differs from production: the app enqueues the sleepy job the burst's worker runs.
+    """
+    command = testbed.web_command_enqueueing(f"127.0.0.1:{port}", TEST_JOB)
     with log.open("wb") as out:
         proc = subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -259,7 +260,8 @@ def burst(server: Server, conn: redis.Redis, env: dict[str, str], size: int) -> 
     result = run_load(server.port, PATH, pushes("burst", size), min(size, 16), server.pids())
     enqueued = queue_for(conn, "staging").count
     worker_env = {**env, "DEPLOYHOOK_TEST_STEP_SECONDS": "0.05"}
-    command = [str(Path(sys.executable).parent / "deployhook"), "worker", "--env", "staging", "--burst"]
+    # `deployhook worker` handed the sleepy job (tests/testjobs.py), the one the app enqueues.
+    command = [sys.executable, str(REPO_ROOT / "tests" / "testjobs.py"), "worker", "--env", "staging", "--burst"]
     started = time.perf_counter()
     subprocess.run(command, env=worker_env, cwd=REPO_ROOT, check=True, timeout=300, capture_output=True)
     drained = time.perf_counter() - started

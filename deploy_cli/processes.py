@@ -6,7 +6,9 @@ mirror are then private to the service's user, whatever creates them (its childr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -16,6 +18,9 @@ from docker_runtime.private import private_umask
 
 from .base import cli, config_option, demo_dir
 from .startup import warn_at_start
+
+if TYPE_CHECKING:
+    from workers.worker import DeployJobFunction
 
 
 @cli.command("serve")
@@ -61,6 +66,20 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared
 
     It refuses to start on a queue that a live worker already serves, unless --shared-queue.
     """
+    from deploy_state.admission import DEPLOY_JOB
+    from workers.jobs import deploy
+
+    start_worker(config_file, environments, burst, shared_queue, {DEPLOY_JOB: deploy})
+
+
+def start_worker(
+    config_file: Path,
+    environments: tuple[str, ...],
+    burst: bool,
+    shared_queue: bool,
+    jobs: Mapping[str, DeployJobFunction],
+) -> None:
+    """`deployhook worker` running jobs (dotted path: function): the deploy job; tests/testjobs.py passes its own."""
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
@@ -68,7 +87,7 @@ def worker(config_file: Path, environments: tuple[str, ...], burst: bool, shared
     config = load_config(config_file)
     warn_at_start(config, web=False)
     envs = environments or tuple(config.environments)
-    run_worker(connect(config), config, config_file, envs, burst=burst, shared=shared_queue)
+    run_worker(connect(config), config, config_file, envs, jobs, burst=burst, shared=shared_queue)
 
 
 @cli.command("reporter")

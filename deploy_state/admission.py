@@ -47,7 +47,7 @@ from .store import AUDIT_MAXLEN
 log = logging.getLogger(__name__)
 
 DEPLOY_JOB = "workers.jobs.deploy"
-"""The RQ job every deployment runs, by dotted path: the web process never imports worker code."""
+"""The RQ job every deployment runs, by dotted path (its one spelling): the web process never imports worker code."""
 
 JOB_RESULT_TTL = 7 * 24 * 3600
 """Seconds RQ keeps a finished job; the deployment record itself is kept regardless."""

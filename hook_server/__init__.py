@@ -10,19 +10,20 @@ from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from deploy_config import DeployConfig, defaults, load_config
+from deploy_state.admission import DEPLOY_JOB
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Application factory: defaults, then the environment, or the test mapping in tests.
 
     DEPLOY_CONFIG may hold a loaded DeployConfig; otherwise DEPLOYHOOK_CONFIG names the file.
-    DEPLOYHOOK_DEPLOY_JOB, a testing hook, names the job every deployment runs (tests: 'testjobs.sleepy').
+    DEPLOY_JOB is the dotted path of the job every deployment runs (tests: 'testjobs.sleepy').
     """
     app = Flask(__name__)
     app.config.from_mapping(
         REDIS_URL=os.environ.get("REDIS_URL", ""),
         DEPLOYHOOK_CONFIG=os.environ.get(defaults.CONFIG_ENVVAR, defaults.DEFAULT_CONFIG_PATH),
-        DEPLOY_JOB=os.environ.get("DEPLOYHOOK_DEPLOY_JOB", "workers.jobs.deploy"),  # a testing hook: tests/testjobs.py
+        DEPLOY_JOB=DEPLOY_JOB,
     )
     if test_config is not None:
         app.config.from_mapping(test_config)

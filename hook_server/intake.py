@@ -16,5 +16,5 @@ from .extensions import deploy_config, redis_conn
 
 
 def admit(request: DeployRequest) -> Admitted:
-    """Admit a request in the web app: its config, its Redis, its job (DEPLOYHOOK_DEPLOY_JOB in tests)."""
+    """Admit a request in the web app: its config, its Redis, its job (the app's DEPLOY_JOB)."""
     return Admission(deploy_config(), redis_conn(), job=current_app.config["DEPLOY_JOB"]).admit(request)

@@ -708,8 +708,8 @@ class Service:
 
 @pytest.fixture
 def service(config_file: Path, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets) -> Iterator[Service]:
-    """gunicorn serving the app factory, enqueueing testjobs.sleepy (DEPLOYHOOK_DEPLOY_JOB)."""
-    with testbed.web_server(config_file, redis_url, {"DEPLOYHOOK_DEPLOY_JOB": TEST_JOB}) as port:
+    """gunicorn serving the app factory, enqueueing testjobs.sleepy (create_app's DEPLOY_JOB)."""
+    with testbed.web_server(config_file, redis_url, job=TEST_JOB) as port:
         yield Service(f"http://127.0.0.1:{port}", config_file, redis_url, DeploymentStore(redis_conn))
 
 

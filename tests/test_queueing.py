@@ -1,7 +1,8 @@
 """The queueing rules, proven with real RQ worker processes on a real Redis.
 
 Pushes go through the real webhook endpoint of an app that enqueues 'testjobs.sleepy' (the
-real run_deployment around three sleeping steps); `deployhook worker` subprocesses run them.
+real run_deployment around three sleeping steps); `deployhook worker` subprocesses run them
+(run as tests/testjobs.py, which hands the worker that job instead of the deploy job).
 The last group of tests drives the lock, the lease keeper and run_deployment in-process.
 """
 
@@ -46,15 +47,17 @@ from deploy_state import (
     keys,
     queue_for,
 )
-from deploy_state.admission import Admission, DeployRequest
+from deploy_state.admission import DEPLOY_JOB, Admission, DeployRequest
 from deploy_state.queue_workers import live_workers
 from deploy_state.queues import SERIALIZER
 from hook_server import create_app
 from workers.context import DeploymentContext
-from workers.jobs import run_deployment
+from workers.jobs import deploy, run_deployment
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
-TEST_JOB = "testjobs.sleepy"
+TEST_WORKER = (sys.executable, str(testbed.TESTS / "testjobs.py"))
+"""`deployhook worker` running testjobs.sleepy: run it as `*TEST_WORKER, "worker", ...`."""
+TEST_JOB = testjobs.TEST_JOB
 WAIT = 60.0
 """Generous upper bound for any single wait: only a broken rule ever waits this long."""
 
@@ -119,7 +122,6 @@ def worker_env(redis_url: str, step_seconds: float) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "PYTHONPATH": pythonpath,
         "DEPLOYHOOK_TEST_STEP_SECONDS": str(step_seconds),
-        "DEPLOYHOOK_DEPLOY_JOB": TEST_JOB,  # the worker runs only the job the service enqueues
     }
 
 
@@ -156,12 +158,12 @@ def running_worker(
     burst: bool = False,
     shared: bool = False,
 ) -> Iterator[WorkerProcess]:
-    """A real `deployhook worker --env ENV` subprocess, ready (registered with RQ) when yielded.
+    """A real `deployhook worker --env ENV` subprocess running TEST_JOB, ready (registered with RQ) when yielded.
 
     shared: a second worker on a queue another already serves (--shared-queue).
     """
     log_path = log_dir / f"worker-{environment}-{uuid.uuid4().hex[:8]}.log"
-    args = [str(DEPLOYHOOK), "worker", "--config", str(config_file), "--env", environment]
+    args = [*TEST_WORKER, "worker", "--config", str(config_file), "--env", environment]
     args += ["--shared-queue"] if shared else []
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
@@ -608,6 +610,40 @@ def test_a_killed_workers_claim_does_not_hold_up_its_restart(
     assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{doomed.pid}"]
     with running_worker(config_file, redis_url, "staging", tmp_path) as restarted:
         assert live_workers(redis_conn, "staging") == [f"{socket.gethostname()}:{restarted.pid}"]
+
+
+def test_the_job_path_the_app_enqueues_is_the_deploy_jobs_own() -> None:
+    """The app enqueues DEPLOY_JOB by name; `deployhook worker` runs workers.jobs.deploy under that name."""
+    assert DEPLOY_JOB == f"{deploy.__module__}.{deploy.__qualname__}"
+
+
+def test_a_worker_runs_only_the_jobs_it_was_handed_with_the_config_of_its_own_file(
+    store: DeploymentStore,
+    redis_conn: redis.Redis,
+    config_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Nothing reaches a job through the environment: a config read from there would not load.
+    monkeypatch.setenv("DEPLOYHOOK_CONFIG", str(tmp_path / "missing.yml"))
+    monkeypatch.setenv("DEPLOYHOOK_TEST_STEP_SECONDS", "0")
+    queues = [queue_for(redis_conn, "staging")]
+
+    def work(jobs: dict[str, Any]) -> None:
+        testbed.InProcessWorker(
+            queues, jobs=jobs, config_file=config_file, connection=redis_conn, serializer=SERIALIZER
+        ).work(burst=True)
+
+    refused = queued_deployment(store)  # enqueued as TEST_JOB
+    work({DEPLOY_JOB: deploy})
+    assert Job.fetch(f"deployment-{refused.id}", connection=redis_conn, serializer=SERIALIZER).is_failed
+    assert store.require(refused.id).status == Status.QUEUED, "a job not among the worker's own ran"
+    assert f"refused: it calls {TEST_JOB!r}, not {DEPLOY_JOB}" in caplog.text
+
+    ran = queued_deployment(store)
+    work({TEST_JOB: testjobs.sleepy})
+    assert store.require(ran.id).status == Status.SUCCEEDED
 
 
 # --- 7. in-process: the lock, the lease keeper and run_deployment ----------------------------------

@@ -137,7 +137,7 @@ class Install:
     remote: testbed.GitRemote
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DEPLOYHOOK_DEPLOY_JOB")}
+        env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
         return {**env, "DEPLOYHOOK_CONFIG": str(self.config_file), "DEPLOYHOOK_URL": self.url, "COLUMNS": "120"}
 
     def up(self) -> subprocess.Popen[bytes]:

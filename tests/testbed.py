@@ -40,10 +40,12 @@ from rq import SimpleWorker
 from deploy_config import DeployConfig
 from deploy_config.loading import parse_config
 from deploy_state import Deployment, DeploymentStore, Trigger, keys, queue_for
-from deploy_state.admission import Admission, DeployRequest
+from deploy_state.admission import DEPLOY_JOB, Admission, DeployRequest
 from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
 from docker_runtime.compose import ComposeProject
+from workers.jobs import deploy
+from workers.worker import DeployJobWorker
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
@@ -349,13 +351,30 @@ def _answers_healthz(port: int) -> bool:
         return False
 
 
-@contextmanager
-def web_server(
-    config_file: Path, redis_url: str, extra_env: Mapping[str, str] | None = None, log_path: Path | None = None
-) -> Iterator[int]:
-    """The app served as the Procfile serves it (gunicorn, service.web_command); yields its port."""
+def web_command_enqueueing(bind: str, job: str | None = None) -> list[str]:
+    """service.web_command, its app factory given job (create_app's DEPLOY_JOB) when one is named."""
     from deploy_cli.service import web_command
 
+    command = web_command(bind)
+    if job is not None:
+        factory = command.pop()
+        assert factory == "hook_server:create_app()", factory
+        command.append(f"hook_server:create_app({{'DEPLOY_JOB': {job!r}}})")  # gunicorn takes literal arguments
+    return command
+
+
+@contextmanager
+def web_server(
+    config_file: Path,
+    redis_url: str,
+    extra_env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    job: str | None = None,
+) -> Iterator[int]:
+    """The app served as the Procfile serves it (gunicorn, service.web_command); yields its port.
+
+    job: the dotted path the app enqueues instead of the deploy job's (e.g. 'testjobs.sleepy').
+    """
     port = free_port()
     pythonpath = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
     env = {
@@ -367,7 +386,11 @@ def web_server(
     }
     with open(log_path or os.devnull, "wb") as log_file:
         proc = subprocess.Popen(
-            web_command(f"127.0.0.1:{port}"), env=env, cwd=TESTS.parent, stdout=log_file, stderr=subprocess.STDOUT
+            web_command_enqueueing(f"127.0.0.1:{port}", job),
+            env=env,
+            cwd=TESTS.parent,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
         )
     try:
 
@@ -554,6 +577,10 @@ def write_brandish_env(path: Path, presets_dir: Path, ports: Mapping[str, int] |
 # --- the pipeline's test bed ----------------------------------------------------------------
 
 
+class InProcessWorker(DeployJobWorker, SimpleWorker):
+    """RQ's SimpleWorker (jobs run in this process), taking jobs as `deployhook worker` does (workers/worker.py)."""
+
+
 @dataclass
 class Bed:
     """One deployhook installation under test, with both environments of the sample app."""
@@ -615,7 +642,10 @@ class Bed:
     def work(self) -> None:
         """Run every queued job in-process with a real RQ worker, until the queues are empty."""
         queues = [queue_for(self.conn, env) for env in self.config.environments]
-        SimpleWorker(queues, connection=self.conn, serializer=SERIALIZER).work(burst=True)
+        worker = InProcessWorker(
+            queues, jobs={DEPLOY_JOB: deploy}, config_file=self.config_file, connection=self.conn, serializer=SERIALIZER
+        )
+        worker.work(burst=True)
 
     def deploy(self, branch: str, sha: str) -> Deployment:
         self.push(branch, sha)

@@ -1,20 +1,27 @@
 """Trivial deploy jobs for the queueing tests: the real job wrapper around a pipeline of sleeps.
 
-Workers started by tests import this module (tests/ is on their PYTHONPATH); the app under
-test enqueues 'testjobs.sleepy' instead of the real pipeline's job.
+The app under test enqueues 'testjobs.sleepy' (create_app's DEPLOY_JOB) instead of the real
+pipeline's job; its workers are `deployhook worker` run as this script, which hands the worker
+sleepy as its job: `python tests/testjobs.py worker --config FILE --env ENV [--burst] [--shared-queue]`.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
-from deploy_config import DeployError
+import click
+
+from deploy_config import DeployConfig, DeployError, load_config
 from deploy_state import Status
 from workers.context import DeploymentContext
 from workers.jobs import run_deployment
 
 STEPS = ("checkout", "build", "rollout")
+
+TEST_JOB = "testjobs.sleepy"
+"""The dotted path of sleepy: what the app under test enqueues, and the job a test worker runs."""
 
 
 def _step_seconds() -> float:
@@ -38,5 +45,22 @@ def sleepy_pipeline(context: DeploymentContext) -> Status:
     return Status.SUCCEEDED
 
 
-def sleepy(deployment_id: str) -> str:
-    return run_deployment(deployment_id, sleepy_pipeline)
+def sleepy(deployment_id: str, config: DeployConfig | None = None) -> str:
+    """The test deploy job; RQ's own workers (test_metrics.py, SimpleWorker) pass no config: $DEPLOYHOOK_CONFIG's."""
+    return run_deployment(deployment_id, sleepy_pipeline, None, config if config is not None else load_config())
+
+
+def worker_cli() -> click.Group:
+    """`deployhook worker` (its options, checks and errors) handing the worker sleepy instead of the deploy job."""
+    from deploy_cli.base import DeployhookGroup, cli
+    from deploy_cli.processes import start_worker, worker
+
+    def run(config_file: Path, environments: tuple[str, ...], burst: bool, shared_queue: bool) -> None:
+        start_worker(config_file, environments, burst, shared_queue, {TEST_JOB: sleepy})
+
+    command = click.Command("worker", params=worker.params, callback=run, help=worker.help)
+    return DeployhookGroup("deployhook", commands=[command], callback=cli.callback)
+
+
+if __name__ == "__main__":
+    worker_cli()(prog_name="deployhook")

@@ -15,7 +15,7 @@ from redis import Redis
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
-from deploy_config import DeployConfig, DeployError, load_config
+from deploy_config import DeployConfig, DeployError
 from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
@@ -32,20 +32,17 @@ LOCK_POLL_INTERVAL = 0.5
 """Seconds between attempts to take a busy environment lock."""
 
 
-def deploy(deployment_id: str) -> str:
-    """Entry point enqueued by the web process as 'workers.jobs.deploy'."""
+def deploy(deployment_id: str, config: DeployConfig) -> str:
+    """The deploy job, enqueued by the web process by its dotted path (deploy_state.admission.DEPLOY_JOB)."""
     from .pipeline import run
 
-    return run_deployment(deployment_id, run)
+    return run_deployment(deployment_id, run, None, config)
 
 
-def run_deployment(
-    deployment_id: str, pipeline: Pipeline, connection: Redis | None = None, config: DeployConfig | None = None
-) -> str:
-    """Run one deployment under its environment's lock; returns the final status."""
+def run_deployment(deployment_id: str, pipeline: Pipeline, connection: Redis | None, config: DeployConfig) -> str:
+    """Run one deployment under its environment's lock; returns the final status (connection None: the job's)."""
     began = time.monotonic()  # RQ's job timeout counts from here too, lock wait included
     conn = connection if connection is not None else _job_connection()
-    config = config or load_config()
     store = DeploymentStore(conn)
     deployment = store.require(deployment_id)
     if deployment.is_final:

@@ -5,17 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from redis import Redis
 from rq import Queue, Worker
 from rq.exceptions import DeserializationError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry
+from rq.worker import BaseWorker
 
-from deploy_config import DeployConfig, DeployError, defaults
+from deploy_config import DeployConfig, DeployError, load_config
 from deploy_state import queue_for, queue_name
 from deploy_state.queue_workers import QueueClaim, QueueTaken
 from deploy_state.queues import SERIALIZER
@@ -24,8 +26,67 @@ from .jobs import fail_killed_horse, recover_lost_deployments
 
 log = logging.getLogger(__name__)
 
+DeployJobFunction = Callable[[str, DeployConfig], str]
+"""A deploy job: (deployment id, the config read for this job) -> the deployment's final status."""
 
-class DeployWorker(Worker):
+
+class DeployJob(Job):
+    """A job on a deploy queue: it runs only as the worker that accepted it says (DeployJobWorker.execute_job)."""
+
+    function: DeployJobFunction | None = None
+    """The worker's own function for the job's name: nothing a job's data names is ever imported."""
+
+    config_file: Path | None = None
+    """The worker's config file, read when the job runs: an edit to deploy.yml applies from the next job."""
+
+    @property
+    def func(self) -> Callable[[str], str]:
+        """What running the job calls: the worker's function, given the config read from its file now."""
+        function, config_file = self.function, self.config_file
+        if function is None or config_file is None:
+            raise RuntimeError(f"job {self.id} was not accepted by a deploy worker: it runs nothing")
+        return lambda deployment_id: function(deployment_id, load_config(config_file))
+
+
+class DeployJobWorker(BaseWorker):
+    """What a deploy queue's worker (of either RQ kind) adds: it runs only its own job functions, with the config.
+
+    jobs maps each job's dotted path (what the web app enqueues, never importing worker code) to
+    the function the worker runs for it; a job naming anything else, or carrying any other
+    arguments than one deployment id, fails unrun.
+    """
+
+    job_class = DeployJob
+
+    def __init__(
+        self,
+        queues: Sequence[Queue],
+        *,
+        jobs: Mapping[str, DeployJobFunction],
+        config_file: Path,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(queues, **kwargs)
+        self.jobs = dict(jobs)
+        self.config_file = config_file.resolve()
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        """Run only one of the worker's jobs: a job that is not one (written to Redis by someone else) fails unrun."""
+        refusal = refused(job, self.jobs)
+        if refusal is not None:
+            log.error("job %s on %s refused: %s", job.id, queue.name, refusal)
+            with self.connection.pipeline() as pipe:
+                job.set_status(JobStatus.FAILED, pipeline=pipe)
+                FailedJobRegistry(queue=queue).add(job, exc_string=f"refused: {refusal}", pipeline=pipe)
+                pipe.execute()
+            return
+        if not isinstance(job, DeployJob):
+            raise TypeError(f"job {job.id} is a {type(job).__name__}, not the worker's DeployJob")
+        job.function, job.config_file = self.jobs[str(job.func_name)], self.config_file  # refused() found it there
+        super().execute_job(job, queue)
+
+
+class DeployWorker(DeployJobWorker, Worker):
     """RQ's forking worker, except that its work horse outlives SIGTERM.
 
     A service manager stops a unit by signalling every process in it (systemd's default
@@ -38,18 +99,6 @@ class DeployWorker(Worker):
 
     config: DeployConfig | None = None
     """Set by run_worker: what handle_work_horse_killed needs to fail the deployment."""
-
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run only the deploy job: a job that is not one (written to Redis by someone else) fails unrun."""
-        refusal = refused(job)
-        if refusal is not None:
-            log.error("job %s on %s refused: %s", job.id, queue.name, refusal)
-            with self.connection.pipeline() as pipe:
-                job.set_status(JobStatus.FAILED, pipeline=pipe)
-                FailedJobRegistry(queue=queue).add(job, exc_string=f"refused: {refusal}", pipeline=pipe)
-                pipe.execute()
-            return
-        super().execute_job(job, queue)
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()  # type: ignore[no-untyped-call]
@@ -67,22 +116,14 @@ class DeployWorker(Worker):
             log.exception("could not record the death of job %s's work horse (%s)", job.id, how)
 
 
-DEPLOY_JOB = "workers.jobs.deploy"
-"""The one function a deploy queue's job may name (the web process enqueues it by this name)."""
-
-DEPLOY_JOB_ENVVAR = "DEPLOYHOOK_DEPLOY_JOB"
-"""The web process's testing hook that names another job (tests/testjobs.py); the worker then runs that one."""
-
-
-def refused(job: Job) -> str | None:
-    """Why the worker must not run this job, or None: it names the deploy job with one deployment id."""
+def refused(job: Job, jobs: Mapping[str, DeployJobFunction]) -> str | None:
+    """Why the worker must not run this job, or None: it names one of jobs with one deployment id."""
     try:
         name, args, kwargs = job.func_name, job.args, job.kwargs
     except DeserializationError:
         return "its data is not JSON (a pickled job?)"
-    allowed = {DEPLOY_JOB, os.environ.get(DEPLOY_JOB_ENVVAR) or DEPLOY_JOB}
-    if name not in allowed:
-        return f"it calls {name!r}, not {DEPLOY_JOB}"
+    if name not in jobs:
+        return f"it calls {name!r}, not {' or '.join(jobs)}"
     if kwargs or len(args) != 1 or not isinstance(args[0], str):
         return "its arguments are not one deployment id"
     return None
@@ -114,9 +155,11 @@ def run_worker(
     config: DeployConfig,
     config_file: Path,
     environments: Sequence[str],
+    jobs: Mapping[str, DeployJobFunction],
     burst: bool = False,
     shared: bool = False,
 ) -> None:
+    """Serve the environments' queues, running jobs (dotted path: function), each with config_file read afresh."""
     unknown = [env for env in environments if env not in config.environments]
     if unknown:
         raise DeployError(
@@ -128,7 +171,7 @@ def run_worker(
     if taken is not None:
         raise QueueInUse(_refusal(taken))
     try:
-        _serve(connection, config, config_file, environments, burst)
+        _serve(connection, config, config_file, environments, jobs, burst)
     finally:
         claim.release()
 
@@ -144,14 +187,17 @@ def _refusal(taken: QueueTaken) -> str:
 
 
 def _serve(
-    connection: Redis, config: DeployConfig, config_file: Path, environments: Sequence[str], burst: bool
+    connection: Redis,
+    config: DeployConfig,
+    config_file: Path,
+    environments: Sequence[str],
+    jobs: Mapping[str, DeployJobFunction],
+    burst: bool,
 ) -> None:
-    # Jobs load the config themselves (in the work horse); make them read the same file.
-    os.environ[defaults.CONFIG_ENVVAR] = str(config_file.resolve())
     for lost in recover_lost_deployments(connection, config):
         log.warning("deployment %s of %s marked failed: %s", lost.id, lost.environment, lost.reason)
     queues = [queue_for(connection, env) for env in environments]
     log.info("worker serving %s", ", ".join(q.name for q in queues))
-    worker = DeployWorker(queues, connection=connection, serializer=SERIALIZER)
+    worker = DeployWorker(queues, jobs=jobs, config_file=config_file, connection=connection, serializer=SERIALIZER)
     worker.config = config
     worker.work(burst=burst, logging_level="INFO")

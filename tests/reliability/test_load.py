@@ -19,6 +19,7 @@ from deploy_state import DeploymentStore, Status, keys
 from hook_server import rejections
 
 from .common import (
+    SECRET_ENV,
     TEST_JOB,
     assert_nothing_recorded,
     github_headers,
@@ -31,6 +32,8 @@ PUSHES = 50
 WINDOW = 10.0
 UNSIGNED = 10_000
 THREADS = 4
+GUNICORN_SECRETS = {SECRET_ENV: testbed.WEBHOOK_SECRET, "DEPLOYHOOK_API_TOKEN": testbed.API_TOKEN}
+"""What common.gunicorn_server gives gunicorn, for the server that enqueues TEST_JOB."""
 
 
 @pytest.mark.slow
@@ -55,7 +58,7 @@ def test_fifty_signed_pushes_in_ten_seconds(
         conn.close()
 
     with (
-        gunicorn_server(config_file, redis_url, tmp_path / "gunicorn.log", {"DEPLOYHOOK_DEPLOY_JOB": TEST_JOB}) as port,
+        testbed.web_server(config_file, redis_url, GUNICORN_SECRETS, tmp_path / "gunicorn.log", job=TEST_JOB) as port,
         tq.running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.2),
     ):
         sampler = threading.Thread(target=sample)
