@@ -27,6 +27,7 @@ from deploy_config.isolation import lint
 from deploy_config.secrets import read_env_file
 from deploy_text.redaction import config_redactor
 from docker_runtime import commands
+from docker_runtime.childenv import child_environment
 from docker_runtime.compose import resolve_stacks, scratch_project_dir
 from docker_runtime.errors import CommandFailed
 
@@ -71,7 +72,7 @@ def resolve_file(repo_dir: Path, file: str, project: str) -> dict[str, Any]:
     """The compose file as an environment's deploys resolve it, before any env file of the app exists:
     in a scratch project directory, its env files and interpolation from .env (else .env.example)."""
     source = env_source(repo_dir)
-    env = {key: value for key, value in os.environ.items() if not key.startswith("COMPOSE_")}
+    env = child_environment()  # as every compose call: deployhook's own secrets never reach it
     with scratch_project_dir(repo_dir / file, source.read_bytes() if source else b"", repo_dir) as (scratch, root):
         args = ["docker", "compose", "-p", project, "--project-directory", str(scratch), "-f", str(repo_dir / file)]
         if source is not None:
