@@ -117,28 +117,10 @@ class HAProxy:
         return in_flight
 
     def _states(self, backend: str) -> dict[str, tuple[str, int, str]]:
-        answer = self.command(f"show servers state {backend}")
-        found: dict[str, tuple[str, int, str]] = {}
-        for line in answer.splitlines():
-            fields = line.split()
-            # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is the 19th.
-            if len(fields) < 19 or fields[1] != backend or not fields[0].isdigit():
-                continue
-            admin = int(fields[6])
-            state = "maint" if admin & _MAINT_BITS else "drain" if admin & _DRAIN_BITS else "ready"
-            found[fields[3]] = (fields[4], int(fields[18]), state)
-        if not found and "No such backend" in answer:
-            raise ProxyError(f"the proxy has no backend {backend!r}: {answer.strip()}")
-        return found
+        return parse_servers_state(self.command(f"show servers state {backend}"), backend)
 
     def _sessions(self, backend: str) -> dict[str, int]:
-        answer = self.command("show stat")
-        rows = csv.DictReader(line.removeprefix("# ") for line in answer.splitlines() if line.strip())
-        return {
-            row["svname"]: int(row.get("scur") or 0) + int(row.get("qcur") or 0)
-            for row in rows
-            if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND")
-        }
+        return parse_stat_sessions(self.command("show stat"), backend)
 
     def add_server(self, backend: str, name: str, address: str, port: int) -> None:
         """Add a server (HAProxy creates it in maintenance), then make it take traffic."""
@@ -180,6 +162,35 @@ class HAProxy:
         ok = success in answer if success else not answer
         if not ok:
             raise ProxyError(f"the proxy refused {line!r}: {answer or 'no answer'}")
+
+
+def parse_servers_state(answer: str, backend: str) -> dict[str, tuple[str, int, str]]:
+    """`show servers state <backend>`'s answer: each server's (address, port, ready/drain/maint) by name.
+
+    Raises ProxyError when the answer says there is no such backend."""
+    found: dict[str, tuple[str, int, str]] = {}
+    for line in answer.splitlines():
+        fields = line.split()
+        # be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ... srv_port is the 19th.
+        if len(fields) < 19 or fields[1] != backend or not fields[0].isdigit():
+            continue
+        admin = int(fields[6])
+        state = "maint" if admin & _MAINT_BITS else "drain" if admin & _DRAIN_BITS else "ready"
+        found[fields[3]] = (fields[4], int(fields[18]), state)
+    # HAProxy 2.6 says "Can't find backend." to `show servers state`, "No such backend" to `add server`.
+    if not found and ("No such backend" in answer or "Can't find backend" in answer):
+        raise ProxyError(f"the proxy has no backend {backend!r}: {answer.strip()}")
+    return found
+
+
+def parse_stat_sessions(answer: str, backend: str) -> dict[str, int]:
+    """`show stat`'s answer (CSV): each of the backend's servers' requests in flight plus queued, by name."""
+    rows = csv.DictReader(line.removeprefix("# ") for line in answer.splitlines() if line.strip())
+    return {
+        row["svname"]: int(row.get("scur") or 0) + int(row.get("qcur") or 0)
+        for row in rows
+        if row.get("pxname") == backend and row.get("svname") not in ("FRONTEND", "BACKEND")
+    }
 
 
 def _connect(sock: socket.socket, path: Path) -> None:

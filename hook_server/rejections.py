@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flask import request
 from redis import RedisError
@@ -22,11 +23,13 @@ LOGGED_PER_MINUTE = 20
 """Rejections logged and audited per minute; the rest are only counted."""
 
 
-def record_rejection(reason: Reason, detail: str) -> None:
-    """Count a rejected delivery under `reason`; log and audit it unless the minute's quota is used."""
+def record_rejection(reason: Reason, detail: str, clock: Callable[[], float] = time.time) -> None:
+    """Count a rejected delivery under `reason`; log and audit it unless the minute's quota is used.
+
+    clock: the wall clock (seconds since the epoch) whose minute the quota is counted in."""
     source = request.remote_addr or "unknown"
     try:
-        logged = count_rejection(redis_conn(), reason, int(time.time() // 60))
+        logged = count_rejection(redis_conn(), reason, int(clock() // 60))
     except RedisError:
         log.warning("rejected delivery from %s (%s): %s; Redis unavailable, not counted", source, reason, detail)
         return

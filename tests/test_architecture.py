@@ -284,6 +284,18 @@ def test_the_contract_has_no_circle() -> None:
 # --- what the web app loads ---------------------------------------------------------------------------------------
 
 
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in the test bed (tests/testbed.py and the helper modules beside it, README "The test
+    bed"): a test module runs, moves or goes without taking another's tests along."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line} imports {module}"
+        for path in sorted((ROOT / "tests").rglob("*.py"))
+        for line, module in imported_modules(path)
+        if any(part.startswith("test_") for part in module.split("."))
+    ]
+    assert found == []
+
+
 def test_the_web_app_does_not_load_the_docker_sdk(config_file: Path) -> None:
     """create_app and every module of hook_server, in a fresh interpreter: Docker is docker_runtime's, and the
     SDK loads there when a status page asks, never because the web app started."""

@@ -35,7 +35,7 @@ import testjobs
 import yaml
 from click.testing import CliRunner, Result
 from rq import SimpleWorker
-from test_queueing import WorkerProcess, running_worker
+from testbed import WorkerProcess, running_worker
 
 from deploy_cli import cli
 from deploy_cli.display import clock

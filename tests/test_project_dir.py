@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
-from test_config import set_at, write_config
+from config_edits import set_at, write_config
 
 from deploy_config import ConfigError, load_config
 from deploy_config.interpolation import interpolate, split_image

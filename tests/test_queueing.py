@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import signal
 import socket
@@ -20,8 +19,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext, suppress
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import testjobs
 from flask.testing import FlaskClient
 from rq import Worker
 from rq.job import Job
+from testbed import WAIT, running_worker, step_statuses, worker_env
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_state import (
@@ -55,11 +55,7 @@ from workers.context import DeploymentContext
 from workers.jobs import deploy, run_deployment
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
-TEST_WORKER = (sys.executable, str(testbed.TESTS / "testjobs.py"))
-"""`deployhook worker` running testjobs.sleepy: run it as `*TEST_WORKER, "worker", ...`."""
 TEST_JOB = testjobs.TEST_JOB
-WAIT = 60.0
-"""Generous upper bound for any single wait: only a broken rule ever waits this long."""
 
 
 # --- the service under test: app, pushes, workers ----------------------------------------------
@@ -115,93 +111,6 @@ def push(client: FlaskClient, branch: str, sha: str | None = None) -> Deployment
     return DeploymentStore(client.application.extensions["deployhook"]["redis"]).require(reply["deployment_id"])
 
 
-def worker_env(redis_url: str, step_seconds: float) -> dict[str, str]:
-    pythonpath = os.pathsep.join(p for p in (str(testbed.TESTS), os.environ.get("PYTHONPATH", "")) if p)
-    return {
-        **os.environ,
-        "REDIS_URL": redis_url,
-        "PYTHONPATH": pythonpath,
-        "DEPLOYHOOK_TEST_STEP_SECONDS": str(step_seconds),
-    }
-
-
-@dataclass
-class WorkerProcess:
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its work horse: nothing gets to clean up."""
-        testbed.kill_session(self.pid)
-        self.proc.wait(timeout=WAIT)
-        testbed.wait_for(lambda: not testbed.session_pids(self.pid), timeout=WAIT, what=f"session {self.pid} to die")
-
-    def wait_exit(self) -> int:
-        """For --burst workers: the exit code once the queue is drained."""
-        return self.proc.wait(timeout=WAIT)
-
-
-@contextmanager
-def running_worker(
-    config_file: Path,
-    redis_url: str,
-    environment: str,
-    log_dir: Path,
-    step_seconds: float = 0.2,
-    burst: bool = False,
-    shared: bool = False,
-) -> Iterator[WorkerProcess]:
-    """A real `deployhook worker --env ENV` subprocess running TEST_JOB, ready (registered with RQ) when yielded.
-
-    shared: a second worker on a queue another already serves (--shared-queue).
-    """
-    log_path = log_dir / f"worker-{environment}-{uuid.uuid4().hex[:8]}.log"
-    args = [*TEST_WORKER, "worker", "--config", str(config_file), "--env", environment]
-    args += ["--shared-queue"] if shared else []
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [*args, *(["--burst"] if burst else [])],
-            env=worker_env(redis_url, step_seconds),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    worker = WorkerProcess(proc, log_path)
-    try:
-        if not burst:
-            conn = redis.Redis.from_url(redis_url)
-            try:
-                queue = queue_for(conn, environment)
-                testbed.wait_for(
-                    lambda: proc.poll() is None and any(w.pid == proc.pid for w in Worker.all(queue=queue)),
-                    timeout=WAIT,
-                    what=f"the {environment} worker to register",
-                )
-            finally:
-                conn.close()
-        yield worker
-    except BaseException:
-        print(f"--- {log_path.name} ---\n{worker.log()}")
-        raise
-    finally:
-        if proc.poll() is None:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: finish the job at hand, then exit
-            try:
-                proc.wait(timeout=WAIT)
-            except subprocess.TimeoutExpired:
-                testbed.kill_session(proc.pid)
-                proc.wait(timeout=WAIT)
-        testbed.kill_session(proc.pid)  # a work horse orphaned by a killed worker
-
-
 def custom_config(tmp_path: Path, git_remote: testbed.GitRemote, env_file: Path, **changes: Any) -> Path:
     """A deploy.yml like the fixture's, with top-level changes and `staging__<key>` environment changes."""
     data = testbed.sample_config(git_remote.url, env_file=env_file, state_dir=tmp_path / "state")
@@ -226,10 +135,6 @@ def wait_status(store: DeploymentStore, deployment: Deployment, status: Status, 
         now = store.require(deployment.id)
         pytest.fail(f"deployment {deployment.id} is still {now.status} ({now.reason}), not {status}", pytrace=False)
     return store.require(deployment.id)
-
-
-def step_statuses(deployment: Deployment) -> list[tuple[str, str]]:
-    return [(step.name, step.status) for step in deployment.steps]
 
 
 ALL_STEPS_SUCCEEDED = [(name, "succeeded") for name in testjobs.STEPS]
@@ -264,7 +169,7 @@ def test_staging_and_production_deploy_in_parallel_on_their_own_workers(
         )
         for deployment in (staging, production):
             done = wait_status(store, deployment, Status.SUCCEEDED)
-            assert step_statuses(done) == ALL_STEPS_SUCCEEDED
+            assert list(step_statuses(done).items()) == ALL_STEPS_SUCCEEDED
     assert store.has_succeeded("production", promoted)
 
 
@@ -344,7 +249,7 @@ def test_burst_of_pushes_coalesces_to_the_last_one_running_one_at_a_time(
     assert last.finished_at == max(d.finished_at or 0 for d in final)
     assert seen_running <= {d.id for d in succeeded}
     for deployment in succeeded:
-        assert step_statuses(deployment) == ALL_STEPS_SUCCEEDED
+        assert list(step_statuses(deployment).items()) == ALL_STEPS_SUCCEEDED
 
     for deployment in by_status.get(Status.SUPERSEDED, []):
         assert deployment.superseded_by is not None and int(deployment.superseded_by) > int(deployment.id)
@@ -431,7 +336,7 @@ def test_a_killed_worker_loses_its_lock_and_its_deployment_fails(
     assert failed.reason == reason
     assert [(s.name, s.status) for s in failed.steps if s.status != "succeeded"] == [(running_steps[0], "failed")]
     assert f"deployment failed: {reason}" in [entry["line"] for entry in store.read_log(lost.id)]
-    assert step_statuses(store.require(after.id)) == ALL_STEPS_SUCCEEDED
+    assert list(step_statuses(store.require(after.id)).items()) == ALL_STEPS_SUCCEEDED
     assert lock.holder() is None
     assert store.running("staging") is None
 
@@ -471,7 +376,7 @@ def test_production_push_without_staging_success_is_blocked_unless_forced(
         assert worker.wait_exit() == 0
     done = store.require(forced.id)
     assert done.status == Status.SUCCEEDED
-    assert step_statuses(done) == ALL_STEPS_SUCCEEDED
+    assert list(step_statuses(done).items()) == ALL_STEPS_SUCCEEDED
     assert store.has_succeeded("production", sha)
     assert status_of(store, blocked) == Status.BLOCKED
 
@@ -499,7 +404,7 @@ def test_newer_push_stops_the_running_deployment_only_with_cancel_running(
     with running_worker(config_path, redis_url, "staging", tmp_path, step_seconds=1.0):
         running = push(client, "staging")
         testbed.wait_for(
-            lambda: step_statuses(store.require(running.id)) == [(testjobs.STEPS[0], "running")],
+            lambda: list(step_statuses(store.require(running.id)).items()) == [(testjobs.STEPS[0], "running")],
             timeout=WAIT,
             interval=0.02,
             what=f"deployment {running.id}'s first step to run",
@@ -509,7 +414,7 @@ def test_newer_push_stops_the_running_deployment_only_with_cancel_running(
         done = wait_status(store, newer, Status.SUCCEEDED)
         first = store.require(running.id)
 
-    assert step_statuses(done) == ALL_STEPS_SUCCEEDED
+    assert list(step_statuses(done).items()) == ALL_STEPS_SUCCEEDED
     assert first.finished_at is not None and done.started_at is not None and first.finished_at <= done.started_at
     if cancel_running:
         assert first.status == Status.SUPERSEDED
@@ -517,13 +422,15 @@ def test_newer_push_stops_the_running_deployment_only_with_cancel_running(
         assert first.reason == f"superseded by deployment {newer.id}"
         finished = [step.name for step in first.steps if step.status == "succeeded"]
         assert 1 <= len(finished) < len(testjobs.STEPS)
-        assert step_statuses(first) == [(name, "succeeded") for name in finished], "a step left unfinished"
+        assert list(step_statuses(first).items()) == [(name, "succeeded") for name in finished], (
+            "a step left unfinished"
+        )
         lines = [entry["line"] for entry in store.read_log(first.id)]
         assert f"stopped at a step boundary: superseded by deployment {newer.id}" in lines
     else:
         assert first.status == Status.SUCCEEDED
         assert first.superseded_by is None
-        assert step_statuses(first) == ALL_STEPS_SUCCEEDED
+        assert list(step_statuses(first).items()) == ALL_STEPS_SUCCEEDED
 
 
 # --- 6. cancelled while queued ---------------------------------------------------------------------
@@ -561,7 +468,7 @@ def test_deployment_cancelled_while_queued_never_runs(
     assert job.return_value() == Status.CANCELLED
     # With the newer one cancelled, the earlier push is the newest queued: it is not superseded.
     ran = store.require(earlier.id)
-    assert ran.status == Status.SUCCEEDED and step_statuses(ran) == ALL_STEPS_SUCCEEDED
+    assert ran.status == Status.SUCCEEDED and list(step_statuses(ran).items()) == ALL_STEPS_SUCCEEDED
 
 
 def test_a_second_worker_on_a_served_queue_refuses_and_the_first_keeps_deploying(
@@ -745,7 +652,7 @@ def test_run_deployment_fails_with_the_deploy_errors_message_and_releases_the_lo
     assert status == Status.FAILED
     failed = store.require(deployment.id)
     assert failed.status == Status.FAILED and failed.reason == "image build failed: exit 2"
-    assert step_statuses(failed) == [("checkout", "succeeded"), ("build", "failed")]
+    assert list(step_statuses(failed).items()) == [("checkout", "succeeded"), ("build", "failed")]
     assert failed.steps[1].message == "image build failed: exit 2"
     assert "deployment failed: image build failed: exit 2" in [entry["line"] for entry in store.read_log(failed.id)]
     assert EnvironmentLock(redis_conn, "staging", "observer", 30).holder() is None
@@ -761,7 +668,7 @@ def test_run_deployment_fails_with_internal_error_on_an_unexpected_exception(
     assert status == Status.FAILED
     failed = store.require(deployment.id)
     assert failed.reason.startswith("internal error: KeyError('surprise')")
-    assert step_statuses(failed) == [("checkout", "succeeded"), ("build", "failed")]
+    assert list(step_statuses(failed).items()) == [("checkout", "succeeded"), ("build", "failed")]
     assert EnvironmentLock(redis_conn, "staging", "observer", 30).holder() is None
     assert store.running("staging") is None
 
@@ -775,7 +682,7 @@ def test_run_deployment_fails_a_deployment_left_running_by_a_dead_worker(
     assert run_deployment(deployment.id, testjobs.sleepy_pipeline, redis_conn, deploy_config) == Status.SUCCEEDED
     failed = store.require(lost.id)
     assert failed.status == Status.FAILED and failed.reason == "worker lost during build"
-    assert step_statuses(failed) == [("build", "failed")]
+    assert list(step_statuses(failed).items()) == [("build", "failed")]
     assert store.require(deployment.id).finished_at is not None
     assert store.running("staging") is None
 
@@ -799,7 +706,7 @@ def test_run_deployment_stops_before_the_next_step_once_its_lock_expired(
     assert run_deployment(deployment.id, pipeline, redis_conn, config) == Status.FAILED
     failed = store.require(deployment.id)
     assert failed.reason.startswith("the lock on staging expired")
-    assert step_statuses(failed) == [("build", "succeeded")]
+    assert list(step_statuses(failed).items()) == [("build", "succeeded")]
     assert redis_conn.get(keys.lock("staging")) == b"another worker"  # the newer holder's lock stays
 
 
@@ -910,7 +817,7 @@ def test_sigterm_lets_the_running_deployment_finish_and_records_it(
     with running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=1.0) as worker:
         running = push(client, "staging")
         testbed.wait_for(
-            lambda: step_statuses(store.require(running.id)) == [(testjobs.STEPS[0], "running")],
+            lambda: list(step_statuses(store.require(running.id)).items()) == [(testjobs.STEPS[0], "running")],
             timeout=WAIT,
             interval=0.02,
             what=f"deployment {running.id}'s first step to run",
@@ -919,7 +826,7 @@ def test_sigterm_lets_the_running_deployment_finish_and_records_it(
         assert worker.proc.wait(timeout=WAIT) == 0
     finished = store.require(running.id)
     assert finished.status == Status.SUCCEEDED
-    assert step_statuses(finished) == ALL_STEPS_SUCCEEDED
+    assert list(step_statuses(finished).items()) == ALL_STEPS_SUCCEEDED
     assert EnvironmentLock(store.conn, "staging", "probe", 1).holder() is None
 
 

@@ -32,7 +32,8 @@ import pytest
 import requests
 import testbed
 import yaml
-from test_story import WAIT, walkthrough_blocks
+from testbed import WALKTHROUGH_WAIT as WAIT
+from testbed import walkthrough_blocks
 
 from deploy_config import DeployConfig, parse_config
 

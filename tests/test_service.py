@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,29 +12,10 @@ from pathlib import Path
 import redis
 import testbed
 from flask.testing import FlaskClient
+from testbed import DEPLOYHOOK, healthz, start_up, stop_up
 
 from deploy_config import DeployConfig
 from hook_server import create_app
-
-DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
-
-
-def healthz(port: int) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
-def start_up(config: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
-    return subprocess.Popen([DEPLOYHOOK, "up", "--config", str(config), "--bind", f"127.0.0.1:{port}"], env=env)
-
-
-def stop_up(proc: subprocess.Popen[bytes]) -> int:
-    proc.send_signal(signal.SIGINT)
-    return proc.wait(timeout=30)
 
 
 def test_up_serves_on_embedded_redis_and_keeps_data_across_restarts(tmp_path: Path, config_file: Path) -> None:

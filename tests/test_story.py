@@ -27,21 +27,13 @@ import docker
 import pytest
 import requests
 import testbed
-from testbed import bed_config
+from testbed import WALKTHROUGH_WAIT as WAIT
+from testbed import bed_config, walkthrough_blocks
 
 from deploy_config import DeployConfig, load_config, parse_config
 
 DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
-WAIT = 240.0
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def walkthrough_blocks(section: str) -> list[list[str]]:
-    """The README section's ```sh blocks, each as its command lines (comments and blanks dropped)."""
-    text = (ROOT / "README.md").read_text()
-    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
-    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
 
 
 def test_the_readmes_first_deploy_walks_through_to_green_staging_and_production(

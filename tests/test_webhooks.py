@@ -6,15 +6,12 @@ read back from Redis, and once a gunicorn server over real HTTP (body cap, chunk
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import http.client
 import io
 import json
 import socket
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -23,6 +20,29 @@ import pytest
 import redis
 import rq
 import testbed
+from deliveries import (
+    BAD_SIGNATURES,
+    GITEA_BAD,
+    GITHUB_VECTOR,
+    MALFORMED_BODIES,
+    OTHER_SHA,
+    REPOSITORY,
+    SECRET,
+    SHA,
+    STALE_SECRET,
+    WRONG_TYPES,
+    ZERO_SHA,
+    chunked,
+    deliver,
+    deliver_gitea,
+    deliver_gitlab,
+    encode,
+    gitea_payload,
+    gitlab_payload,
+    json_of,
+    push_payload,
+    sign,
+)
 from flask import Flask
 from flask.testing import FlaskClient
 from rq.job import Job
@@ -34,77 +54,12 @@ from deploy_state.queues import SERIALIZER
 from deploy_state.rejections import rejection_totals
 from hook_server import create_app, rejections, signatures
 
-REPOSITORY = "example/sample-app"
-SECRET = testbed.WEBHOOK_SECRET
-STALE_SECRET = "an-old-secret-rotated-away-3c4d"
 SECRET_ENV = "DEPLOYHOOK_WEBHOOK_SECRET"
 MAX_BODY = 1024
-SHA = hashlib.sha1(b"first commit").hexdigest()
-OTHER_SHA = hashlib.sha1(b"second commit").hexdigest()
-ZERO_SHA = "0" * 40
 DEPLOY_JOB = "workers.jobs.deploy"
-GITHUB_VECTOR = (
-    "It's a Secret to Everybody",
-    b"Hello, World!",
-    "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
-)
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def sign(body: bytes, secret: str = SECRET) -> str:
-    """X-Hub-Signature-256 for body: `sha256=` and the hex HMAC-SHA256."""
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def encode(payload: Mapping[str, Any]) -> bytes:
-    return json.dumps(payload, separators=(",", ":")).encode()
-
-
-def push_payload(branch: str = "staging", sha: str = SHA, **overrides: Any) -> dict[str, Any]:
-    """A GitHub push event (the fields deployhook reads, and a few it does not)."""
-    payload: dict[str, Any] = {
-        "ref": f"refs/heads/{branch}",
-        "before": OTHER_SHA,
-        "after": sha,
-        "created": False,
-        "deleted": False,
-        "forced": False,
-        "repository": {"full_name": REPOSITORY, "name": "sample-app", "private": True},
-        "pusher": {"name": "octocat", "email": "octocat@example.com"},
-        "head_commit": {
-            "id": sha,
-            "message": "Fix the greeting",
-            "url": f"https://github.com/{REPOSITORY}/commit/{sha}",
-        },
-    }
-    payload.update(overrides)
-    return payload
-
-
-def deliver(
-    client: FlaskClient,
-    payload: Mapping[str, Any] | bytes,
-    event: str = "push",
-    delivery: str | None = None,
-    secret: str | None = SECRET,
-    headers: Mapping[str, str] | None = None,
-    content_type: str = "application/json",
-) -> TestResponse:
-    """POST a GitHub delivery, signed with secret (unsigned when secret is None)."""
-    body = payload if isinstance(payload, bytes) else encode(payload)
-    sent = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery or str(uuid.uuid4()), "Content-Type": content_type}
-    if secret is not None:
-        sent["X-Hub-Signature-256"] = sign(body, secret)
-    sent.update(headers or {})
-    return client.post("/hooks/github", data=body, headers=sent)
-
-
-def json_of(response: TestResponse) -> dict[str, Any]:
-    data = response.get_json(silent=True)
-    assert isinstance(data, dict), f"not a JSON object: {response.status} {response.get_data(as_text=True)!r}"
-    return data
 
 
 def queue(conn: redis.Redis, env: str = "staging") -> rq.Queue:
@@ -160,26 +115,6 @@ def test_github_published_test_vector_verifies() -> None:
         signatures.verify_github(b"another secret", payload, signature)
     with pytest.raises(signatures.BadSignature):
         signatures.verify_github(secret.encode(), payload + b" ", signature)
-
-
-def _reserialised(body: bytes) -> str:
-    """A signature over the same JSON, re-serialised with other spacing and key order."""
-    return sign(json.dumps(json.loads(body), indent=2, sort_keys=True).encode())
-
-
-BAD_SIGNATURES: dict[str, tuple[Callable[[bytes], str | None], str]] = {
-    "missing": (lambda body: None, "missing"),
-    "empty": (lambda body: "", "missing"),
-    "sha1-prefix": (lambda body: "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest(), "malformed"),
-    "uppercase-prefix": (lambda body: "SHA256=" + sign(body).removeprefix("sha256="), "malformed"),
-    "no-prefix": (lambda body: sign(body).removeprefix("sha256="), "malformed"),
-    "too-short": (lambda body: sign(body)[:-1], "malformed"),
-    "too-long": (lambda body: sign(body) + "0", "malformed"),
-    "non-hex": (lambda body: "sha256=" + "g" * 64, "malformed"),
-    "non-ascii": (lambda body: "sha256=" + "\u00e9" * 64, "malformed"),
-    "stale-secret": (lambda body: sign(body, STALE_SECRET), "does not match"),
-    "reserialised-body": (_reserialised, "does not match"),
-}
 
 
 @pytest.mark.parametrize("case", BAD_SIGNATURES, ids=list(BAD_SIGNATURES))
@@ -453,40 +388,12 @@ def test_production_push_of_a_sha_staging_is_deploying_is_queued_to_wait_for_it(
 # --- malformed payloads -----------------------------------------------------------------------------
 
 
-MALFORMED_BODIES = {
-    "not-json": b"{not json",
-    "empty": b"",
-    "truncated": encode(push_payload())[:-5],
-    "not-utf8": b'{"ref": "\xff\xfe"}',
-    "array": b"[1, 2, 3]",
-    "string": b'"refs/heads/staging"',
-    "deeply-nested": b"[" * 100_000 + b"]" * 100_000,
-}
-
-
 @pytest.mark.parametrize("case", MALFORMED_BODIES, ids=list(MALFORMED_BODIES))
 def test_malformed_body_with_a_valid_signature_is_400(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
     response = deliver(client, MALFORMED_BODIES[case])
     assert response.status_code == 400
     assert json_of(response)["error"]
     assert_nothing_recorded(redis_conn)
-
-
-WRONG_TYPES: dict[str, tuple[dict[str, Any], str]] = {
-    "ref-number": ({"ref": 7}, "ref"),
-    "ref-null": ({"ref": None}, "ref"),
-    "after-not-a-sha": ({"after": "main"}, "after"),
-    "after-short-sha": ({"after": SHA[:12]}, "after"),
-    "after-number": ({"after": 1234567}, "after"),
-    "after-trailing-newline": ({"after": SHA + "\n"}, "after"),
-    "repository-string": ({"repository": REPOSITORY}, "repository"),
-    "repository-full-name-number": ({"repository": {"full_name": 42}}, "repository.full_name"),
-    "pusher-string": ({"pusher": "octocat"}, "pusher"),
-    "head-commit-list": ({"head_commit": [SHA]}, "head_commit"),
-    "head-commit-message-number": ({"head_commit": {"id": SHA, "message": 3}}, "head_commit.message"),
-    "head-commit-url-list": ({"head_commit": {"id": SHA, "url": ["x"]}}, "head_commit.url"),
-    "deleted-string": ({"deleted": "false"}, "deleted"),
-}
 
 
 @pytest.mark.parametrize("case", WRONG_TYPES, ids=list(WRONG_TYPES))
@@ -580,25 +487,6 @@ def test_empty_secret_counts_as_unset(client: FlaskClient, monkeypatch: pytest.M
 # --- Gitea / Forgejo ----------------------------------------------------------------------------------------
 
 
-def gitea_payload(sha: str = SHA) -> dict[str, Any]:
-    payload = push_payload(sha=sha)
-    payload["pusher"] = {"id": 1, "login": "gitea-user", "username": "gitea-user", "email": "g@example.com"}
-    payload.pop("head_commit")
-    payload["commits"] = [{"id": sha, "message": "Gitea commit\n", "url": f"https://gitea.example/c/{sha}"}]
-    payload["head_commit"] = payload["commits"][0]
-    return payload
-
-
-def deliver_gitea(
-    client: FlaskClient, payload: Mapping[str, Any], signature_header: str = "X-Gitea-Signature", **kw: str
-) -> TestResponse:
-    body = encode(payload)
-    signature = kw.get("signature", sign(body, kw.get("secret", SECRET)).removeprefix("sha256="))
-    headers = {"X-Gitea-Event": "push", "X-Gitea-Delivery": kw.get("delivery", str(uuid.uuid4()))}
-    headers[signature_header] = signature
-    return client.post("/hooks/gitea", data=body, headers=headers, content_type="application/json")
-
-
 @pytest.mark.parametrize("header", ["X-Gitea-Signature", "X-Forgejo-Signature"])
 def test_gitea_push_is_queued(client: FlaskClient, redis_conn: redis.Redis, header: str) -> None:
     response = deliver_gitea(client, gitea_payload(), signature_header=header, delivery="gitea-1")
@@ -618,14 +506,6 @@ def test_gitea_other_events_are_ignored(client: FlaskClient, redis_conn: redis.R
     assert_nothing_recorded(redis_conn)
 
 
-GITEA_BAD = {
-    "stale-secret": {"secret": STALE_SECRET},
-    "github-style-prefix": {"signature": "sha256=" + "0" * 64},
-    "non-hex": {"signature": "z" * 64},
-    "empty": {"signature": ""},
-}
-
-
 @pytest.mark.parametrize("case", GITEA_BAD, ids=list(GITEA_BAD))
 def test_gitea_bad_signature_is_401(app: Flask, client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
     response = deliver_gitea(client, gitea_payload(), **GITEA_BAD[case])
@@ -636,34 +516,6 @@ def test_gitea_bad_signature_is_401(app: Flask, client: FlaskClient, redis_conn:
 
 
 # --- GitLab -------------------------------------------------------------------------------------------------
-
-
-def gitlab_payload(sha: str = SHA, ref: str = "refs/heads/staging") -> dict[str, Any]:
-    return {
-        "object_kind": "push",
-        "ref": ref,
-        "before": OTHER_SHA,
-        "after": sha,
-        "user_username": "gitlab-user",
-        "project": {"path_with_namespace": REPOSITORY, "name": "sample-app"},
-        "commits": [
-            {"id": sha, "message": "The head commit", "url": f"https://gitlab.example/c/{sha}"},
-            {"id": OTHER_SHA, "message": "Not the head", "url": f"https://gitlab.example/c/{OTHER_SHA}"},
-        ],
-    }
-
-
-def deliver_gitlab(
-    client: FlaskClient,
-    payload: Mapping[str, Any],
-    event: str = "Push Hook",
-    token: str | None = SECRET,
-    uuid_: str | None = None,
-) -> TestResponse:
-    headers = {"X-Gitlab-Event": event, "X-Gitlab-Event-UUID": uuid_ or str(uuid.uuid4())}
-    if token is not None:
-        headers["X-Gitlab-Token"] = token
-    return client.post("/hooks/gitlab", data=encode(payload), headers=headers, content_type="application/json")
 
 
 def test_gitlab_push_is_queued_with_the_matching_commit(client: FlaskClient, redis_conn: redis.Redis) -> None:
@@ -727,16 +579,36 @@ def test_gitlab_wrong_types_are_400(client: FlaskClient, redis_conn: redis.Redis
 # --- rejection logging, secrets ---------------------------------------------------------------------------
 
 
-def test_rejection_logging_is_rate_limited(app: Flask, client: FlaskClient, redis_conn: redis.Redis) -> None:
-    # The quota is per wall-clock minute: start well inside one so all 60 fall in the same window.
-    into_minute = time.time() % 60
-    if into_minute > 55:
-        time.sleep(60.2 - into_minute)
-    statuses = [deliver(client, push_payload(), secret=None).status_code for _ in range(60)]
+def test_rejected_deliveries_are_counted_and_audited(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    """Through the endpoint; fewer than the quota, so all are audited whichever minutes they fall in."""
+    statuses = [deliver(client, push_payload(), secret=None).status_code for _ in range(5)]
 
-    assert statuses == [401] * 60
-    assert rejected(redis_conn) == {"signature": 60}
-    assert len(rejection_audits(redis_conn)) == rejections.LOGGED_PER_MINUTE
+    assert statuses == [401] * 5
+    assert rejected(redis_conn) == {"signature": 5}
+    assert [audit["reason"] for audit in rejection_audits(redis_conn)] == ["signature"] * 5
+    assert_nothing_recorded(redis_conn)
+
+
+def test_rejection_logging_is_rate_limited_per_minute(
+    app: Flask, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LOGGED_PER_MINUTE logged and audited in a minute, the rest only counted; the next minute logs again."""
+    now = 1_800_000_000 - 0.5  # half a second before a minute ends: the edge a wall-clock test had to dodge
+    quota = rejections.LOGGED_PER_MINUTE
+    with app.test_request_context("/hooks/github", environ_base={"REMOTE_ADDR": "203.0.113.9"}):
+        for _ in range(3 * quota):
+            rejections.record_rejection("signature", "no signature", clock=lambda: now)
+        assert rejected(redis_conn) == {"signature": 3 * quota}
+        assert len(rejection_audits(redis_conn)) == quota
+        logged = [r.getMessage() for r in caplog.records if r.name == rejections.__name__]
+        assert len(logged) == quota + 1
+        assert logged[-1] == f"more than {quota} rejected deliveries this minute; counting the rest silently"
+
+        now += 1  # the next minute: a fresh quota
+        rejections.record_rejection("signature", "no signature", clock=lambda: now)
+    assert rejected(redis_conn) == {"signature": 3 * quota + 1}
+    assert len(rejection_audits(redis_conn)) == quota + 1
+    assert rejection_audits(redis_conn)[0]["path"] == "/hooks/github"
     assert_nothing_recorded(redis_conn)
 
 
@@ -831,12 +703,6 @@ def test_gunicorn_accepts_a_signed_push(gunicorn_port: int, redis_conn: redis.Re
         Job.fetch(f"deployment-{data['deployment_id']}", connection=redis_conn, serializer=SERIALIZER).func_name
         == DEPLOY_JOB
     )
-
-
-def chunked(body: bytes, size: int = 300) -> bytes:
-    """body in Transfer-Encoding: chunked framing."""
-    pieces = [body[i : i + size] for i in range(0, len(body), size)]
-    return b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for piece in pieces) + b"0\r\n\r\n"
 
 
 def test_gunicorn_refuses_an_oversized_body_with_content_length(gunicorn_port: int, redis_conn: redis.Redis) -> None:

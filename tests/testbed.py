@@ -11,13 +11,16 @@ import hmac
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -35,7 +38,7 @@ import redis
 import requests
 import yaml
 from flask.testing import FlaskClient
-from rq import SimpleWorker
+from rq import SimpleWorker, Worker
 
 from deploy_config import DeployConfig
 from deploy_config.loading import parse_config
@@ -405,6 +408,145 @@ def web_server(
         proc.wait(timeout=30)
 
 
+DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
+"""The `deployhook` command of this virtualenv."""
+
+
+def healthz(port: int) -> tuple[int, dict[str, str]]:
+    """GET /healthz on loopback: its status and its JSON, whatever the status."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def start_up(config: Path, port: int) -> subprocess.Popen[bytes]:
+    """`deployhook up` on loopback, as `make run` starts it (its own embedded Redis: REDIS_URL unset)."""
+    env = {key: value for key, value in os.environ.items() if key != "REDIS_URL"}
+    return subprocess.Popen([DEPLOYHOOK, "up", "--config", str(config), "--bind", f"127.0.0.1:{port}"], env=env)
+
+
+def stop_up(proc: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C `deployhook up`; its exit code."""
+    proc.send_signal(signal.SIGINT)
+    return proc.wait(timeout=30)
+
+
+# --- worker processes ------------------------------------------------------------------------
+
+
+WAIT = 60.0
+"""Generous upper bound for any single wait on a process: only a broken rule ever waits this long."""
+TEST_WORKER = (sys.executable, str(TESTS / "testjobs.py"))
+"""`deployhook worker` running testjobs.sleepy: run it as `*TEST_WORKER, "worker", ...`."""
+
+
+def worker_env(redis_url: str, step_seconds: float) -> dict[str, str]:
+    """A worker subprocess's environment: this Redis, tests/ importable, testjobs' step length."""
+    pythonpath = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "PYTHONPATH": pythonpath,
+        "DEPLOYHOOK_TEST_STEP_SECONDS": str(step_seconds),
+    }
+
+
+@dataclass
+class WorkerProcess:
+    """A `deployhook worker` subprocess, in a session of its own, and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its work horse: nothing gets to clean up."""
+        kill_session(self.pid)
+        self.proc.wait(timeout=WAIT)
+        wait_for(lambda: not session_pids(self.pid), timeout=WAIT, what=f"session {self.pid} to die")
+
+    def wait_exit(self) -> int:
+        """For --burst workers: the exit code once the queue is drained."""
+        return self.proc.wait(timeout=WAIT)
+
+
+@contextmanager
+def running_worker(
+    config_file: Path,
+    redis_url: str,
+    environment: str,
+    log_dir: Path,
+    step_seconds: float = 0.2,
+    burst: bool = False,
+    shared: bool = False,
+) -> Iterator[WorkerProcess]:
+    """A real `deployhook worker --env ENV` subprocess running testjobs.sleepy, ready (registered with RQ) when yielded.
+
+    shared: a second worker on a queue another already serves (--shared-queue).
+    """
+    log_path = log_dir / f"worker-{environment}-{uuid.uuid4().hex[:8]}.log"
+    args = [*TEST_WORKER, "worker", "--config", str(config_file), "--env", environment]
+    args += ["--shared-queue"] if shared else []
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [*args, *(["--burst"] if burst else [])],
+            env=worker_env(redis_url, step_seconds),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = WorkerProcess(proc, log_path)
+    try:
+        if not burst:
+            conn = redis.Redis.from_url(redis_url)
+            try:
+                queue = queue_for(conn, environment)
+                wait_for(
+                    lambda: proc.poll() is None and any(w.pid == proc.pid for w in Worker.all(queue=queue)),
+                    timeout=WAIT,
+                    what=f"the {environment} worker to register",
+                )
+            finally:
+                conn.close()
+        yield worker
+    except BaseException:
+        print(f"--- {log_path.name} ---\n{worker.log()}")
+        raise
+    finally:
+        if proc.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)  # warm shutdown: finish the job at hand, then exit
+            try:
+                proc.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                kill_session(proc.pid)
+                proc.wait(timeout=WAIT)
+        kill_session(proc.pid)  # a work horse orphaned by a killed worker
+
+
+# --- the README's walkthroughs ---------------------------------------------------------------
+
+
+WALKTHROUGH_WAIT = 240.0
+"""Generous upper bound for one command of a README walkthrough (a first deploy builds every image)."""
+
+
+def walkthrough_blocks(section: str) -> list[list[str]]:
+    """The README section's ```sh blocks, each as its command lines (comments and blanks dropped)."""
+    text = (TESTS.parent / "README.md").read_text()
+    body = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", body, flags=re.DOTALL)
+    return [[line.split("  #")[0].strip() for line in block.splitlines() if line.strip()] for block in blocks]
+
+
 # --- Docker ----------------------------------------------------------------------------
 
 
@@ -476,6 +618,70 @@ def _ensure_image(fixture: str, tag: str, *args: str) -> str:
 
 def unique_name(prefix: str = "dhtest") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- HAProxy without Docker -------------------------------------------------------------------
+
+
+HAPROXY_BACKEND = "release"
+"""The backend a haproxy_server() serves, named as deploy_config.proxy.BACKEND names the real one."""
+
+
+def haproxy_config(socket_path: Path, port: int, servers: Mapping[str, str]) -> str:
+    """haproxy.cfg as docker_runtime/proxy.py renders it (one frontend, one backend), its admin socket at
+    socket_path and servers name -> host:port on loopback."""
+    return (
+        "\n".join(
+            [
+                "global",
+                "    maxconn 256",
+                f"    stats socket {socket_path} mode 600 level admin",
+                "    stats timeout 10s",
+                "defaults",
+                "    mode http",
+                "    timeout connect 2s",
+                "    timeout client 60s",
+                "    timeout server 300s",
+                "frontend http",
+                f"    bind 127.0.0.1:{port}",
+                f"    default_backend {HAPROXY_BACKEND}",
+                f"backend {HAPROXY_BACKEND}",
+                "    balance roundrobin",
+                "    default-server init-addr libc,none",
+                *(f"    server {name} {address}" for name, address in servers.items()),
+            ]
+        )
+        + "\n"
+    )
+
+
+@contextmanager
+def haproxy_server(servers: Mapping[str, str]) -> Iterator[tuple[Path, int]]:
+    """A real haproxy process (Debian's package) in the foreground, serving servers (name -> host:port);
+    yields its admin socket and its frontend's port. No Docker: the proxy's own tests run here."""
+    binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if binary is None:
+        unavailable("no haproxy binary (apt-get install haproxy)")
+        raise AssertionError  # unreachable: unavailable() raises
+    # A short directory: HAProxy binds the socket itself, and a unix socket's path may not exceed 107 bytes.
+    with tempfile.TemporaryDirectory(prefix="dh-haproxy-") as directory:
+        socket_path, port = Path(directory) / "admin.sock", free_port()
+        config = Path(directory) / "haproxy.cfg"
+        config.write_text(haproxy_config(socket_path, port, servers))
+        log_path = Path(directory) / "haproxy.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen([binary, "-db", "-f", str(config)], stdout=log, stderr=subprocess.STDOUT)
+        try:
+
+            def up() -> bool:
+                assert proc.poll() is None, f"haproxy exited with {proc.returncode}: {log_path.read_text()}"
+                return socket_path.exists()
+
+            wait_for(up, timeout=10, what="haproxy's admin socket")
+            yield socket_path, port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
 
 
 # --- config ----------------------------------------------------------------------------
@@ -711,6 +917,12 @@ def running_image_ids(bed: Bed, env: str) -> dict[str, str]:
 
 
 def step_statuses(deployment: Deployment) -> dict[str, str]:
+    """Each step's status by name, in the order the steps ran (list(...items()) to compare the order too).
+
+    A step recorded twice fails the test here rather than one of the two hiding the other.
+    """
+    names = [step.name for step in deployment.steps]
+    assert len(set(names)) == len(names), f"deployment {deployment.id} recorded a step twice: {names}"
     return {step.name: step.status for step in deployment.steps}
 
 

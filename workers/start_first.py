@@ -35,7 +35,7 @@ from deploy_config.proxy import BACKEND, CONFIG_NAME, socket_path
 from deploy_state import Status
 from deploy_text.formatting import short_sha
 from docker_runtime.containers import project_containers
-from docker_runtime.haproxy import HAProxy, ProxyError
+from docker_runtime.haproxy import HAProxy, ProxyError, Server
 from docker_runtime.proxy import private_dir, release_port, render_haproxy_config, write_private
 from workers.errors import HealthCheckFailed, RolloutFailed
 
@@ -150,12 +150,7 @@ def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
 
 def reconcile(ctx: DeploymentContext, release: Release) -> list[str]:
     """Make the proxy and the containers agree, after a worker died half-way or the proxy restarted;
-    returns the containers that serve now (the ones this deploy replaces).
-
-    Servers whose container is gone are removed. When something is ready, running containers the proxy
-    does not know never took traffic (a deploy stopped before its switch) and are removed, and drained
-    ones (stopped before its drain ended) are retired. When nothing is ready (a proxy that lost its
-    servers, or the first start-first deploy), whatever runs is put back: never point at nothing.
+    returns the containers that serve now (the ones this deploy replaces). What it does is plan_reconcile()'s.
     """
     proxy = release.proxy
     running = {_name(c): c for c in _service_containers(ctx)}
@@ -163,31 +158,61 @@ def reconcile(ctx: DeploymentContext, release: Release) -> list[str]:
         if _name(container) not in running:
             ctx.log(f"removing {_name(container)} ({container.status}): a stopped container is never scaled back up")
             _remove(container)
-    servers = {s.name: s for s in proxy.servers(BACKEND)}
-    for server in servers.values():
-        if server.name not in running:
-            ctx.log(f"proxy: removing server {server.name}, whose container is gone")
-            _delete(ctx, proxy, server.name)
-    ready = [s.name for s in servers.values() if s.ready and s.name in running]
-    drained = [s.name for s in servers.values() if not s.ready and s.name in running]
-    unknown = [name for name in running if name not in servers]
+    plan = plan_reconcile(running, proxy.servers(BACKEND))
+    for name in plan.delete:
+        ctx.log(f"proxy: removing server {name}, whose container is gone")
+        _delete(ctx, proxy, name)
+    for name in plan.restore:
+        proxy.set_state(BACKEND, name, "ready")
+    for name in plan.register:
+        _add(ctx, release, running[name])
+    if plan.restore or plan.register:
+        ctx.log(f"proxy: nothing was ready; serving what runs: {', '.join(plan.serving)}")
+    for name in plan.discard:
+        ctx.log(f"removing {name}: it runs but never took traffic (a deployment stopped before its switch)")
+        _remove(running[name])
+    if plan.retire:
+        ctx.log(f"proxy: retiring {', '.join(plan.retire)}, left draining by a deployment that stopped")
+        retire(ctx, release, plan.retire, since=time.monotonic())
+    _write_config(ctx, release, plan.serving)
+    return sorted(plan.serving)
+
+
+@dataclass(frozen=True)
+class Reconciliation:
+    """What reconcile() does, in this order; each a list of container (and server) names."""
+
+    delete: list[str] = field(default_factory=list)
+    """Servers whose container is gone: taken out of the proxy."""
+    restore: list[str] = field(default_factory=list)
+    """Servers not ready whose container runs, set ready again: nothing else was ready."""
+    register: list[str] = field(default_factory=list)
+    """Running containers the proxy does not know, added to it: nothing else was ready."""
+    discard: list[str] = field(default_factory=list)
+    """Running containers the proxy does not know while another is ready: they never took traffic; removed."""
+    retire: list[str] = field(default_factory=list)
+    """Servers left draining (or in maintenance) while another is ready: drained, then stopped and removed."""
+    serving: list[str] = field(default_factory=list)
+    """The servers ready afterwards: what the deploy replaces, and what haproxy.cfg names."""
+
+
+def plan_reconcile(running: Iterable[str], servers: Iterable[Server]) -> Reconciliation:
+    """The decision of reconcile(), from the names of the service's running containers and the proxy's servers.
+
+    Servers whose container is gone are removed. When something is ready, running containers the proxy
+    does not know never took traffic (a deploy stopped before its switch) and are removed, and drained
+    ones (stopped before its drain ended) are retired. When nothing is ready (a proxy that lost its
+    servers, or the first start-first deploy), whatever runs is put back: never point at nothing.
+    """
+    running = list(running)
+    known = {server.name: server for server in servers}
+    delete = [name for name in known if name not in running]
+    ready = [s.name for s in known.values() if s.ready and s.name in running]
+    drained = [s.name for s in known.values() if not s.ready and s.name in running]
+    unknown = [name for name in running if name not in known]
     if not ready:
-        for name in drained:
-            proxy.set_state(BACKEND, name, "ready")
-        for name in unknown:
-            _add(ctx, release, running[name])
-        ready = drained + unknown
-        if ready:
-            ctx.log(f"proxy: nothing was ready; serving what runs: {', '.join(ready)}")
-    else:
-        for name in unknown:
-            ctx.log(f"removing {name}: it runs but never took traffic (a deployment stopped before its switch)")
-            _remove(running[name])
-        if drained:
-            ctx.log(f"proxy: retiring {', '.join(drained)}, left draining by a deployment that stopped")
-            retire(ctx, release, drained, since=time.monotonic())
-    _write_config(ctx, release, ready)
-    return sorted(ready)
+        return Reconciliation(delete=delete, restore=drained, register=unknown, serving=drained + unknown)
+    return Reconciliation(delete=delete, discard=unknown, retire=drained, serving=ready)
 
 
 # --- health, switch, drain ------------------------------------------------------------------------------

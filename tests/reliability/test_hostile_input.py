@@ -1,7 +1,7 @@
 """Hostile deliveries: each is answered with a clear error and nothing is recorded or enqueued.
 
-The cases tests/test_webhooks.py already has are imported and run here too, so the figures count
-them; the cases below them are the ones it lacked.
+The cases tests/test_webhooks.py already runs (tests/deliveries.py holds them) are run here too, so the
+figures count them; the cases below them are the ones it lacked.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlencode
 
+import deliveries
 import pytest
 import redis
-import test_webhooks as tw
 import testbed
 from flask.testing import FlaskClient
 
@@ -42,14 +42,14 @@ EXTRA_BAD_SIGNATURES: dict[str, Callable[[bytes], str]] = {
     "empty-secret": lambda body: sign(body, ""),
 }
 SIGNATURE_CASES: dict[str, Callable[[bytes], str | None]] = {
-    **{f"existing-{name}": make for name, (make, _) in tw.BAD_SIGNATURES.items()},
+    **{f"existing-{name}": make for name, (make, _) in deliveries.BAD_SIGNATURES.items()},
     **EXTRA_BAD_SIGNATURES,
 }
 
 
 @pytest.mark.parametrize("case", SIGNATURE_CASES, ids=list(SIGNATURE_CASES))
 def test_bad_signature_is_refused(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
-    body = tw.encode(tw.push_payload())
+    body = deliveries.encode(deliveries.push_payload())
     header = SIGNATURE_CASES[case](body)
     headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": str(uuid.uuid4()), "Content-Type": "application/json"}
     if header is not None:
@@ -58,13 +58,16 @@ def test_bad_signature_is_refused(client: FlaskClient, redis_conn: redis.Redis, 
     refused = response.status_code == 401
     tally("signature", refused)
     assert refused, response.get_data(as_text=True)
-    assert "X-Hub-Signature-256" in tw.json_of(response)["error"] or "signature" in tw.json_of(response)["error"]
+    assert (
+        "X-Hub-Signature-256" in deliveries.json_of(response)["error"]
+        or "signature" in deliveries.json_of(response)["error"]
+    )
     assert_nothing_recorded(redis_conn)
 
 
-@pytest.mark.parametrize("case", tw.GITEA_BAD, ids=list(tw.GITEA_BAD))
+@pytest.mark.parametrize("case", deliveries.GITEA_BAD, ids=list(deliveries.GITEA_BAD))
 def test_bad_gitea_signature_is_refused(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
-    response = tw.deliver_gitea(client, tw.gitea_payload(), **tw.GITEA_BAD[case])
+    response = deliveries.deliver_gitea(client, deliveries.gitea_payload(), **deliveries.GITEA_BAD[case])
     refused = response.status_code == 401
     tally("signature", refused)
     assert refused
@@ -73,7 +76,7 @@ def test_bad_gitea_signature_is_refused(client: FlaskClient, redis_conn: redis.R
 
 @pytest.mark.parametrize("token", [None, "", "x", testbed.WEBHOOK_SECRET + "x", testbed.WEBHOOK_SECRET.upper()])
 def test_bad_gitlab_token_is_refused(client: FlaskClient, redis_conn: redis.Redis, token: str | None) -> None:
-    response = tw.deliver_gitlab(client, tw.gitlab_payload(), token=token)
+    response = deliveries.deliver_gitlab(client, deliveries.gitlab_payload(), token=token)
     refused = response.status_code == 401
     tally("signature", refused)
     assert refused
@@ -84,23 +87,23 @@ def test_github_published_test_vector_verifies(
     client: FlaskClient, redis_conn: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """GitHub's vector verifies in the function and at the endpoint (authentic, then 400: not JSON)."""
-    secret, payload, signature = tw.GITHUB_VECTOR
+    secret, payload, signature = deliveries.GITHUB_VECTOR
     signatures.verify_github(secret.encode(), payload, signature)
     monkeypatch.setenv("DEPLOYHOOK_WEBHOOK_SECRET", secret)
     headers = {"X-GitHub-Event": "push", "X-Hub-Signature-256": signature, "Content-Type": "text/plain"}
     response = client.post("/hooks/github", data=payload, headers=headers)
     assert response.status_code == 400, response.get_data(as_text=True)
-    assert "JSON" in tw.json_of(response)["error"]
+    assert "JSON" in deliveries.json_of(response)["error"]
     assert_nothing_recorded(redis_conn)
 
 
 # --- malformed JSON and wrong types, with a valid signature ---------------------------------------
 
 
-@pytest.mark.parametrize("case", tw.MALFORMED_BODIES, ids=list(tw.MALFORMED_BODIES))
+@pytest.mark.parametrize("case", deliveries.MALFORMED_BODIES, ids=list(deliveries.MALFORMED_BODIES))
 def test_malformed_json_is_400(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
-    response = tw.deliver(client, tw.MALFORMED_BODIES[case])
-    refused = response.status_code == 400 and bool(tw.json_of(response)["error"])
+    response = deliveries.deliver(client, deliveries.MALFORMED_BODIES[case])
+    refused = response.status_code == 400 and bool(deliveries.json_of(response)["error"])
     tally("malformed-json", refused)
     assert refused
     assert_nothing_recorded(redis_conn)
@@ -118,8 +121,8 @@ MALFORMED_FORMS = {
 
 @pytest.mark.parametrize("case", MALFORMED_FORMS, ids=list(MALFORMED_FORMS))
 def test_malformed_form_delivery_is_400(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
-    response = tw.deliver(client, MALFORMED_FORMS[case], content_type="application/x-www-form-urlencoded")
-    refused = response.status_code == 400 and bool(tw.json_of(response)["error"])
+    response = deliveries.deliver(client, MALFORMED_FORMS[case], content_type="application/x-www-form-urlencoded")
+    refused = response.status_code == 400 and bool(deliveries.json_of(response)["error"])
     tally("malformed-json", refused)
     assert refused, response.get_data(as_text=True)
     assert_nothing_recorded(redis_conn)
@@ -133,8 +136,8 @@ EXTRA_WRONG_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "ref-true": ({"ref": True}, "ref"),
     "after-missing": ({"after": _MISSING}, "after"),
     "after-null": ({"after": None}, "after"),
-    "after-list": ({"after": [tw.SHA]}, "after"),
-    "after-leading-space": ({"after": " " + tw.SHA}, "after"),
+    "after-list": ({"after": [deliveries.SHA]}, "after"),
+    "after-leading-space": ({"after": " " + deliveries.SHA}, "after"),
     "after-non-ascii-digits": ({"after": "\u0661" * 40}, "after"),
     "repository-missing": ({"repository": _MISSING}, "repository"),
     "repository-null": ({"repository": None}, "repository"),
@@ -153,20 +156,20 @@ EXTRA_WRONG_TYPES: dict[str, tuple[dict[str, Any], str]] = {
     "head-commit-url-number": ({"head_commit": {"url": 1}}, "head_commit.url"),
     "deleted-number": ({"deleted": 0}, "deleted"),
 }
-ALL_WRONG_TYPES = {**{f"existing-{k}": v for k, v in tw.WRONG_TYPES.items()}, **EXTRA_WRONG_TYPES}
+ALL_WRONG_TYPES = {**{f"existing-{k}": v for k, v in deliveries.WRONG_TYPES.items()}, **EXTRA_WRONG_TYPES}
 
 
 @pytest.mark.parametrize("case", ALL_WRONG_TYPES, ids=list(ALL_WRONG_TYPES))
 def test_wrong_type_is_400_naming_the_field(client: FlaskClient, redis_conn: redis.Redis, case: str) -> None:
     overrides, field = ALL_WRONG_TYPES[case]
-    payload = tw.push_payload()
+    payload = deliveries.push_payload()
     for name, value in overrides.items():
         if value is _MISSING:
             del payload[name]
         else:
             payload[name] = value
-    response = tw.deliver(client, payload)
-    refused = response.status_code == 400 and f"'{field}'" in tw.json_of(response).get("error", "")
+    response = deliveries.deliver(client, payload)
+    refused = response.status_code == 400 and f"'{field}'" in deliveries.json_of(response).get("error", "")
     tally("wrong-types", refused)
     assert refused, (response.status_code, response.get_data(as_text=True))
     assert_nothing_recorded(redis_conn)
@@ -187,7 +190,7 @@ def capped_port(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Ite
 
 
 def _oversized_json() -> bytes:
-    return tw.encode(tw.push_payload(head_commit={"message": "x" * (2 * MAX_BODY)}))
+    return deliveries.encode(deliveries.push_payload(head_commit={"message": "x" * (2 * MAX_BODY)}))
 
 
 def _oversized_form() -> bytes:
@@ -201,7 +204,7 @@ def _send(port: int, body: bytes, content_type: str, framing: str, signed: bool)
         f"POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
         f"X-GitHub-Event: push\r\nX-GitHub-Delivery: {uuid.uuid4()}\r\n{signature}Connection: close\r\n{extra}\r\n"
     ).encode()
-    sent = body if framing == "content-length" else tw.chunked(body)
+    sent = body if framing == "content-length" else deliveries.chunked(body)
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head + sent)
         sock.shutdown(socket.SHUT_WR)

@@ -6,9 +6,10 @@ import re
 import secrets
 from pathlib import Path
 
+import deliveries
 import pytest
 import redis
-import test_webhooks as tw
+import testbed
 import testjobs
 from flask.testing import FlaskClient
 
@@ -45,8 +46,8 @@ def test_hostile_branch_deploys_nothing(
 ) -> None:
     canary = tmp_path / "canary"
     branch = hostile_strings(canary)[case]
-    response = tw.deliver(client, tw.push_payload(branch=branch))
-    ignored = response.status_code == 202 and "ignored" in tw.json_of(response)
+    response = deliveries.deliver(client, deliveries.push_payload(branch=branch))
+    ignored = response.status_code == 202 and "ignored" in deliveries.json_of(response)
     tally("injection-branch", ignored)
     assert ignored, response.get_data(as_text=True)
     assert_nothing_recorded(redis_conn)
@@ -61,8 +62,8 @@ def test_hostile_ref_deploys_nothing(client: FlaskClient, redis_conn: redis.Redi
         "dot-dot-ref": "refs/heads/../heads/staging",
         "nul-ref": "refs/heads/staging\x00",
     }[case]
-    response = tw.deliver(client, tw.push_payload(ref=ref))
-    ignored = response.status_code == 202 and "ignored" in tw.json_of(response)
+    response = deliveries.deliver(client, deliveries.push_payload(ref=ref))
+    ignored = response.status_code == 202 and "ignored" in deliveries.json_of(response)
     tally("injection-ref", ignored)
     assert ignored, response.get_data(as_text=True)
     assert_nothing_recorded(redis_conn)
@@ -77,9 +78,11 @@ def test_hostile_message_and_pusher_are_recorded_verbatim_and_escaped(
     pusher = hostile["script-tag"] + hostile["command-substitution"]
     before = _files_outside(tmp_path)
     sha = secrets.token_hex(20)
-    response = tw.deliver(client, tw.push_payload(sha=sha, pusher={"name": pusher}, head_commit={"message": message}))
+    response = deliveries.deliver(
+        client, deliveries.push_payload(sha=sha, pusher={"name": pusher}, head_commit={"message": message})
+    )
     assert response.status_code == 202, response.get_data(as_text=True)
-    deployment_id = tw.json_of(response)["deployment_id"]
+    deployment_id = deliveries.json_of(response)["deployment_id"]
 
     store = DeploymentStore(redis_conn)
     recorded = store.require(deployment_id)
@@ -98,9 +101,9 @@ def test_hostile_message_and_pusher_are_recorded_verbatim_and_escaped(
         if path != "/":
             assert "&lt;script&gt;alert(" in text, f"{path} does not show the escaped pusher or message"
         tally("injection-page", True)
-    api = client.get(f"/api/deployments/{deployment_id}", headers={"Authorization": f"Bearer {tw.testbed.API_TOKEN}"})
+    api = client.get(f"/api/deployments/{deployment_id}", headers={"Authorization": f"Bearer {testbed.API_TOKEN}"})
     assert api.status_code == 200
-    assert tw.json_of(api)["message"] == message
+    assert deliveries.json_of(api)["message"] == message
     assert not canary.exists()
     assert _files_outside(tmp_path) == before
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 import requests
-import test_queueing as tq
 import testbed
+from testbed import running_worker
 
 from deploy_config import DeployConfig
 from deploy_state import DeploymentStore, Status, keys
@@ -59,7 +59,7 @@ def test_fifty_signed_pushes_in_ten_seconds(
 
     with (
         testbed.web_server(config_file, redis_url, GUNICORN_SECRETS, tmp_path / "gunicorn.log", job=TEST_JOB) as port,
-        tq.running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.2),
+        running_worker(config_file, redis_url, "staging", tmp_path, step_seconds=0.2),
     ):
         sampler = threading.Thread(target=sample)
         sampler.start()

@@ -7,8 +7,8 @@ import json
 from collections import Counter
 from typing import Any
 
+import deliveries
 import redis
-import test_webhooks as tw
 import testbed
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
@@ -36,11 +36,13 @@ def bodies(draw: st.DrawFn) -> bytes:
     if kind == "json":
         return json.dumps(draw(json_values)).encode()
     branch = draw(st.sampled_from(["staging", "production", "main"]) | st.text(max_size=20))
-    payload: dict[str, Any] = tw.push_payload(branch=branch, sha=draw(st.sampled_from([tw.SHA, tw.OTHER_SHA])))
+    payload: dict[str, Any] = deliveries.push_payload(
+        branch=branch, sha=draw(st.sampled_from([deliveries.SHA, deliveries.OTHER_SHA]))
+    )
     if kind == "mutated-push":
         for name in draw(st.lists(st.sampled_from(FIELDS), min_size=1, max_size=3, unique=True)):
             payload[name] = draw(json_values)
-    return tw.encode(payload)
+    return deliveries.encode(payload)
 
 
 ENDPOINTS = {

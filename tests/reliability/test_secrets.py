@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 
+import deliveries
 import pytest
 import redis
-import test_webhooks as tw
 import testbed
 from flask.testing import FlaskClient
 
@@ -53,27 +53,31 @@ def test_no_secret_in_any_response_log_page_or_metric(
     caplog.set_level(logging.DEBUG)
     store = DeploymentStore(redis_conn)
     responses = [
-        tw.deliver(client, tw.push_payload(), delivery="ok"),
-        tw.deliver(client, tw.push_payload(), delivery="ok"),
-        tw.deliver(client, tw.push_payload(), secret=tw.STALE_SECRET),
-        tw.deliver(client, tw.push_payload(), secret=None),
-        tw.deliver(client, tw.push_payload(), headers={"X-Hub-Signature-256": "sha256=" + testbed.WEBHOOK_SECRET}),
-        tw.deliver(client, b"{not json"),
-        tw.deliver(client, tw.push_payload(repository={"full_name": "mallory/x"})),
-        tw.deliver_gitlab(client, tw.gitlab_payload(), token=testbed.WEBHOOK_SECRET + "-stale"),
+        deliveries.deliver(client, deliveries.push_payload(), delivery="ok"),
+        deliveries.deliver(client, deliveries.push_payload(), delivery="ok"),
+        deliveries.deliver(client, deliveries.push_payload(), secret=deliveries.STALE_SECRET),
+        deliveries.deliver(client, deliveries.push_payload(), secret=None),
+        deliveries.deliver(
+            client, deliveries.push_payload(), headers={"X-Hub-Signature-256": "sha256=" + testbed.WEBHOOK_SECRET}
+        ),
+        deliveries.deliver(client, b"{not json"),
+        deliveries.deliver(client, deliveries.push_payload(repository={"full_name": "mallory/x"})),
+        deliveries.deliver_gitlab(client, deliveries.gitlab_payload(), token=testbed.WEBHOOK_SECRET + "-stale"),
         client.get("/api/deployments", headers={"Authorization": f"Bearer {testbed.API_TOKEN}x"}),
         client.get("/api/deployments", headers={"Authorization": testbed.API_TOKEN}),
     ]
     # A push whose commit message and pusher carry every secret (a careless commit), and a leaky deployment.
-    leaky = tw.deliver(
+    leaky = deliveries.deliver(
         client,
-        tw.push_payload(
-            sha=tw.OTHER_SHA, head_commit={"message": f"oops {all_secrets()}"}, pusher={"name": testbed.API_TOKEN}
+        deliveries.push_payload(
+            sha=deliveries.OTHER_SHA,
+            head_commit={"message": f"oops {all_secrets()}"},
+            pusher={"name": testbed.API_TOKEN},
         ),
     )
     responses.append(leaky)
     assert leaky.status_code == 202, leaky.get_data(as_text=True)
-    deployment_id = tw.json_of(leaky)["deployment_id"]  # the newest: the first one is superseded by it
+    deployment_id = deliveries.json_of(leaky)["deployment_id"]  # the newest: the first one is superseded by it
     status = run_deployment(deployment_id, leaky_pipeline, connection=redis_conn, config=deploy_config)
     assert status == Status.FAILED
 
@@ -87,7 +91,7 @@ def test_no_secret_in_any_response_log_page_or_metric(
     ):
         responses.append(client.get(path, headers=BEARER))
     monkeypatch.delenv("DEPLOYHOOK_WEBHOOK_SECRET")
-    responses.append(tw.deliver(client, tw.push_payload()))
+    responses.append(deliveries.deliver(client, deliveries.push_payload()))
 
     found: dict[str, list[str]] = {}
     for index, response in enumerate(responses):

@@ -19,11 +19,10 @@ import docker
 import pytest
 import redis
 import rq
-import test_service
 import testbed
 import yaml
 from rq.job import Job, JobStatus
-from testbed import Bed, step_statuses
+from testbed import Bed, healthz, start_up, step_statuses, stop_up
 
 from deploy_cli.base import main
 from deploy_cli.polling import poll_once
@@ -103,11 +102,11 @@ def test_backups_redis_data_and_the_mirror_are_private(bed: Bed, redis_url: str,
     assert stat.S_IMODE(worktrees.stat().st_mode) == 0o700
 
     port = testbed.free_port()
-    up = test_service.start_up(bed.config_file, port)
+    up = start_up(bed.config_file, port)
     try:
-        testbed.wait_for(lambda: test_service.healthz(port)[0] == 200, timeout=30, what="deployhook up")
+        testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook up")
     finally:
-        assert test_service.stop_up(up) == 0
+        assert stop_up(up) == 0
     data = state / "redis"
     assert any(data.rglob("appendonly*")), "no append-only file"
     assert _not_private(data) == []
