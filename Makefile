@@ -43,8 +43,8 @@ check-config: $(STAMP)
 	$(BIN)/deployhook config check --config $(or $(DEPLOYHOOK_CONFIG),examples/deploy.yml)
 
 # Benchmarks (bench/README.md): each prints a table and writes bench/results/<name>.json.
-# overhead, downtime, backup and build_cache need the Docker engine with Compose v2 (downtime also
-# the HAProxy test image); listing seeds 100,000 records in Redis.
+# overhead, downtime, backup, build_cache and footprint need the Docker engine with Compose v2 (downtime
+# also the HAProxy test image); listing seeds 100,000 records in Redis.
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 	$(BIN)/python bench/overhead.py
@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/build_cache.py
 	$(BIN)/python bench/listing.py
+	$(BIN)/python bench/footprint.py --deploy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -24,8 +25,35 @@ DEMO_DIR_ENVVAR = "DEPLOYHOOK_DEMO_DIR"
 DEFAULT_DEMO_DIR = ".demo"
 
 
+COMMAND_MODULES = {
+    "audit": "audit", "backups": "backups", "config": "config", "deploy": "deployments", "rollback": "deployments",
+    "promote": "deployments", "cancel": "deployments", "init": "init", "serve": "processes", "worker": "processes",
+    "reporter": "processes", "poll": "processes", "up": "processes", "status": "reading", "logs": "reading",
+    "simulate-push": "webhook", "install-hook": "webhook",
+}  # fmt: skip
+"""Each command's module under deploy_cli: a command imports only its own module (and what that imports), so
+a worker or a reporter never loads Flask or GitPython for the commands it does not run."""
+
+
+def load_commands(names: Iterable[str] = COMMAND_MODULES) -> None:
+    """Import the modules of the named commands, which registers them on the group."""
+    for module in sorted({COMMAND_MODULES[name] for name in names if name in COMMAND_MODULES}):
+        importlib.import_module(f"{__package__}.{module}")
+
+
 class DeployhookGroup(click.Group):
-    """The root group: a DeployError anywhere below is shown as `Error: <message>` and exits with its exit_code."""
+    """The root group: a DeployError anywhere below is shown as `Error: <message>` and exits with its exit_code.
+
+    Its commands load on demand (COMMAND_MODULES): listing them (--help) loads them all.
+    """
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        load_commands([cmd_name])
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_commands()
+        return super().list_commands(ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import runpy
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -103,14 +106,15 @@ class EmbeddedRedis:
             supervisor.stop(self.proc)
 
 
-def web_command(bind: str) -> list[str]:
+def web_command(bind: str, preload: bool = False) -> list[str]:
     """gunicorn serving the app factory, as the Procfile's web: line does.
 
-    Threads (gthread) so that a status page's live log stream never holds up a webhook.
+    Threads (gthread) so that a status page's live log stream never holds up a webhook. preload
+    (`deployhook up`): the master builds the app and its workers share it, page for page.
     """
     return [
         sys.executable, "-m", "gunicorn", "--bind", bind, "--workers", "2", "--threads", "8", "--no-control-socket",
-        "hook_server:create_app()",
+        *(["--preload"] if preload else []), "hook_server:create_app()",
     ]  # fmt: skip
 
 
@@ -120,13 +124,43 @@ def deployhook_command(*args: str) -> list[str]:
 
 def child_commands(config: DeployConfig, bind: str) -> list[list[str]]:
     """The processes of the service: web, one worker per environment (so staging never
-    delays a production deploy), the one reporter, and the poller when poll_interval is set."""
-    commands_ = [web_command(bind)]
+    delays a production deploy), and the poller when poll_interval is set. The reporter is a
+    thread of `up` itself (run_up); `deployhook reporter` runs it alone."""
+    commands_ = [web_command(bind, preload=True)]
     commands_ += [deployhook_command("worker", "--env", env) for env in config.environments]
-    commands_.append(deployhook_command("reporter"))
     if config.poll_interval is not None:
         commands_.append(deployhook_command("poll"))
     return commands_
+
+
+def child_main(command: list[str]) -> Callable[[], object]:
+    """What a forked child runs for one of child_commands: gunicorn's command line, or deployhook's."""
+    module, args = command[2], command[3:]
+    if module == "gunicorn":
+
+        def serve() -> object:
+            sys.argv = [module, *args]
+            return runpy.run_module(module, run_name="__main__", alter_sys=True)  # `python -m gunicorn ...`
+
+        return serve
+
+    def deployhook() -> object:
+        from .base import main  # its `worker` and `poll` commands are `up`'s neighbours in processes.py
+
+        main(args)
+
+    return deployhook
+
+
+def start_reporter(config: DeployConfig, redis_url: str) -> tuple[threading.Thread, threading.Event]:
+    """The reporter (deployhook reporter's loop) as a thread of this process: the outbox's one reader."""
+    from deploy_reporting.reporter import run_reporter
+
+    stop = threading.Event()
+    connection = redis.Redis.from_url(redis_url, health_check_interval=30)
+    thread = threading.Thread(target=run_reporter, args=(config, connection, stop), name="reporter", daemon=True)
+    thread.start()
+    return thread, stop
 
 
 def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
@@ -147,15 +181,25 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
         stopping = True
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    children: list[subprocess.Popen[bytes]] = []
+    children: list[supervisor.Child] = []
+    reporter: tuple[threading.Thread, threading.Event] | None = None
     try:
-        children += [supervisor.spawn(command, env=env) for command in child_commands(config, bind)]
+        # Forked, not started afresh: the workers share what this process imported for them.
+        import workers.worker  # noqa: F401
+
+        for command in child_commands(config, bind):
+            name = "web" if command[2] == "gunicorn" else " ".join(a for a in command[3:] if a != "--env")
+            children.append(supervisor.fork(command, child_main(command), env=env, name=name))
+        reporter = start_reporter(config, redis_url)  # after the forks: no child inherits a thread
         log.info("deployhook listening on http://%s", bind)
-        while not stopping and all(child.poll() is None for child in children):
+        while not stopping and reporter[0].is_alive() and all(child.poll() is None for child in children):
             time.sleep(0.2)
         failed = [child for child in children if child.poll() not in (None, 0)]
-        return 1 if failed and not stopping else 0
+        return 1 if (failed or not reporter[0].is_alive()) and not stopping else 0
     finally:
+        if reporter is not None:
+            reporter[1].set()
+            reporter[0].join(timeout=10)
         for child in reversed(children):
             supervisor.stop(child)
         if embedded is not None:

@@ -14,7 +14,6 @@ import click
 
 from deploy_config import DeployConfig
 from deploy_config.readiness import config_warnings
-from docker_runtime.engine import engine_warnings
 
 CHECKED_ENVVAR = "DEPLOYHOOK_STARTUP_CHECKED"
 """Set by `up` for its children: the checks ran once already, its workers need not repeat them."""
@@ -24,6 +23,8 @@ def warn_at_start(config: DeployConfig, web: bool) -> list[str]:
     """Print each problem once as `Warning: ...` on stderr; returns them."""
     if os.environ.get(CHECKED_ENVVAR):
         return []
+    from docker_runtime.engine import engine_warnings  # here: it loads requests, which `up`'s workers skip
+
     warnings = config_warnings(config, web=web) + engine_warnings()
     for warning in warnings:
         click.echo(f"Warning: {warning}", err=True)

@@ -1,8 +1,8 @@
 """The reporter: the one reader of the outbox, telling GitHub and chat what happened, in order.
 
 Every status change appends to the outbox in the transaction that makes it (deploy_state:
-admission and DeploymentStore.set_status), in whichever process makes it; the reporter, its
-own process (`deployhook reporter`, started by `deployhook up`, a line of the Procfile), reads
+admission and DeploymentStore.set_status), in whichever process makes it; the reporter (a thread
+of `deployhook up`, or its own process, `deployhook reporter`, a line of the Procfile) reads
 the entries oldest first and reports each. One reader means GitHub sees a deployment's states
 in the order they were set without any lock, and no web request or deployment waits for an
 HTTP call. It remembers the last entry it dealt with, so a restart goes on from there (an entry

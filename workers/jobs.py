@@ -10,6 +10,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from redis import Redis
 from rq import get_current_job
@@ -20,12 +21,15 @@ from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeep
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
 
-from .context import Cancelled, DeploymentContext
 from .promotion import await_promotion
+
+if TYPE_CHECKING:
+    # At run time in _run: the context loads the Docker SDK, which a worker waiting for a job does without.
+    from .context import DeploymentContext
 
 log = logging.getLogger(__name__)
 
-Pipeline = Callable[[DeploymentContext], Status]
+Pipeline = Callable[["DeploymentContext"], Status]
 """Runs a deployment's steps; returns SUCCEEDED or ROLLED_BACK, raises DeployError on failure."""
 
 LOCK_POLL_INTERVAL = 0.5
@@ -87,6 +91,8 @@ def _run(
     began: float,
     keeper: LeaseKeeper,
 ) -> Status:
+    from .context import Cancelled, DeploymentContext
+
     env = config.environments[deployment.environment]
     context = DeploymentContext(config, env, store, deployment, config_redactor(config))
     context.deadline = began + env.deploy_timeout
