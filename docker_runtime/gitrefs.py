@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import git
-
 from deploy_config import DeployError
 from deploy_text.redaction import display_url
 
@@ -15,6 +13,8 @@ GIT_TIMEOUT = 30
 
 def ls_remote(url: str, *refs: str) -> dict[str, str]:
     """{ref name: sha} for the refs (branches, tags, full refs) the remote has."""
+    import git  # GitPython (~10 MiB) only when a ref is resolved: the web app imports this module at start
+
     try:
         with git_access(url) as (remote, env):
             output = git.cmd.Git().ls_remote(remote, *refs, kill_after_timeout=GIT_TIMEOUT, env=env)

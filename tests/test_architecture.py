@@ -296,19 +296,20 @@ def test_no_test_module_imports_another() -> None:
     assert found == []
 
 
-def test_the_web_app_does_not_load_the_docker_sdk(config_file: Path) -> None:
-    """create_app and every module of hook_server, in a fresh interpreter: Docker is docker_runtime's, and the
-    SDK loads there when a status page asks, never because the web app started."""
+def test_the_web_app_loads_neither_the_docker_sdk_nor_gitpython(config_file: Path) -> None:
+    """create_app and every module of hook_server, in a fresh interpreter: Docker and git are docker_runtime's,
+    and their libraries load there when a page or an API call needs them, never because the web app started."""
     code = (
         "import importlib, json, pkgutil, sys\n"
         "import hook_server\n"
         "hook_server.create_app({'REDIS_URL': 'redis://127.0.0.1:1/0'})\n"
         "for module in pkgutil.iter_modules(hook_server.__path__):\n"
         "    importlib.import_module('hook_server.' + module.name)\n"
-        "print(json.dumps(sorted(name for name in sys.modules if name == 'docker' or name.startswith('docker.'))))\n"
+        "heavy = [n for n in sys.modules if n in ('docker', 'git') or n.startswith(('docker.', 'git.'))]\n"
+        "print(json.dumps(sorted(heavy)))\n"
     )
     env = {**os.environ, "DEPLOYHOOK_CONFIG": str(config_file)}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
-    assert loaded == [], f"the web app loaded the Docker SDK: {loaded[:5]}"
+    assert loaded == [], f"the web app loaded the Docker SDK or GitPython: {loaded[:5]}"
