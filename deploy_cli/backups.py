@@ -11,9 +11,7 @@ commands: only these commands need Docker's side of deployhook.
 from __future__ import annotations
 
 import getpass
-import os
 import re
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +21,7 @@ import click
 from redis import RedisError
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
-from deploy_state import DeploymentStore, EnvironmentLock, LeaseKeeper
+from deploy_state import DeploymentStore, LeaseKeeper, environment_lock
 from deploy_state.connection import connect
 from deploy_text.formatting import size
 from docker_runtime.compose import ComposeProject
@@ -180,8 +178,7 @@ def _environment_locked(config: DeployConfig, env: EnvironmentConfig) -> Iterato
         click.echo(f"Warning: restoring without the environment lock or an audit entry: {exc}", err=True)
         yield None
         return
-    token = f"restore@{socket.gethostname()}:{os.getpid()}"
-    lock = EnvironmentLock(conn, env.name, token, config.lock_lease)
+    lock = environment_lock(conn, env.name, "restore", config.lock_lease)
     if not lock.acquire():
         raise EnvironmentBusy(
             f"{env.name} is busy ({lock.holder() or 'a deployment'} holds its lock); nothing was restored: "

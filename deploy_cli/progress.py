@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 import click
-from rq import Worker
 
 from deploy_config import defaults
-from deploy_state import Deployment, DeploymentStore, Status, queue_for
+from deploy_state import Deployment, DeploymentStore, Status, StepStatus, queue_name
+from deploy_state.queue_workers import worker_alive
 from deploy_text.formatting import duration, short_sha
 
 from .display import clock
@@ -33,7 +33,13 @@ NO_WORKER_HINT_AFTER = 5.0
 """Seconds a followed deployment may sit queued before the CLI checks that a worker serves its queue."""
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_STEP_MARKS = {"succeeded": "ok", "failed": "FAILED", "skipped": "skipped", "warning": "warning", "running": "..."}
+_STEP_MARKS: dict[str, str] = {
+    StepStatus.SUCCEEDED: "ok",
+    StepStatus.FAILED: "FAILED",
+    StepStatus.SKIPPED: "skipped",
+    StepStatus.WARNING: "warning",
+    StepStatus.RUNNING: "...",
+}
 
 Entry = dict[str, str]
 
@@ -86,11 +92,10 @@ def read_new(store: DeploymentStore, deployment_id: str, since: str | None) -> l
 
 def no_worker_hint(store: DeploymentStore, environment: str) -> str | None:
     """Why a deployment may wait forever: no worker serves its queue."""
-    queue = queue_for(store.conn, environment)
-    if Worker.count(connection=store.conn, queue=queue):
+    if worker_alive(store.conn, environment):
         return None
     return (
-        f"no worker serves {queue.name}: the deployment waits until one does "
+        f"no worker serves {queue_name(environment)}: the deployment waits until one does "
         f"(`deployhook up`, or `deployhook worker --env {environment}`)"
     )
 
@@ -167,7 +172,7 @@ class TtyDisplay:
 def frame(deployment: Deployment, tail: list[str], now: float, width: int) -> list[str]:
     """The live block for one moment, each line cut to the terminal's width (a wrapped line breaks redrawing)."""
     header = f"deployment {deployment.id} {deployment.environment} {short_sha(deployment.sha)}: {deployment.status}"
-    current = next((step.name for step in reversed(deployment.steps) if step.status == "running"), None)
+    current = next((step.name for step in reversed(deployment.steps) if step.status == StepStatus.RUNNING), None)
     if current and not deployment.is_final:
         header += f", step {current}"
     lines = [f"{header}  [{clock(elapsed(deployment, now))}]"]

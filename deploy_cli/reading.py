@@ -15,7 +15,7 @@ import click
 
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
 from deploy_state import Deployment, DeploymentStore, Status, queue_name
-from deploy_state.queue_workers import live_workers
+from deploy_state.queue_workers import worker_alive
 from deploy_text.formatting import short_sha
 from docker_runtime.health import probe_health
 
@@ -64,7 +64,7 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
 def no_worker_note(store: DeploymentStore, env: str) -> str:
     """A line saying the environment's queued deployments wait for a worker, or '' when one serves them."""
     queued = store.queued_ids(env)
-    if not queued or live_workers(store.conn, env):
+    if not queued or worker_alive(store.conn, env):
         return ""
     return (
         f"{env}: {len(queued)} queued, but no worker serves queue {queue_name(env)}; they wait until one starts "

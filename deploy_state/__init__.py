@@ -5,8 +5,8 @@ Docker code. No Redis key string appears outside keys.py.
 """
 
 from . import outbox
-from .locks import EnvironmentLock, LeaseKeeper
-from .models import FINAL_STATUSES, Deployment, Status, Step, Trigger
+from .locks import EnvironmentLock, LeaseKeeper, environment_lock
+from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus, Trigger
 from .queues import queue_for, queue_name
 from .store import DeploymentStore, StatusConflict
 
@@ -19,7 +19,9 @@ __all__ = [
     "Status",
     "StatusConflict",
     "Step",
+    "StepStatus",
     "Trigger",
+    "environment_lock",
     "outbox",
     "queue_for",
     "queue_name",

@@ -42,6 +42,7 @@ from deploy_text.redaction import Redactor, config_redactor
 from . import keys, outbox
 from .models import Deployment, Status, Trigger
 from .queues import SERIALIZER, queue_name
+from .replies import text
 from .store import AUDIT_MAXLEN
 
 log = logging.getLogger(__name__)
@@ -287,7 +288,7 @@ def job_template(job: str, environment: str, timeout: int) -> JobTemplate:
     if SERIALIZER.loads(head + b"42" + tail) != [job, None, ["42"], {}]:  # type: ignore[no-untyped-call]
         raise RuntimeError(f"cannot template the serialized arguments of {job}")  # the serializer changed: a bug
     # As redis-py would encode them: a JobStatus is a str subclass, sent as its value.
-    flat = tuple(item.value if isinstance(item, Enum) else _text(item) for pair in fields.items() for item in pair)
+    flat = tuple(item.value if isinstance(item, Enum) else text(item) for pair in fields.items() for item in pair)
     job_id = f"deployment-{_ID}"
     return JobTemplate(flat, head, tail, f"{Job.redis_job_namespace_prefix}{job_id}", job_id, queue.key)
 
@@ -310,7 +311,7 @@ class Admission:
         request = self._redacted(request)
         created_at = time.time()
         reply: list[Any] = self._run(request, created_at)
-        kind, deployment_id = _text(reply[0]), _text(reply[1])
+        kind, deployment_id = text(reply[0]), text(reply[1])
         if kind == "older":
             raise OlderPush(
                 f"push of {short_sha(request.sha)} to {request.environment} was pushed at "
@@ -320,7 +321,7 @@ class Admission:
         if kind == "taken":
             record = dict(zip(reply[2::2], reply[3::2], strict=True))
             return Admitted(Deployment.from_hash(record), created=False)
-        status, superseded = Status(_text(reply[2])), _text(reply[3])
+        status, superseded = Status(text(reply[2])), text(reply[3])
         deployment = self._deployment(request, deployment_id, status, created_at)
         if status == Status.BLOCKED:
             log.warning("deployment %s of %s blocked: %s", deployment_id, request.environment, deployment.reason)
@@ -482,7 +483,3 @@ def _redactor(config: DeployConfig) -> Redactor:
 
 def _flag(value: bool) -> str:
     return "1" if value else "0"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

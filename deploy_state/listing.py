@@ -18,6 +18,7 @@ import logging
 from redis import Redis
 
 from . import keys
+from .replies import text
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def index_for(conn: Redis, environment: str | None, status: str | None) -> str:
 
 def ensure_indexes(conn: Redis) -> int:
     """Backfill the (environment, status) indexes unless that was done already; how many records it read."""
-    if _text(conn.get(keys.index_version())) == INDEX_VERSION:
+    if text(conn.get(keys.index_version())) == INDEX_VERSION:
         return 0
     return backfill(conn)
 
@@ -70,7 +71,7 @@ def backfill(conn: Redis) -> int:
     done, upper = 0, "+inf"
     while True:
         found = conn.zrevrangebyscore(keys.index_all(), upper, "-inf", start=0, num=_BACKFILL_BATCH)
-        ids = [_text(i) for i in found]
+        ids = [text(i) for i in found]
         if not ids:
             break
         done += int(script(args=[*templates, *ids]))
@@ -79,7 +80,3 @@ def backfill(conn: Redis) -> int:
     if done:
         log.info("listing indexes: added %d existing deployments to their (environment, status) index", done)
     return done
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -7,11 +7,14 @@ environment can deploy again; nothing has to notice the death.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 from redis import Redis, RedisError
 
 from . import keys
+from .replies import text
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ class Lease:
 
     def holder(self) -> str | None:
         value = self.conn.get(self.key)
-        return value.decode() if isinstance(value, bytes) else value
+        return None if value is None else text(value)
 
 
 class EnvironmentLock(Lease):
@@ -48,6 +51,18 @@ class EnvironmentLock(Lease):
     def __init__(self, connection: Redis, environment: str, token: str, lease: float) -> None:
         super().__init__(connection, keys.lock(environment), token, lease)
         self.environment = environment
+
+
+def environment_lock(
+    connection: Redis, environment: str, holder: str, lease: float, pid: int | None = None
+) -> EnvironmentLock:
+    """The environment's lock as holder ('deployment-<id>', 'recovery', 'restore') takes it in this process (or pid).
+
+    Every holder's token is spelled here, '<holder>@<host>:<pid>', so that a lock's holder() says
+    who holds it and where, and a dead process's token can be rebuilt to check whether it held the lock.
+    """
+    token = f"{holder}@{socket.gethostname()}:{pid or os.getpid()}"
+    return EnvironmentLock(connection, environment, token, lease)
 
 
 class LeaseKeeper(threading.Thread):

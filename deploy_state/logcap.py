@@ -15,6 +15,8 @@ from typing import Any
 
 from redis import Redis
 
+from .replies import text
+
 MAX_LINE_CHARS = 4000
 """Characters kept of one log line; the rest is replaced by a note of how many were cut."""
 
@@ -68,7 +70,7 @@ def cut(line: str) -> str:
 def append(conn: Redis, log_key: str, record_key: str, when: str, line: str, max_lines: int) -> str:
     head, tail = split(max_lines)
     entry_id: Any = conn.eval(APPEND_SCRIPT, 2, log_key, record_key, when, cut(line), head, tail)
-    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+    return text(entry_id)
 
 
 def marker_line(conn: Redis, record_key: str, fields: Mapping[str, str]) -> str | None:

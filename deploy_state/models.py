@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from enum import StrEnum
 from typing import Any
 
+from .replies import text
+
 
 class Status(StrEnum):
     QUEUED = "queued"
@@ -18,6 +20,16 @@ class Status(StrEnum):
     SUPERSEDED = "superseded"
     CANCELLED = "cancelled"
     BLOCKED = "blocked"
+
+
+class StepStatus(StrEnum):
+    """What DeploymentContext.step() records as a pipeline step's status."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    WARNING = "warning"
 
 
 FINAL_STATUSES = frozenset(
@@ -37,7 +49,7 @@ class Trigger(StrEnum):
 @dataclass
 class Step:
     name: str
-    status: str = "running"
+    status: str = StepStatus.RUNNING
     started_at: float | None = None
     finished_at: float | None = None
     message: str = ""
@@ -136,7 +148,7 @@ class Deployment:
         known = {f.name for f in fields(cls)}
         values: dict[str, Any] = {}
         for raw_key, raw_value in data.items():
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
+            key = text(raw_key)
             if key in known:
                 values[key] = json.loads(raw_value)
         values["steps"] = [Step(**step) for step in values.get("steps") or []]

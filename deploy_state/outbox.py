@@ -14,6 +14,7 @@ from redis import Redis
 from redis.client import Pipeline
 
 from . import keys
+from .replies import text
 
 MAXLEN = 100_000
 """Entries kept (approximately): a reporter that is down for long loses the oldest, Redis stays bounded."""
@@ -35,11 +36,11 @@ def append(pipe: Pipeline | Redis, deployment_id: str, status: str) -> None:
 def pending(connection: Redis, count: int, block: float | None = None) -> list[Entry]:
     """Up to `count` entries after the last one marked done, oldest first; with `block`, wait up to that long."""
     done = connection.get(keys.outbox_done())
-    cursor = _text(done) if done is not None else "0-0"
+    cursor = text(done) if done is not None else "0-0"
     block_ms = None if block is None else max(1, int(block * 1000))
     replies: Any = connection.xread({keys.outbox(): cursor}, count=count, block=block_ms)
     return [
-        Entry(_text(entry_id), _text(fields[b"deployment"]), _text(fields[b"status"]))
+        Entry(text(entry_id), text(fields[b"deployment"]), text(fields[b"status"]))
         for _, entries in replies or []
         for entry_id, fields in entries
     ]
@@ -48,7 +49,3 @@ def pending(connection: Redis, count: int, block: float | None = None) -> list[E
 def mark_done(connection: Redis, entry_id: str) -> None:
     """The reporter dealt with every entry up to this one: a restarted reporter goes on after it."""
     connection.set(keys.outbox_done(), entry_id)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

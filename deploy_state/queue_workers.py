@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from redis import Redis, RedisError
 
 from . import keys
+from .replies import text
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,16 @@ def this_worker() -> str:
 def live_workers(connection: Redis, environment: str) -> list[str]:
     """The workers ('host:pid') whose heartbeat for the environment's queue has not run out."""
     members = connection.zrangebyscore(keys.queue_workers(environment), time.time(), "+inf")
-    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+    return [text(m) for m in members]
+
+
+def worker_alive(connection: Redis, environment: str) -> bool:
+    """Whether a live worker serves the environment's queue: the one answer for the CLI and the status page.
+
+    A worker that died without cleaning up stops beating: it drops out after HEARTBEAT_TTL, and at once
+    if it was a process of this host (RQ's own worker registry would go on counting it much longer).
+    """
+    return any(not _dead_here(member) for member in live_workers(connection, environment))
 
 
 def _dead_here(member: str) -> bool:
@@ -98,7 +108,7 @@ class QueueClaim:
             )
             if others:
                 self._leave(joined)
-                return QueueTaken(env, [m.decode() if isinstance(m, bytes) else str(m) for m in others])
+                return QueueTaken(env, [text(m) for m in others])
             joined.append(env)
         self._thread = threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True)
         self._thread.start()

@@ -11,6 +11,7 @@ import secrets
 from redis import Redis
 
 from . import keys
+from .replies import text
 
 _ADDRESS_CHARS = 64
 """A client address is at most this long in a key (an IPv6 address fits): keys stay bounded."""
@@ -33,8 +34,7 @@ class LoginSessions:
         if not session_id or len(session_id) > 64:
             return False
         stored = self.conn.get(keys.login_session(session_id))
-        text = stored.decode() if isinstance(stored, bytes) else stored
-        return text is not None and secrets.compare_digest(str(text), fingerprint)
+        return stored is not None and secrets.compare_digest(text(stored), fingerprint)
 
     def end(self, session_id: str) -> None:
         if session_id:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 from redis.client import Pipeline
 
+from .replies import text
+
 DEPLOYMENT_BUCKETS = (15.0, 30.0, 60.0, 120.0, 180.0, 300.0, 450.0, 600.0, 900.0, 1200.0, 1800.0, 3600.0)
 """Upper bounds (seconds) of the deployment duration histogram's buckets."""
 
@@ -58,8 +60,7 @@ def histograms(raw: Mapping[bytes | str, bytes | str], buckets: tuple[float, ...
     """The histograms a hash holds, by series ('' for a hash of one histogram)."""
     fields: dict[str, dict[str, str]] = {}
     for raw_key, raw_value in raw.items():
-        key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-        value = raw_value.decode() if isinstance(raw_value, bytes) else raw_value
+        key, value = text(raw_key), text(raw_value)
         series, _, name = key.rpartition(_SEPARATOR)
         fields.setdefault(series, {})[name] = value
     return {series: _histogram(values, buckets) for series, values in fields.items()}

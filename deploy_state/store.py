@@ -15,7 +15,8 @@ from deploy_config import DeployError
 from deploy_config.defaults import DEFAULT_LOG_MAX_LINES
 
 from . import keys, listing, logcap, outbox, stats
-from .models import FINAL_STATUSES, Deployment, Status, Step
+from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus
+from .replies import text
 
 AUDIT_MAXLEN = 100_000
 """Audit entries kept (approximately); older ones are trimmed so Redis cannot grow without bound."""
@@ -60,11 +61,6 @@ class StatusConflict(DeployError):
     def __init__(self, deployment_id: str, current: str, expected: str) -> None:
         super().__init__(f"deployment {deployment_id} is {current}, no longer {expected}; nothing was changed")
         self.current = current
-
-
-def _text(value: object) -> str:
-    """A Redis reply as text (replies are bytes unless the connection decodes them)."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _encode(fields: Mapping[str, Any]) -> dict[Any, Any]:
@@ -176,20 +172,20 @@ class DeploymentStore:
 
     def running(self, env: str) -> str | None:
         value = self.conn.get(keys.running(env))
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     def queued_ids(self, env: str) -> list[str]:
         """Queued deployments of env, oldest first."""
-        return [_text(value) for value in self.conn.zrange(keys.queued(env), 0, -1)]
+        return [text(value) for value in self.conn.zrange(keys.queued(env), 0, -1)]
 
     def newest_queued(self, env: str) -> str | None:
         newest = self.conn.zrevrange(keys.queued(env), 0, 0)
-        return _text(newest[0]) if newest else None
+        return text(newest[0]) if newest else None
 
     def newest_started(self, env: str) -> str | None:
         """The newest deployment of env that ever started running."""
         newest = self.conn.zrevrange(keys.started(env), 0, 0)
-        return _text(newest[0]) if newest else None
+        return text(newest[0]) if newest else None
 
     def has_succeeded(self, env: str, sha: str) -> bool:
         return bool(self.conn.sismember(keys.succeeded_shas(env), sha))
@@ -209,7 +205,7 @@ class DeploymentStore:
         """
         index = listing.index_for(self.conn, environment, status)
         upper = f"({int(cursor)}" if cursor else "+inf"
-        ids = [_text(i) for i in self.conn.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
+        ids = [text(i) for i in self.conn.zrevrangebyscore(index, upper, "-inf", start=0, num=limit + 1)]
         found = self._get_many(ids[:limit])
         next_cursor = found[-1].id if len(ids) > limit and found else None
         return found, next_cursor
@@ -223,12 +219,12 @@ class DeploymentStore:
     # --- steps -----------------------------------------------------------------------
 
     def start_step(self, deployment: Deployment, name: str) -> Step:
-        step = Step(name=name, status="running", started_at=time.time())
+        step = Step(name=name, status=StepStatus.RUNNING, started_at=time.time())
         deployment.steps.append(step)
         self.update(deployment.id, steps=[vars(s) for s in deployment.steps])
         return step
 
-    def finish_step(self, deployment: Deployment, step: Step, status: str, message: str = "") -> None:
+    def finish_step(self, deployment: Deployment, step: Step, status: StepStatus, message: str = "") -> None:
         step.status, step.finished_at, step.message = status, time.time(), message
         with self.conn.pipeline(transaction=True) as pipe:
             pipe.hset(keys.deployment(deployment.id), mapping=_encode({"steps": [vars(s) for s in deployment.steps]}))
@@ -250,7 +246,7 @@ class DeploymentStore:
             pipe.get(keys.last_success(env))
             finished, durations, steps, queued, last_success = pipe.execute()
         return stats.EnvironmentStats(
-            finished={_text(status): int(count) for status, count in finished.items()},
+            finished={text(status): int(count) for status, count in finished.items()},
             duration=stats.histogram(durations, stats.DEPLOYMENT_BUCKETS),
             steps=stats.histograms(steps, stats.STEP_BUCKETS),
             queued=int(queued),
@@ -268,7 +264,7 @@ class DeploymentStore:
 
     def degraded(self, env: str) -> str | None:
         value = self.conn.get(keys.degraded(env))
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     # --- cancellation --------------------------------------------------------------------
 
@@ -277,7 +273,7 @@ class DeploymentStore:
 
     def cancel_requested(self, deployment_id: str) -> str | None:
         value = self.conn.get(keys.cancel_requested(deployment_id))
-        return None if value is None else _text(value)
+        return None if value is None else text(value)
 
     # --- logs ------------------------------------------------------------------------------
 
@@ -295,7 +291,7 @@ class DeploymentStore:
             fields = _decode(raw)
             line = logcap.marker_line(self.conn, keys.deployment(deployment_id), fields)
             if line is not None:
-                read.append({"id": _text(entry_id), "t": fields.get("t", ""), "line": line})
+                read.append({"id": text(entry_id), "t": fields.get("t", ""), "line": line})
         return read
 
     def trim_logs(self, env: str, keep: int) -> int:
@@ -306,14 +302,14 @@ class DeploymentStore:
         (say, queued with its job lost) waits in a small pending set, checked again on each call.
         """
         index, pending = keys.index_environment(env), keys.log_trim_pending(env)
-        trimmed = self._trim(env, [_text(i) for i in self.conn.smembers(pending)])
+        trimmed = self._trim(env, [text(i) for i in self.conn.smembers(pending)])
         boundary = self.conn.zrevrange(index, keep, keep, withscores=True)
         if not boundary:
             return trimmed
         cutoff = int(boundary[0][1])
         through = int(self.conn.get(keys.log_trimmed_through(env)) or 0)
         while through < cutoff:
-            ids = [_text(i) for i in self.conn.zrangebyscore(index, f"({through}", cutoff, start=0, num=_TRIM_BATCH)]
+            ids = [text(i) for i in self.conn.zrangebyscore(index, f"({through}", cutoff, start=0, num=_TRIM_BATCH)]
             if not ids:
                 break
             trimmed += self._trim(env, ids)
@@ -353,9 +349,9 @@ class DeploymentStore:
     def audit_page(self, limit: int = 20, before: str | None = None) -> tuple[list[dict[str, str]], str | None]:
         """Audit entries older than `before` (an entry id), newest first; the cursor of the next page, or None."""
         entries: Any = self.conn.xrevrange(keys.audit(), max=f"({before}" if before else "+", count=limit + 1)
-        page = [{"id": _text(entry_id), **_decode(fields)} for entry_id, fields in entries[:limit]]
+        page = [{"id": text(entry_id), **_decode(fields)} for entry_id, fields in entries[:limit]]
         return page, page[-1]["id"] if len(entries) > limit else None
 
 
 def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:
-    return {_text(key): _text(value) for key, value in fields.items()}
+    return {text(key): text(value) for key, value in fields.items()}

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint
 
-from deploy_state import Status, Trigger
+from deploy_state import Status, StepStatus, Trigger
 
 from .responses import Reply
 
@@ -20,7 +20,7 @@ bp = Blueprint("openapi", __name__, url_prefix="/api")
 
 Schema = dict[str, Any]
 
-STEP_STATUSES = ("running", "succeeded", "failed", "skipped", "warning")
+STEP_STATUSES = tuple(StepStatus)
 """What DeploymentContext.step() records as a step's status."""
 
 

@@ -14,8 +14,8 @@ from flask import Blueprint, Response, current_app, g, render_template, request
 from flask.typing import ResponseReturnValue
 from redis import RedisError
 
-from deploy_state import Deployment, DeploymentStore, Status, Step
-from deploy_state.queue_workers import live_workers
+from deploy_state import Deployment, DeploymentStore, Status, Step, StepStatus
+from deploy_state.queue_workers import worker_alive
 from deploy_text import formatting
 
 from . import livelog, overview, pagetext, readiness, statusauth, streamslots
@@ -111,7 +111,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     running = current.get(running_id) if running_id else None
     if running is not None and running.is_final:
         running = None  # the pointer outlived its deployment for a moment
-    step = next((s for s in reversed(running.steps) if s.status == "running"), None) if running else None
+    step = next((s for s in reversed(running.steps) if s.status == StepStatus.RUNNING), None) if running else None
     failures = [d for status in FAILURES for d in current.page(environment=env, status=status, limit=1)[0]]
     newest_failure = max(failures, key=lambda d: int(d.id), default=None)
     if newest_failure is not None and deployed is not None and int(newest_failure.id) < int(deployed.id):
@@ -127,7 +127,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
         last_failure=newest_failure,
         degraded=current.degraded(env),
         live=live,
-        no_worker=bool(queued) and not live_workers(current.conn, env),
+        no_worker=bool(queued) and not worker_alive(current.conn, env),
     )
 
 
@@ -177,7 +177,7 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
         "retention": deploy_config().status_page.log_retention,
         "is_current": deployed is not None and deployed.id == found.id,
         "promote_to": [e.name for e in deploy_config().environments.values() if e.promote_from == found.environment],
-        "no_worker": found.status == Status.QUEUED and not live_workers(current.conn, found.environment),
+        "no_worker": found.status == Status.QUEUED and not worker_alive(current.conn, found.environment),
         "now": time.time(),
         "active": "history",
     }

@@ -16,7 +16,7 @@ import requests
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig
 from deploy_config.resolved import ResolvedCompose
-from deploy_state import Deployment, DeploymentStore, Step
+from deploy_state import Deployment, DeploymentStore, Step, StepStatus
 from deploy_text.redaction import Redactor
 from docker_runtime.compose import ComposeProject
 from docker_runtime.engine import docker_host
@@ -130,10 +130,10 @@ class DeploymentContext:
         try:
             yield step
         except StepSkipped as skipped:
-            self.store.finish_step(self.deployment, step, "skipped", self.redact(str(skipped)))
+            self.store.finish_step(self.deployment, step, StepStatus.SKIPPED, self.redact(str(skipped)))
             self.log(f"--> {name} skipped: {skipped}")
         except StepWarning as warning:
-            self.store.finish_step(self.deployment, step, "warning", self.redact(str(warning)))
+            self.store.finish_step(self.deployment, step, StepStatus.WARNING, self.redact(str(warning)))
             self.log(f"--> {name}: warning: {warning}")
         except (docker.errors.DockerException, requests.ConnectionError) as exc:
             # The engine went away mid-step: say so plainly, and let the pipeline roll back.
@@ -141,12 +141,12 @@ class DeploymentContext:
                 f"the Docker engine failed during {name}: {exc}; check that dockerd is running and reachable "
                 f"at {docker_host()}"
             )
-            self.store.finish_step(self.deployment, step, "failed", self.redact(str(error)))
+            self.store.finish_step(self.deployment, step, StepStatus.FAILED, self.redact(str(error)))
             self.log(f"--> {name} failed: {error}")
             raise error from exc
         except BaseException as exc:
-            self.store.finish_step(self.deployment, step, "failed", self.redact(str(exc)))
+            self.store.finish_step(self.deployment, step, StepStatus.FAILED, self.redact(str(exc)))
             self.log(f"--> {name} failed: {exc}")
             raise
         else:
-            self.store.finish_step(self.deployment, step, "succeeded", step.message)
+            self.store.finish_step(self.deployment, step, StepStatus.SUCCEEDED, step.message)

@@ -6,8 +6,6 @@ RQ retries are never attached: a half-finished deployment must not silently run 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -17,7 +15,16 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
 from deploy_config import DeployConfig, DeployError
-from deploy_state import Deployment, DeploymentStore, EnvironmentLock, LeaseKeeper, Status, StatusConflict
+from deploy_state import (
+    Deployment,
+    DeploymentStore,
+    EnvironmentLock,
+    LeaseKeeper,
+    Status,
+    StatusConflict,
+    StepStatus,
+    environment_lock,
+)
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
 
@@ -52,7 +59,7 @@ def run_deployment(deployment_id: str, pipeline: Pipeline, connection: Redis | N
     if deployment.is_final:
         log.info("deployment %s is already %s; nothing to do", deployment.id, deployment.status)
         return deployment.status
-    lock = EnvironmentLock(conn, deployment.environment, _lock_token(deployment), config.lock_lease)
+    lock = _deployment_lock(conn, deployment, config)
     if not _wait_for_lock(lock, store, deployment):
         return store.require(deployment_id).status
     keeper = LeaseKeeper(lock)
@@ -207,11 +214,11 @@ def recover_lost(store: DeploymentStore, environment: str, config: DeployConfig,
     lost = store.get(running_id) if running_id else None
     if lost is None or lost.status != Status.RUNNING:
         return None
-    step = next((s.name for s in reversed(lost.steps) if s.status == "running"), "start")
+    step = next((s.name for s in reversed(lost.steps) if s.status == StepStatus.RUNNING), "start")
     reason = f"worker lost during {step}" + (f" ({how})" if how else "")
     for s in lost.steps:
-        if s.status == "running":
-            store.finish_step(lost, s, "failed", reason)
+        if s.status == StepStatus.RUNNING:
+            store.finish_step(lost, s, StepStatus.FAILED, reason)
     store.append_log(lost.id, f"deployment failed: {reason}")
     log.warning("deployment %s: %s", lost.id, reason)
     return _finish(store, lost, Status.FAILED, reason=reason)
@@ -222,7 +229,7 @@ def recover_lost_deployments(connection: Redis, config: DeployConfig) -> list[De
     store = DeploymentStore(connection)
     recovered = []
     for env in config.environments:
-        lock = EnvironmentLock(connection, env, f"recovery@{socket.gethostname()}:{os.getpid()}", config.lock_lease)
+        lock = environment_lock(connection, env, "recovery", config.lock_lease)
         if lock.acquire():
             try:
                 lost = recover_lost(store, env, config)
@@ -243,9 +250,8 @@ def fail_killed_horse(connection: Redis, config: DeployConfig, deployment_id: st
     deployment = store.get(deployment_id)
     if deployment is None or deployment.is_final:
         return
-    token = _lock_token(deployment, pid=horse_pid)
-    lock = EnvironmentLock(connection, deployment.environment, token, config.lock_lease)
-    if lock.holder() != token:
+    lock = _deployment_lock(connection, deployment, config, pid=horse_pid)
+    if lock.holder() != lock.token:
         return
     try:
         recover_lost(store, deployment.environment, config, how)
@@ -253,9 +259,11 @@ def fail_killed_horse(connection: Redis, config: DeployConfig, deployment_id: st
         lock.release()
 
 
-def _lock_token(deployment: Deployment, pid: int | None = None) -> str:
-    """Who holds the lock: the deployment, on this host, in this process (the work horse)."""
-    return f"deployment-{deployment.id}@{socket.gethostname()}:{pid or os.getpid()}"
+def _deployment_lock(
+    connection: Redis, deployment: Deployment, config: DeployConfig, pid: int | None = None
+) -> EnvironmentLock:
+    """The environment lock as the deployment holds it, on this host, in this process (the work horse) or pid."""
+    return environment_lock(connection, deployment.environment, f"deployment-{deployment.id}", config.lock_lease, pid)
 
 
 def _job_connection() -> Redis:

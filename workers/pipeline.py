@@ -12,7 +12,7 @@ import requests
 from rq.timeouts import JobTimeoutException
 
 from deploy_config.errors import DeployError
-from deploy_state import Status
+from deploy_state import Status, StepStatus
 from docker_runtime.engine import docker_host, docker_unreachable
 from workers.errors import PreflightFailed
 
@@ -41,7 +41,7 @@ def run(ctx: DeploymentContext) -> Status:
             raise
         # A stopped dockerd kills what it runs: a build then "fails" with 137, compose with its own
         # words. The cause to act on is the engine, so say that first.
-        step = next((s.name for s in reversed(ctx.deployment.steps) if s.status == "failed"), "the deployment")
+        step = next((s.name for s in reversed(ctx.deployment.steps) if s.status == StepStatus.FAILED), "the deployment")
         raise DeployError(
             f"the Docker engine stopped answering during {step} ({docker_host()}: {engine}); start it "
             f"(systemctl start docker), check `docker info`, then deploy again (deployhook deploy {ctx.env.name}); "
