@@ -25,7 +25,6 @@ from . import commands
 from .childenv import child_environment
 from .commands import Redact
 from .errors import CommandFailed
-from .private import private_dir
 from .projectdir import env_file_paths, place_env_files
 from .proxy import render_override, write_private
 
@@ -127,7 +126,9 @@ def resolve_for_lint(
     project = ComposeProject.for_environment(config, env, repo_dir)
     project_dir = config.worktree(env.name)
     content = _lint_env_content(config, repo_dir)
-    with scratch_project_dir(project.file, content, project_dir, _temp_root(config)) as (scratch, root):
+    # The system's temporary directory, not state_dir: `config check` run as root must leave nothing there
+    # that the service's user cannot use (the scratch directory is 0700, its env files 0600).
+    with scratch_project_dir(project.file, content, project_dir) as (scratch, root):
         override = root.parent / "compose.proxy.yml" if project.override is not None else None
         example = repo_dir / ".env.example"
         env_file = project.env_file or (example if example.is_file() else None)
@@ -158,11 +159,6 @@ def scratch_project_dir(
         scratch.mkdir(parents=True)
         place_env_files(env_file_paths(compose_file, scratch), env_content)
         yield scratch, root
-
-
-def _temp_root(config: DeployConfig) -> Path | None:
-    """state_dir/tmp when state_dir exists (private, on the state's disk), else the system's."""
-    return private_dir(config.state_dir / "tmp") if config.state_dir.is_dir() else None
 
 
 def _lint_env_content(config: DeployConfig, repo_dir: Path) -> bytes:
