@@ -73,37 +73,27 @@ def tree(root: int) -> list[Proc]:
     return out
 
 
+def _kib(path: str, *fields: str) -> int:
+    """The sum of the named kB fields of a /proc file (0 when the process is gone)."""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return 0
+    return sum(int(line.split()[1]) for line in lines if line.startswith(fields))
+
+
 def pss_kib(pid: int) -> int:
     """Proportional set size: each shared page counted once in total, split among the processes sharing it."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kib(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def private_kib(pid: int) -> int:
     """Pages no other process maps (USS): what the process adds to the total, beyond what it shares."""
-    total = 0
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith(("Private_Clean:", "Private_Dirty:")):
-                total += int(line.split()[1])
-    except OSError:
-        pass
-    return total
+    return _kib(f"/proc/{pid}/smaps_rollup", "Private_Clean:", "Private_Dirty:")
 
 
 def rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _kib(f"/proc/{pid}/status", "VmRSS:")
 
 
 def role(proc: Proc, by_pid: dict[int, Proc], root: int) -> tuple[str, bool]:
