@@ -19,7 +19,7 @@ from types import FrameType
 import redis
 
 from deploy_config import DeployConfig, DeployError
-from deploy_state.connection import embedded_pointer, embedded_socket
+from deploy_state.connection import client, embedded_pointer, embedded_socket
 from docker_runtime.private import open_private, private_dir
 
 from . import supervisor
@@ -157,7 +157,7 @@ def start_reporter(config: DeployConfig, redis_url: str) -> tuple[threading.Thre
     from deploy_reporting.reporter import run_reporter
 
     stop = threading.Event()
-    connection = redis.Redis.from_url(redis_url, health_check_interval=30)
+    connection = client(redis_url)
     thread = threading.Thread(target=run_reporter, args=(config, connection, stop), name="reporter", daemon=True)
     thread.start()
     return thread, stop

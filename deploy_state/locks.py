@@ -86,6 +86,14 @@ class LeaseKeeper(threading.Thread):
                 # Redis may be restarting: keep trying until the lease would have run out.
                 log.warning("could not renew the lock on %s: %s", self.lock.environment, exc)
 
+    def confirm(self) -> bool:
+        """Renew now: whether the lock is still held. After a Redis outage longer than the lease, the
+        lock is gone before this thread's own renewal, still retrying, has had a chance to say so."""
+        if not self.lost.is_set() and not self.lock.renew():
+            log.error("lock on %s was lost (lease expired)", self.lock.environment)
+            self.lost.set()
+        return not self.lost.is_set()
+
     def stop(self) -> None:
         self._stop_event.set()
         if self.is_alive():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,8 @@ class DeploymentContext:
     """time.monotonic() by which the deployment must be done (deploy_timeout from the job's start)."""
     lock_lost: threading.Event = field(default_factory=threading.Event)
     """Set by the lease keeper when the environment lock could not be renewed in time."""
+    lock_held: Callable[[], bool] = lambda: True
+    """Asks Redis whether the lock is still held (LeaseKeeper.confirm), before each step up to the rollout."""
 
     @property
     def docker(self) -> docker.DockerClient:
@@ -99,7 +101,7 @@ class DeploymentContext:
             raise Cancelled(by)
 
     def check_lock(self, before: str) -> None:
-        if self.lock_lost.is_set():
+        if self.lock_lost.is_set() or not self.lock_held():
             raise LockLost(
                 f"the lock on {self.env.name} expired (its lease could not be renewed: Redis unreachable for longer "
                 f"than lock_lease={self.config.lock_lease:g}s); stopped before {before}, so that two deployments "

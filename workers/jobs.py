@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from redis import Redis
+from redis import Redis, RedisError
 from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 
@@ -103,7 +103,7 @@ def _run(
     env = config.environments[deployment.environment]
     context = DeploymentContext(config, env, store, deployment, config_redactor(config))
     context.deadline = began + env.deploy_timeout
-    context.lock_lost = keeper.lost
+    context.lock_lost, context.lock_held = keeper.lost, keeper.confirm
     log.info("deployment %s: %s@%s running", deployment.id, env.name, short_sha(deployment.sha))
     try:
         status = pipeline(context)
@@ -113,6 +113,8 @@ def _run(
         status = Status(_supersede(store, deployment, cancelled.by).status)
     except DeployError as exc:
         status = _fail(store, context, str(exc))
+    except RedisError as exc:
+        status = _fail(store, context, f"Redis stayed unreachable {_during(deployment)} longer than its retries: {exc}")
     except JobTimeoutException:
         # Only a step that hung past deploy_timeout and the rollback margin gets here (see job_timeout).
         status = _fail(
@@ -136,6 +138,11 @@ def _trim_logs(store: DeploymentStore, env: str, keep: int) -> None:
         store.trim_logs(env, keep)
     except Exception:
         log.warning("trimming the logs of %s beyond the newest %d failed", env, keep, exc_info=True)
+
+
+def _during(deployment: Deployment) -> str:
+    """The step an error stopped: the last one begun (its step() has marked it failed by now)."""
+    return f"during {deployment.steps[-1].name}" if deployment.steps else "before the first step"
 
 
 def _fail(store: DeploymentStore, context: DeploymentContext, reason: str) -> Status:
