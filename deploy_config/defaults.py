@@ -86,7 +86,13 @@ DEFAULT_LOG_RETENTION = 500
 """Deployments per environment whose logs Redis keeps; older records stay, their logs go."""
 
 DEFAULT_LOG_MAX_LINES = 10_000
-"""Lines one deployment's log keeps (its first fifth and its last lines); ~1 MB of Redis at most."""
+"""Lines one deployment's log keeps (its first fifth and its last lines)."""
+
+DEFAULT_LOG_MAX_BYTES = 1024 * 1024
+"""Bytes of lines one deployment's log keeps, whichever of the two caps comes first."""
+
+DEFAULT_LOG_MAX_TOTAL_BYTES = 64 * 1024 * 1024
+"""Bytes of log lines one environment's deployments keep in all; the oldest final logs go first."""
 
 SERVICE_URL_ENVVAR = "DEPLOYHOOK_URL"
 """Environment variable that can name the running service's URL for the CLI."""

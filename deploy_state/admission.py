@@ -1,25 +1,18 @@
 """Admission: the one way a deployment starts, whatever asked for it (a push, a poll, the API or the CLI through it).
 
 `Admission(config, connection).admit(request)` turns one DeployRequest into exactly one recorded
-deployment with its RQ job enqueued, in ONE Redis round trip: a Lua script refuses a replayed push
-(one older than the newest accepted for its branch), checks the delivery
-and the branch head (webhooks and polls claim both, so a redelivery, a second receiver or the
-poller seeing the same sha get the deployment already made), allocates the id, applies the
-promotion guard, writes the record, its indexes, the audit entry and the outbox entry, writes
-RQ's job hash and pushes the job onto the environment's queue, and only then claims the delivery
-and the head: a delivery counts as seen only once its job is enqueued.
+deployment with its RQ job enqueued, in ONE Redis round trip (scripts/admit.py says what the
+script checks and writes, in which order).
 
 The job is enqueued by dotted path (DEPLOY_JOB): the web process never imports worker code.
 RQ's own Job builds the job hash once per (job, environment) (job_template); the script only
 fills in what depends on the id allocated inside it: the job's key and id, its description and
 its arguments (JSON, as the queues' serializer writes them: a job in Redis is data, never a
-pickle). Keys derived from that id are built inside the script, which therefore
-needs a single Redis server (not Redis Cluster), which is what deployhook runs on.
+pickle).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -29,21 +22,22 @@ from functools import cached_property, lru_cache
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import NoScriptError
 from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 
-from deploy_config import DeployConfig, DeployError
+from deploy_config import DeployConfig, EnvironmentConfig
 from deploy_config.secrets import secret_env_values
-from deploy_text.formatting import short_sha, utc_time
+from deploy_text.formatting import short_sha
 from deploy_text.redaction import Redactor, config_redactor
 
 from . import keys, outbox
+from .indexes import permanent_indexes, status_indexes
 from .models import Deployment, Status, Trigger
 from .queues import SERIALIZER, queue_name
 from .replies import text
-from .store import AUDIT_MAXLEN
+from .scripts.admit import ID, Indexes, admit
+from .store import AUDIT_MAXLEN, bounded_field
 
 log = logging.getLogger(__name__)
 
@@ -55,135 +49,6 @@ JOB_RESULT_TTL = 7 * 24 * 3600
 
 DELIVERY_TTL = 30 * 24 * 3600
 """Seconds a delivery id is remembered; GitHub lets one redeliver for about that long."""
-
-_ID = "{id}"
-"""Where a key or text template takes the deployment id the script allocates."""
-
-# KEYS: 1 sequence, 2 head, 3 delivery, 4 index_all, 5 index_env, 6 queued(env), 7 status index
-# queued, 8 status index blocked, 9 finished counts, 10 succeeded shas of promote_from, 11 running
-# pointer, 12 audit, 13 outbox, 14 RQ's set of queues, 15 RQ's queue, 16 and 17 the environment's
-# status indexes queued and blocked, 18 the newest accepted push time, 19 and 20 promote_from's
-# queued index and running pointer (the promotion guard's "on its way"). ARGV: see Admission._run.
-# A claim (head or delivery) names a deployment and holds only while that deployment's record
-# exists (one claimed by an older release that died before recording is free again). Writes come
-# after every check and the claims last, so that an error part way (Lua does not roll back) never
-# leaves a delivery claimed without its job.
-# Replies {'taken', id, record hash...}, {'new', id, status, superseded running id or ''} or
-# {'older', ''} (a push older than the newest accepted for its branch: nothing written).
-_ADMIT = """
-local function fill(template, id)
-  local at = string.find(template, '{id}', 1, true)
-  return string.sub(template, 1, at - 1) .. id .. string.sub(template, at + 4)
-end
-local function holder(key, sha)
-  local raw = redis.call('GET', KEYS[key])
-  if not raw then return nil end
-  local ok, claim = pcall(cjson.decode, raw)
-  if not ok or type(claim) ~= 'table' or type(claim['deployment_id']) ~= 'string' then return nil end
-  if sha and claim['sha'] ~= sha then return nil end
-  if redis.call('EXISTS', fill(ARGV[5], claim['deployment_id'])) == 0 then return nil end
-  return claim['deployment_id']
-end
-local function taken(id)
-  local reply = {'taken', id}
-  for _, v in ipairs(redis.call('HGETALL', fill(ARGV[5], id))) do reply[#reply + 1] = v end
-  return reply
-end
--- Whether promote_from has a queued or running deployment of sha: then the worker waits for it
--- (promotion_wait) instead of the deployment being blocked for good now. The same question as
--- promotion.pending_deployment, which the worker asks while it waits: change them together.
-local function on_its_way(sha)
-  local ids = redis.call('ZRANGE', KEYS[19], 0, -1)
-  local running = redis.call('GET', KEYS[20])
-  if running then ids[#ids + 1] = running end
-  for _, id in ipairs(ids) do
-    local fields = redis.call('HMGET', fill(ARGV[5], id), 'sha', 'status')
-    if fields[1] and fields[2] then
-      local ok_sha, their_sha = pcall(cjson.decode, fields[1])
-      local ok_status, status = pcall(cjson.decode, fields[2])
-      if ok_sha and ok_status and their_sha == sha and (status == 'queued' or status == 'running') then
-        return true
-      end
-    end
-  end
-  return false
-end
--- zlib's format around one stored (uncompressed) deflate block: what RQ's Job.restore decompresses.
-local function zlib_stored(s)
-  local a, b = 1, 0
-  for i = 1, #s do a = (a + string.byte(s, i)) % 65521; b = (b + a) % 65521 end
-  return '\\120\\1\\1' .. struct.pack('<I2<I2', #s, 65535 - #s) .. s .. struct.pack('>I4', b * 65536 + a)
-end
-
-local sha = ARGV[1]
--- Equal times pass: two pushes in one second, or a redelivery of the newest (the claims dedupe those).
-if ARGV[20] ~= '' then
-  local newest = tonumber(redis.call('GET', KEYS[18]) or '')
-  if newest and tonumber(ARGV[20]) < newest then return {'older', ''} end
-  redis.call('SET', KEYS[18], ARGV[20])
-end
-if ARGV[3] == '1' then
-  local id = holder(3, nil)
-  if id then return taken(id) end
-end
-if ARGV[2] == '1' then
-  local id = holder(2, sha)
-  if id then return taken(id) end
-end
-
-local id = tostring(redis.call('INCR', KEYS[1]))
-local score = tonumber(id)
-local blocked = ARGV[4] == '1' and redis.call('SISMEMBER', KEYS[10], sha) == 0 and not on_its_way(sha)
-local status = blocked and 'blocked' or 'queued'
-local now = redis.call('TIME')
-local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local nrecord, naudit = tonumber(ARGV[18]), tonumber(ARGV[19])
-local first_audit, first_job = 21 + nrecord, 21 + nrecord + naudit
-
-local superseded = ''
-if not blocked then
-  local job_id = fill(ARGV[7], id)
-  local data = ARGV[8] .. id .. ARGV[9]
-  local job = {'data', zlib_stored(data), 'description', fill(ARGV[10], id)}
-  for i = first_job, #ARGV do job[#job + 1] = ARGV[i] end
-  redis.call('HSET', fill(ARGV[6], id), unpack(job))
-  redis.call('RPUSH', KEYS[15], job_id)
-  redis.call('SADD', KEYS[14], KEYS[15])
-  if ARGV[15] == '1' then
-    local running = redis.call('GET', KEYS[11])
-    if running then
-      redis.call('SET', fill(ARGV[14], running), id, 'EX', 86400)
-      superseded = running
-    end
-  end
-end
-
-local record = {'id', cjson.encode(id), 'status', cjson.encode(status), 'reason', blocked and ARGV[11] or ARGV[12]}
-for i = 21, first_audit - 1 do record[#record + 1] = ARGV[i] end
-redis.call('HSET', fill(ARGV[5], id), unpack(record))
-redis.call('ZADD', KEYS[4], score, id)
-redis.call('ZADD', KEYS[5], score, id)
-if blocked then
-  redis.call('ZADD', KEYS[8], score, id)
-  redis.call('ZADD', KEYS[17], score, id)
-  redis.call('HINCRBY', KEYS[9], 'blocked', 1)
-else
-  redis.call('ZADD', KEYS[7], score, id)
-  redis.call('ZADD', KEYS[16], score, id)
-  redis.call('ZADD', KEYS[6], score, id)
-end
-local entry = {'t', string.format('%.3f', now_ms / 1000), 'action', 'deploy'}
-for i = first_audit, first_job - 1 do entry[#entry + 1] = ARGV[i] end
-for _, v in ipairs({'outcome', status, 'deployment', id, 'sha', sha}) do entry[#entry + 1] = v end
-redis.call('XADD', KEYS[12], 'MAXLEN', '~', ARGV[13], '*', unpack(entry))
-redis.call('XADD', KEYS[13], 'MAXLEN', '~', ARGV[17], '*', 'deployment', id, 'status', status)
-
-local claim = cjson.encode({sha = sha, deployment_id = id, at = now_ms})
-if ARGV[2] == '1' then redis.call('SET', KEYS[2], claim) end
-if ARGV[3] == '1' then redis.call('SET', KEYS[3], claim, 'EX', ARGV[16]) end
-return {'new', id, status, superseded}
-"""
-_ADMIT_SHA = hashlib.sha1(_ADMIT.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -208,8 +73,6 @@ class DeployRequest:
     """A manual rollback: the succeeded deployment whose release (its kept images) goes back, unbuilt."""
     promoted_from: str = ""
     """A promotion: the environment whose succeeded release this deploys (checkout accepts its branch)."""
-    pushed_at: float | None = None
-    """A push's time (Unix seconds) from its signed payload: an older one than the newest accepted is refused."""
 
     @classmethod
     def again(
@@ -230,14 +93,6 @@ class DeployRequest:
             force=force,
             promoted_from=deployment.promoted_from,
         )
-
-
-class OlderPush(DeployError):
-    """A push older than the newest one accepted for its branch: a replay, or a late redelivery; nothing recorded.
-
-    A forge's delivery id is not covered by its signature, so a captured push can be re-sent under a
-    new id; its payload's push time is covered, and a replay carries the old one.
-    """
 
 
 @dataclass(frozen=True)
@@ -267,7 +122,7 @@ def job_template(job: str, environment: str, timeout: int) -> JobTemplate:
     queue = Queue(queue_name(environment), connection=Redis())  # never connects: only its key names are read
     rq_job = Job.create(
         job,
-        args=(_ID,),
+        args=(ID,),
         connection=queue.connection,
         id="deployment-0",  # RQ checks the id's characters; the script writes the real one
         timeout=timeout,
@@ -282,14 +137,14 @@ def job_template(job: str, environment: str, timeout: int) -> JobTemplate:
     fields = rq_job.to_dict()
     for per_request in ("data", "description", "created_at", "enqueued_at"):
         fields.pop(per_request, None)
-    marker = _ID.encode()
+    marker = ID.encode()
     # RQ's JSONSerializer is json with UTF-8 bytes: the same calls here, typed.
-    head, tail = json.dumps((job, None, (_ID,), {})).encode().split(marker)
+    head, tail = json.dumps((job, None, (ID,), {})).encode().split(marker)
     if SERIALIZER.loads(head + b"42" + tail) != [job, None, ["42"], {}]:  # type: ignore[no-untyped-call]
         raise RuntimeError(f"cannot template the serialized arguments of {job}")  # the serializer changed: a bug
     # As redis-py would encode them: a JobStatus is a str subclass, sent as its value.
     flat = tuple(item.value if isinstance(item, Enum) else text(item) for pair in fields.items() for item in pair)
-    job_id = f"deployment-{_ID}"
+    job_id = f"deployment-{ID}"
     return JobTemplate(flat, head, tail, f"{Job.redis_job_namespace_prefix}{job_id}", job_id, queue.key)
 
 
@@ -312,12 +167,6 @@ class Admission:
         created_at = time.time()
         reply: list[Any] = self._run(request, created_at)
         kind, deployment_id = text(reply[0]), text(reply[1])
-        if kind == "older":
-            raise OlderPush(
-                f"push of {short_sha(request.sha)} to {request.environment} was pushed at "
-                f"{utc_time(request.pushed_at)}, "
-                "before the newest push accepted for it (a replay?); nothing was deployed"
-            )
         if kind == "taken":
             record = dict(zip(reply[2::2], reply[3::2], strict=True))
             return Admitted(Deployment.from_hash(record), created=False)
@@ -377,78 +226,62 @@ class Admission:
 
     def _run(self, request: DeployRequest, created_at: float) -> Any:
         env = self.config.environments[request.environment]
-        tracks_head = request.trigger in (Trigger.WEBHOOK, Trigger.POLL)  # API requests deploy on demand
-        guarded = env.promote_from is not None and not request.force  # the script also asks: is it on its way?
         template = job_template(self.job, env.name, int(env.job_timeout))
-        record = [
-            item for name, value in self._record(request, created_at).items() for item in (name, json.dumps(value))
-        ]
-        audit = [
-            "actor",
-            request.actor,
-            "environment",
-            env.name,
-            "trigger",
-            str(request.trigger),
-            "source",
-            request.source,
-        ]
         enqueued = utcformat(now())
-        script_keys = [
-            keys.sequence(),
-            keys.head(env.name),
-            keys.delivery(request.source, request.delivery_id or "-"),  # a script names every key, even unused
-            keys.index_all(),
-            keys.index_environment(env.name),
-            keys.queued(env.name),
-            keys.index_status(Status.QUEUED),
-            keys.index_status(Status.BLOCKED),
-            keys.finished_counts(env.name),
-            keys.succeeded_shas(env.promote_from or env.name),
-            keys.running(env.name),
-            keys.audit(),
-            keys.outbox(),
-            Queue.redis_queues_keys,
-            template.queue_key,
-            keys.index_env_status(env.name, Status.QUEUED),
-            keys.index_env_status(env.name, Status.BLOCKED),
-            keys.newest_push(env.name),
-            keys.queued(env.promote_from or env.name),
-            keys.running(env.promote_from or env.name),
+        indexes = Indexes(
+            permanent=permanent_indexes(env.name),
+            queued=status_indexes(env.name, Status.QUEUED, request.sha),
+            blocked=status_indexes(env.name, Status.BLOCKED, request.sha),
+        )
+        fields = self._record(request, created_at)
+        record = [item for name, value in fields.items() for item in (name, json.dumps(value))]
+        audit = [
+            *("actor", bounded_field(request.actor), "environment", env.name),
+            *("trigger", str(request.trigger), "source", request.source),
         ]
-        argv: list[str | bytes | int] = [
-            request.sha,
-            _flag(tracks_head),
-            _flag(bool(request.delivery_id)),
-            _flag(guarded),
-            keys.deployment(_ID),
-            template.job_key,
-            template.job_id,
-            template.data_head,
-            template.data_tail,
-            f"deploy {env.name} {short_sha(request.sha)} (#{_ID})",
-            json.dumps(self._block_reason(request) if guarded else ""),
-            json.dumps(request.reason),
-            AUDIT_MAXLEN,
-            keys.cancel_requested(_ID),
-            _flag(env.cancel_running),
-            DELIVERY_TTL,
-            outbox.MAXLEN,
-            len(record),
-            len(audit),
-            "" if request.pushed_at is None else repr(float(request.pushed_at)),
-            *record,
-            *audit,
-            *template.fields,
-            "created_at",
-            enqueued,
-            "enqueued_at",
-            enqueued,
-        ]
-        try:
-            return self.conn.evalsha(_ADMIT_SHA, len(script_keys), *script_keys, *argv)
-        except NoScriptError:  # first use on this server (or after a restart): send the script itself
-            return self.conn.eval(_ADMIT, len(script_keys), *script_keys, *argv)
+        job = [*template.fields, "created_at", enqueued, "enqueued_at", enqueued]
+        script_keys, args = _script_keys(env, request, template), self._script_args(env, request, template)
+        return admit(self.conn, script_keys, args, indexes, record, audit, job)
+
+    def _script_args(self, env: EnvironmentConfig, request: DeployRequest, template: JobTemplate) -> dict[str, Any]:
+        guarded = env.promote_from is not None and not request.force  # the script also asks: is it on its way?
+        return {
+            "sha": request.sha,
+            "tracks_head": _flag(request.trigger in (Trigger.WEBHOOK, Trigger.POLL)),  # the API deploys on demand
+            "has_delivery": _flag(bool(request.delivery_id)),
+            "guarded": _flag(guarded),
+            "record": keys.deployment(ID),
+            "job_key": template.job_key,
+            "job_id": template.job_id,
+            "job_data_head": template.data_head,
+            "job_data_tail": template.data_tail,
+            "description": f"deploy {env.name} {short_sha(request.sha)} (#{ID})",
+            "block_reason": json.dumps(self._block_reason(request) if guarded else ""),
+            "reason": json.dumps(request.reason),
+            "audit_maxlen": AUDIT_MAXLEN,
+            "cancel": keys.cancel_requested(ID),
+            "cancel_running": _flag(env.cancel_running),
+            "delivery_ttl": DELIVERY_TTL,
+            "outbox_maxlen": outbox.MAXLEN,
+        }
+
+
+def _script_keys(env: EnvironmentConfig, request: DeployRequest, template: JobTemplate) -> dict[str, str]:
+    source = env.promote_from or env.name
+    return {
+        "sequence": keys.sequence(),
+        "head": keys.head(env.name),
+        "delivery": keys.delivery(request.source, request.delivery_id or "-"),  # named even when unused
+        "finished_counts": keys.finished_counts(env.name),
+        "source_succeeded": keys.succeeded_shas(source),
+        "source_queued": keys.queued_sha(source, request.sha),
+        "source_running": keys.running(source),
+        "running": keys.running(env.name),
+        "audit": keys.audit(),
+        "outbox": keys.outbox(),
+        "rq_queues": Queue.redis_queues_keys,
+        "rq_queue": template.queue_key,
+    }
 
 
 _REDACTORS: dict[tuple[Any, ...], Redactor] = {}

@@ -43,6 +43,11 @@ def queued(env: str) -> str:
     return f"{PREFIX}:env:{env}:queued"
 
 
+def queued_sha(env: str, sha: str) -> str:
+    """Sorted set: ids of env's queued deployments of sha (the promotion guard's question in one read)."""
+    return f"{PREFIX}:env:{env}:queued-sha:{sha}"
+
+
 def started(env: str) -> str:
     return f"{PREFIX}:env:{env}:started"
 
@@ -59,9 +64,9 @@ def head(env: str) -> str:
     return f"{PREFIX}:env:{env}:head"
 
 
-def newest_push(env: str) -> str:
-    """The push time (Unix seconds) of the newest push to env's branch that intake accepted."""
-    return f"{PREFIX}:env:{env}:newest-push"
+def accepted_push(env: str) -> str:
+    """The sha of the newest push to env's branch a worker accepted (workers/push_order.py)."""
+    return f"{PREFIX}:env:{env}:accepted-push"
 
 
 def login_session(session_id: str) -> str:
@@ -98,8 +103,22 @@ def rejected_log_window(window: int) -> str:
     return f"{PREFIX}:rejected-logged:{window}"
 
 
+def ignored_count() -> str:
+    """Signed deliveries that deployed nothing (another event, a tag, an unserved branch)."""
+    return f"{PREFIX}:ignored"
+
+
+def ignored_log_window(window: int) -> str:
+    return f"{PREFIX}:ignored-logged:{window}"
+
+
 def degraded(env: str) -> str:
     return f"{PREFIX}:env:{env}:degraded"
+
+
+def log_bytes(env: str) -> str:
+    """The bytes of log lines env's deployments hold in Redis (what status_page.log_max_total_bytes caps)."""
+    return f"{PREFIX}:env:{env}:log-bytes"
 
 
 def log_trimmed_through(env: str) -> str:

@@ -19,6 +19,7 @@ from redis import Redis
 
 from . import keys
 from .replies import text
+from .scripts.backfill_indexes import backfill_batch
 
 log = logging.getLogger(__name__)
 
@@ -26,23 +27,6 @@ INDEX_VERSION = "2"
 """2: the (environment, status) index exists for every record."""
 
 _BACKFILL_BATCH = 1000
-
-# ARGV: record key template, index key template ('{id}', '{env}', '{status}' placeholders), ids...
-# Values in a record hash are JSON: '"staging"' decodes to staging.
-_BACKFILL = """
-for i = 3, #ARGV do
-  local id = ARGV[i]
-  local record = string.gsub(ARGV[1], '{id}', id)
-  local fields = redis.call('HMGET', record, 'environment', 'status')
-  if fields[1] and fields[2] then
-    local env = cjson.decode(fields[1])
-    local status = cjson.decode(fields[2])
-    local index = string.gsub(string.gsub(ARGV[2], '{env}', env), '{status}', status)
-    redis.call('ZADD', index, tonumber(id), id)
-  end
-end
-return #ARGV - 2
-"""
 
 
 def index_for(conn: Redis, environment: str | None, status: str | None) -> str:
@@ -66,15 +50,13 @@ def ensure_indexes(conn: Redis) -> int:
 
 def backfill(conn: Redis) -> int:
     """Add every record to its (environment, status) index; idempotent. Returns how many records it read."""
-    script = conn.register_script(_BACKFILL)
-    templates = [keys.deployment("{id}"), keys.index_env_status("{env}", "{status}")]
     done, upper = 0, "+inf"
     while True:
         found = conn.zrevrangebyscore(keys.index_all(), upper, "-inf", start=0, num=_BACKFILL_BATCH)
         ids = [text(i) for i in found]
         if not ids:
             break
-        done += int(script(args=[*templates, *ids]))
+        done += backfill_batch(conn, ids)
         upper = f"({ids[-1]}"
     conn.set(keys.index_version(), INDEX_VERSION)
     if done:

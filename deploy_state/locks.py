@@ -15,11 +15,9 @@ from redis import Redis, RedisError
 
 from . import keys
 from .replies import text
+from .scripts.lease import release_if_held, renew_if_held
 
 log = logging.getLogger(__name__)
-
-_RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
-_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 class Lease:
@@ -35,10 +33,10 @@ class Lease:
         return bool(self.conn.set(self.key, self.token, nx=True, px=self.lease_ms))
 
     def renew(self) -> bool:
-        return bool(self.conn.eval(_RENEW, 1, self.key, self.token, self.lease_ms))
+        return renew_if_held(self.conn, self.key, self.token, self.lease_ms)
 
     def release(self) -> bool:
-        return bool(self.conn.eval(_RELEASE, 1, self.key, self.token))
+        return release_if_held(self.conn, self.key, self.token)
 
     def holder(self) -> str | None:
         value = self.conn.get(self.key)

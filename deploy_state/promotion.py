@@ -2,23 +2,18 @@
 
 A production push made together with staging's arrives while staging's deploy of the same
 sha is queued or running; that deployment is looked up here, so the production one can wait
-for it instead of being blocked for good.
+for it instead of being blocked for good. The question is one script (scripts/pending.py),
+which admission's own script asks too.
 """
 
 from __future__ import annotations
 
-from .models import Deployment, Status
+from .models import Deployment
+from .scripts.pending import pending_deployment_id
 from .store import DeploymentStore
 
 
 def pending_deployment(store: DeploymentStore, environment: str, sha: str) -> Deployment | None:
-    """The newest queued or running deployment of `sha` in environment, if any.
-
-    Admission asks the same inside its script (on_its_way in admission.py): change them together."""
-    running = store.running(environment)
-    ids = [*reversed(store.queued_ids(environment)), *([running] if running else [])]
-    for deployment_id in ids:
-        deployment = store.get(deployment_id)
-        if deployment is not None and deployment.sha == sha and deployment.status in (Status.QUEUED, Status.RUNNING):
-            return deployment
-    return None
+    """The newest queued or running deployment of `sha` in environment, if any."""
+    found = pending_deployment_id(store.conn, environment, sha)
+    return store.get(found) if found else None

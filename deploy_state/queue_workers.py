@@ -21,6 +21,7 @@ from redis import Redis, RedisError
 
 from . import keys
 from .replies import text
+from .scripts.claim_queue import claim_queue
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +30,6 @@ HEARTBEAT_TTL = 30.0
 
 HEARTBEAT_INTERVAL = HEARTBEAT_TTL / 3
 """Seconds between heartbeats."""
-
-# Atomically: drop expired members; refuse (return them) if another live one remains; else join.
-_CLAIM = """
-redis.call('zremrangebyscore', KEYS[1], '-inf', ARGV[3])
-local others = {}
-for _, member in ipairs(redis.call('zrange', KEYS[1], 0, -1)) do
-  if member ~= ARGV[1] then table.insert(others, member) end
-end
-if #others > 0 and ARGV[4] == '1' then return others end
-redis.call('zadd', KEYS[1], ARGV[2], ARGV[1])
-return {}
-"""
 
 
 @dataclass(frozen=True)
@@ -103,12 +92,10 @@ class QueueClaim:
                 if member != self.member and _dead_here(member):
                     self.conn.zrem(key, member)
             now = time.time()
-            others = self.conn.eval(
-                _CLAIM, 1, key, self.member, now + HEARTBEAT_TTL, now, "1" if self.exclusive else "0"
-            )
+            others = claim_queue(self.conn, key, self.member, now + HEARTBEAT_TTL, now, self.exclusive)
             if others:
                 self._leave(joined)
-                return QueueTaken(env, [text(m) for m in others])
+                return QueueTaken(env, others)
             joined.append(env)
         self._thread = threading.Thread(target=self._beat, name="queue-heartbeat", daemon=True)
         self._thread.start()

@@ -1,4 +1,4 @@
-"""Rejected webhook deliveries: counted per reason, and a per-minute window that bounds logging."""
+"""Rejected and ignored webhook deliveries: counted, with a per-minute window that bounds logging and auditing."""
 
 from __future__ import annotations
 
@@ -15,11 +15,28 @@ REASONS: tuple[Reason, ...] = get_args(Reason)
 
 def count_rejection(conn: Redis, reason: Reason, minute: int) -> int:
     """Count one rejection; return how many this minute has seen so far (across all web processes)."""
-    conn.incr(keys.rejected_count(reason))
-    window = keys.rejected_log_window(minute)
-    seen = int(conn.incr(window))
-    conn.expire(window, 120)
-    return seen
+    return _count(conn, keys.rejected_count(reason), keys.rejected_log_window(minute))
+
+
+def count_ignored(conn: Redis, minute: int) -> int:
+    """Count one ignored delivery (signed, but nothing to deploy); how many this minute has seen so far.
+
+    A captured signed delivery can be re-sent at will under any event or delivery header (neither is
+    signed): past a few a minute, they are only counted."""
+    return _count(conn, keys.ignored_count(), keys.ignored_log_window(minute))
+
+
+def _count(conn: Redis, total: str, window: str) -> int:
+    with conn.pipeline(transaction=False) as pipe:
+        pipe.incr(total)
+        pipe.incr(window)
+        pipe.expire(window, 120)
+        _, seen, _ = pipe.execute()
+    return int(seen)
+
+
+def ignored_total(conn: Redis) -> int:
+    return int(conn.get(keys.ignored_count()) or 0)
 
 
 def rejection_totals(conn: Redis) -> dict[str, int]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
@@ -12,40 +12,28 @@ from redis import Redis, WatchError
 from redis.client import Pipeline
 
 from deploy_config import DeployError
-from deploy_config.defaults import DEFAULT_LOG_MAX_LINES
+from deploy_config.defaults import DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_LINES, DEFAULT_LOG_MAX_TOTAL_BYTES
 
 from . import keys, listing, logcap, outbox, stats
+from .indexes import status_indexes
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus
 from .replies import text
+from .scripts.lease import release_if_held
+from .scripts.trim_logs import trim_final_logs
 
-AUDIT_MAXLEN = 100_000
+AUDIT_MAXLEN = 50_000
 """Audit entries kept (approximately); older ones are trimmed so Redis cannot grow without bound."""
+
+AUDIT_FIELD_CHARS = 200
+"""Characters kept of one audit field: with a dozen fields at most, the trail holds ~120 MB of ASCII at the very
+most (typically a tenth of that: entries are short), however long what a request quoted was."""
+
+DEFAULT_LOG_CAP = logcap.split(DEFAULT_LOG_MAX_LINES, DEFAULT_LOG_MAX_BYTES)
 
 _STARTED_KEPT = 100
 """Started deployment ids remembered per environment (only the newest is read)."""
 
 _TRIM_BATCH = 500
-
-# Per (record, log) key pair: delete the log of a final deployment and mark its record, in one
-# atomic step, so a record never says "trimmed" while its log is still there, nor the reverse.
-# Replies per pair: 1 trimmed, 0 nothing to trim, -1 not final yet (left alone).
-_TRIM_SCRIPT = """
-local final = {}
-for i = 1, #ARGV do final[ARGV[i]] = true end
-local out = {}
-for i = 1, #KEYS, 2 do
-  local status = redis.call('hget', KEYS[i], 'status')
-  if status and not final[status] then
-    out[#out + 1] = -1
-  elseif redis.call('del', KEYS[i + 1]) == 1 and status then
-    redis.call('hset', KEYS[i], 'log_trimmed', 'true')
-    out[#out + 1] = 1
-  else
-    out[#out + 1] = 0
-  end
-end
-return out
-"""
 
 
 class DeploymentNotFound(DeployError):
@@ -128,12 +116,10 @@ class DeploymentStore:
                     pipe.multi()
                     pipe.hset(key, mapping=_encode({"status": str(status), **fields}))
                     outbox.append(pipe, deployment.id, str(status))
-                    pipe.zrem(keys.index_status(current), deployment.id)
-                    pipe.zadd(keys.index_status(status), score)
-                    pipe.zrem(keys.index_env_status(env, current), deployment.id)
-                    pipe.zadd(keys.index_env_status(env, status), score)
-                    if status != Status.QUEUED:
-                        pipe.zrem(keys.queued(env), deployment.id)
+                    for index in status_indexes(env, current, deployment.sha):
+                        pipe.zrem(index, deployment.id)
+                    for index in status_indexes(env, status, deployment.sha):
+                        pipe.zadd(index, score)
                     if status == Status.RUNNING:
                         pipe.set(keys.running(env), deployment.id)
                         pipe.zadd(keys.started(env), score)
@@ -163,12 +149,7 @@ class DeploymentStore:
 
     def _clear_running(self, env: str, deployment_id: str) -> None:
         # Compare-and-delete: only the deployment that set the pointer clears it.
-        self.conn.eval(
-            "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0",
-            1,
-            keys.running(env),
-            deployment_id,
-        )
+        release_if_held(self.conn, keys.running(env), deployment_id)
 
     def running(self, env: str) -> str | None:
         value = self.conn.get(keys.running(env))
@@ -268,19 +249,33 @@ class DeploymentStore:
 
     # --- cancellation --------------------------------------------------------------------
 
-    def request_cancel(self, deployment_id: str, by: str) -> None:
-        self.conn.set(keys.cancel_requested(deployment_id), by, ex=24 * 3600)
-
     def cancel_requested(self, deployment_id: str) -> str | None:
         value = self.conn.get(keys.cancel_requested(deployment_id))
         return None if value is None else text(value)
 
+    # --- push order ---------------------------------------------------------------------
+
+    def accepted_push(self, env: str) -> str | None:
+        """The sha of the newest push to env's branch a worker accepted, if any."""
+        value = self.conn.get(keys.accepted_push(env))
+        return None if value is None else text(value)
+
+    def accept_push(self, env: str, sha: str) -> None:
+        self.conn.set(keys.accepted_push(env), sha)
+
+    def reset_push_order(self, env: str) -> str | None:
+        """Forget env's newest accepted push and its branch head's claim, so that the next push or poll is
+        deployed whatever its sha (a branch rewound on purpose); what the newest accepted push was."""
+        previous = self.accepted_push(env)
+        self.conn.delete(keys.accepted_push(env), keys.head(env))
+        return previous
+
     # --- logs ------------------------------------------------------------------------------
 
-    def append_log(self, deployment_id: str, line: str, max_lines: int = DEFAULT_LOG_MAX_LINES) -> str:
-        """Append a line; past max_lines, the log keeps its head and tail (logcap.py)."""
+    def append_log(self, deployment_id: str, line: str, cap: logcap.LogCap = DEFAULT_LOG_CAP) -> str:
+        """Append a line; past the cap, the log keeps its head and tail (logcap.py)."""
         when = f"{time.time():.3f}"
-        return logcap.append(self.conn, keys.log(deployment_id), keys.deployment(deployment_id), when, line, max_lines)
+        return logcap.append(self.conn, keys.log(deployment_id), keys.deployment(deployment_id), when, line, cap)
 
     def read_log(self, deployment_id: str, since: str | None = None, count: int | None = None) -> list[dict[str, str]]:
         """Log entries after `since` (an entry id), oldest first: {id, t, line}."""
@@ -294,8 +289,9 @@ class DeploymentStore:
                 read.append({"id": text(entry_id), "t": fields.get("t", ""), "line": line})
         return read
 
-    def trim_logs(self, env: str, keep: int) -> int:
-        """Delete the logs of env's final deployments older than its newest `keep`; returns how many.
+    def trim_logs(self, env: str, keep: int, max_total_bytes: int = DEFAULT_LOG_MAX_TOTAL_BYTES) -> int:
+        """Delete the logs of env's final deployments older than its newest `keep`, and more of the oldest
+        while env's logs hold more than max_total_bytes; returns how many.
 
         Their records stay, marked log_trimmed. A watermark remembers how far earlier calls got, so
         each call only looks at deployments that fell out of the window since. One not final yet
@@ -304,12 +300,11 @@ class DeploymentStore:
         index, pending = keys.index_environment(env), keys.log_trim_pending(env)
         trimmed = self._trim(env, [text(i) for i in self.conn.smembers(pending)])
         boundary = self.conn.zrevrange(index, keep, keep, withscores=True)
-        if not boundary:
-            return trimmed
-        cutoff = int(boundary[0][1])
+        cutoff = int(boundary[0][1]) if boundary else 0
         through = int(self.conn.get(keys.log_trimmed_through(env)) or 0)
-        while through < cutoff:
-            ids = [text(i) for i in self.conn.zrangebyscore(index, f"({through}", cutoff, start=0, num=_TRIM_BATCH)]
+        while through < cutoff or self.log_bytes(env) > max_total_bytes:
+            upper, batch = (cutoff, _TRIM_BATCH) if through < cutoff else ("+inf", 1)  # by bytes: one at a time
+            ids = [text(i) for i in self.conn.zrangebyscore(index, f"({through}", upper, start=0, num=batch)]
             if not ids:
                 break
             trimmed += self._trim(env, ids)
@@ -317,29 +312,44 @@ class DeploymentStore:
             self.conn.set(keys.log_trimmed_through(env), through)
         return trimmed
 
+    def log_bytes(self, env: str) -> int:
+        """The bytes of log lines env's deployments hold now."""
+        return int(self.conn.get(keys.log_bytes(env)) or 0)
+
     def _trim(self, env: str, ids: list[str]) -> int:
         """Trim the logs of those of `ids` that are final; the others go to (or stay in) the pending set."""
         if not ids:
             return 0
-        pairs = [key for i in ids for key in (keys.deployment(i), keys.log(i))]
-        final = [json.dumps(str(status)) for status in FINAL_STATUSES]
-        results: Any = self.conn.eval(_TRIM_SCRIPT, len(pairs), *pairs, *final)
-        waiting = [i for i, result in zip(ids, results, strict=True) if int(result) < 0]
-        done = [i for i, result in zip(ids, results, strict=True) if int(result) >= 0]
+        results = trim_final_logs(self.conn, env, ids, FINAL_STATUSES)
+        waiting = [i for i, result in zip(ids, results, strict=True) if result < 0]
+        done = [i for i, result in zip(ids, results, strict=True) if result >= 0]
         with self.conn.pipeline(transaction=False) as pipe:
             if waiting:
                 pipe.sadd(keys.log_trim_pending(env), *waiting)
             if done:
                 pipe.srem(keys.log_trim_pending(env), *done)
             pipe.execute()
-        return sum(1 for result in results if int(result) == 1)
+        return sum(1 for result in results if result == 1)
 
     # --- audit trail -------------------------------------------------------------------------
 
-    def audit(self, action: str, actor: str, outcome: str, pipe: Pipeline | None = None, **details: str) -> None:
-        """Append one entry to the audit trail (who did what, when, with what outcome)."""
-        entry: dict[Any, Any] = {"t": f"{time.time():.3f}", "action": action, "actor": actor, "outcome": outcome}
-        entry.update(details)
+    def audit(
+        self,
+        action: str,
+        actor: str,
+        outcome: str,
+        pipe: Pipeline | None = None,
+        redact: Callable[[str], str] | None = None,
+        **details: str,
+    ) -> None:
+        """Append one entry to the audit trail (who did what, when, with what outcome).
+
+        redact masks every field but the time before it is stored: an entry outlives the secret's
+        rotation, and its fields quote what a request said (a branch name, a pusher), which may hold one.
+        """
+        fields = {"action": action, "actor": actor, "outcome": outcome, **details}
+        masked = {key: redact(value) for key, value in fields.items()} if redact is not None else fields
+        entry: dict[Any, Any] = {"t": f"{time.time():.3f}", **{key: bounded_field(v) for key, v in masked.items()}}
         (pipe or self.conn).xadd(keys.audit(), entry, maxlen=AUDIT_MAXLEN, approximate=True)
 
     def audit_entries(self, count: int = 100) -> list[dict[str, str]]:
@@ -351,6 +361,14 @@ class DeploymentStore:
         entries: Any = self.conn.xrevrange(keys.audit(), max=f"({before}" if before else "+", count=limit + 1)
         page = [{"id": text(entry_id), **_decode(fields)} for entry_id, fields in entries[:limit]]
         return page, page[-1]["id"] if len(entries) > limit else None
+
+
+def bounded_field(value: str) -> str:
+    """An audit field at most AUDIT_FIELD_CHARS long: an entry quotes what a request said, and the trail is
+    capped by entries (AUDIT_MAXLEN), so its bytes are capped only if each entry's are."""
+    if len(value) <= AUDIT_FIELD_CHARS:
+        return value
+    return f"{value[:AUDIT_FIELD_CHARS]} [... {len(value) - AUDIT_FIELD_CHARS} characters cut]"
 
 
 def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:

@@ -227,7 +227,7 @@ def test_cleanup_keeps_the_last_releases_of_the_environment_only(bed: Bed) -> No
 def test_worker_killed_during_build_is_marked_failed_and_the_next_push_deploys(
     bed: Bed, redis_url: str, tmp_path: Path
 ) -> None:
-    good = bed.commit()
+    bed.commit()
     dockerfile = (bed.remote.work_dir / "Dockerfile").read_text()
     slow = bed.commit({"Dockerfile": dockerfile + 'RUN ["/bin/sleep", "60"]\n'}, "a slow build")
     bed.push("staging", slow)
@@ -249,6 +249,7 @@ def test_worker_killed_during_build_is_marked_failed_and_the_next_push_deploys(
     lost = bed.store.require(deployment_id)
     assert lost.status == Status.FAILED
     assert lost.reason == "worker lost during build"
-    recovered = bed.deploy("staging", good)
+    fixed = bed.commit({"Dockerfile": dockerfile}, "the slow build reverted")  # a new push, not a rewind
+    recovered = bed.deploy("staging", fixed)
     assert recovered.status == Status.SUCCEEDED, recovered.reason
-    assert bed.health("staging")["version"] == good
+    assert bed.health("staging")["version"] == fixed

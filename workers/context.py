@@ -16,7 +16,7 @@ import requests
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig
 from deploy_config.resolved import ResolvedCompose
-from deploy_state import Deployment, DeploymentStore, Step, StepStatus
+from deploy_state import Deployment, DeploymentStore, Step, StepStatus, logcap
 from deploy_text.redaction import Redactor
 from docker_runtime.compose import ComposeProject
 from docker_runtime.engine import docker_host
@@ -93,7 +93,8 @@ class DeploymentContext:
     def log(self, line: str) -> None:
         """Append a line to the deployment's log, with every known secret masked."""
         line = self.redact(line.rstrip("\n"))
-        self.store.append_log(self.deployment.id, line, self.config.status_page.log_max_lines)
+        page = self.config.status_page
+        self.store.append_log(self.deployment.id, line, logcap.split(page.log_max_lines, page.log_max_bytes))
 
     def check_cancelled(self) -> None:
         by = self.store.cancel_requested(self.deployment.id)

@@ -85,7 +85,7 @@ def run_deployment(deployment_id: str, pipeline: Pipeline, connection: Redis | N
             return conflict.current
         return _run(store, config, running, pipeline, began, keeper)
     finally:
-        _trim_logs(store, deployment.environment, config.status_page.log_retention)
+        _trim_logs(store, deployment.environment, config)
         keeper.stop()
         lock.release()
 
@@ -132,12 +132,13 @@ def _run(
     return status
 
 
-def _trim_logs(store: DeploymentStore, env: str, keep: int) -> None:
+def _trim_logs(store: DeploymentStore, env: str, config: DeployConfig) -> None:
     """Log retention, best-effort: Redis must not grow without bound, but a deployment never fails over it."""
+    page = config.status_page
     try:
-        store.trim_logs(env, keep)
+        store.trim_logs(env, page.log_retention, page.log_max_total_bytes)
     except Exception:
-        log.warning("trimming the logs of %s beyond the newest %d failed", env, keep, exc_info=True)
+        log.warning("trimming the logs of %s beyond the newest %d failed", env, page.log_retention, exc_info=True)
 
 
 def _during(deployment: Deployment) -> str:

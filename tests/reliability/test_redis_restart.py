@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import testbed
 from testbed import Bed, step_statuses
 
 from deploy_state import Status, queue_for
+from deploy_state.connection import OUTAGE_RETRIES
 
 from .common import record_fault
 from .faults import (
@@ -140,15 +142,16 @@ def test_redis_restarted_mid_deployment_pauses_it(
 def test_redis_down_longer_than_the_lease_mid_deployment(
     bed: Bed, restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
-    """Down 6 s: shorter than the clients' retries (about 5 s from the job's first write, late in the
-    build), longer than the lock's 3 s lease. The build rides it out, but the lock expired meanwhile,
-    and another worker could have taken it: the deployment stops before its next step, never rolled
+    """Down past the lock's 3 s lease, and back a second before the 10 s build ends: the job never
+    noticed (it writes nothing while the build is silent), but the lock expired meanwhile, and
+    another worker could have taken it: the deployment stops before its next step, never rolled
     out, whatever the lease keeper (still retrying its own renewal) has noticed. The worker stays up."""
     set_lock_lease(bed, 3.0)
-    deployment_id, sha, worker, before = _mid_build(bed, restartable_redis, tmp_path)
+    deployment_id, sha, worker, before = _mid_build(bed, restartable_redis, tmp_path, stall=10)
     serving = bed.health("staging")["version"]
     try:
-        down = restartable_redis.restart(down_for=6.0)
+        down = restartable_redis.restart(down_for=_until(_sleep_began(bed, deployment_id) + 9))
+        assert down > 3.5, f"down {down:.1f}s: not past the lease (the test bed was too slow to see the build)"
         _assert_nothing_lost(bed, before)
         testbed.wait_for(lambda: bed.store.require(deployment_id).is_final, timeout=90, what="a final status")
         stopped = bed.store.require(deployment_id)
@@ -177,15 +180,16 @@ def test_redis_down_longer_than_the_lease_mid_deployment(
 def test_redis_down_longer_than_the_retries_mid_deployment(
     bed: Bed, restartable_redis: RestartableRedis, tmp_path: Path
 ) -> None:
-    """Down 12 s: the job's first write after the build (about 5 s into the outage) gives up after
-    its retries (about 5 s more) while Redis is still down. The deployment fails naming Redis and
-    the step (recorded by the retries of that failure, once Redis is back), never rolled out; the
-    worker's own loop rides the outage out, and the same worker deploys the next push."""
+    """Down until 2.5 s after the job's first write past the 5 s build has given up (its retries
+    last about 5.4 s), and back well before the retries of recording that failure end. The
+    deployment fails naming Redis and the step, never rolled out; the worker's own loop rides the
+    outage out, and the same worker deploys the next push."""
     set_lock_lease(bed, 3.0)
     deployment_id, sha, worker, before = _mid_build(bed, restartable_redis, tmp_path)
     serving = bed.health("staging")["version"]
     try:
-        down = restartable_redis.restart(down_for=12.0)
+        retries = sum(min(1.0, 0.1 * 2**n) for n in range(1, OUTAGE_RETRIES + 1))
+        down = restartable_redis.restart(down_for=_until(_sleep_began(bed, deployment_id) + 5 + retries + 2.5))
         _assert_nothing_lost(bed, before)
         testbed.wait_for(lambda: bed.store.require(deployment_id).is_final, timeout=90, what="a final status")
         failed = bed.store.require(deployment_id)
@@ -210,10 +214,12 @@ def test_redis_down_longer_than_the_retries_mid_deployment(
     )
 
 
-def _mid_build(bed: Bed, server: RestartableRedis, tmp_path: Path) -> tuple[str, str, WorkerProcess, dict[bytes, Any]]:
-    """A good release deployed, then a worker in the middle of a 5 s build; the store's snapshot."""
+def _mid_build(
+    bed: Bed, server: RestartableRedis, tmp_path: Path, stall: int = 5
+) -> tuple[str, str, WorkerProcess, dict[bytes, Any]]:
+    """A good release deployed, then a worker in the middle of a `stall`-second build; the store's snapshot."""
     assert_succeeded(bed, bed.deploy("staging", bed.commit()).id)
-    fault = SlowBuild(bed, stall=5)
+    fault = SlowBuild(bed, stall=stall)
     worker = WorkerProcess(bed, server.url, tmp_path / "worker.log")
     try:
         deployment_id = deploy_slow_release(bed, fault, worker, "build")
@@ -221,6 +227,17 @@ def _mid_build(bed: Bed, server: RestartableRedis, tmp_path: Path) -> tuple[str,
         worker.stop()
         raise
     return deployment_id, bed.store.require(deployment_id).sha, worker, snapshot(bed.conn)
+
+
+def _sleep_began(bed: Bed, deployment_id: str) -> float:
+    """When the slow build's sleep began: its log line's time, as the worker wrote it (this machine's clock)."""
+    entries = bed.store.read_log(deployment_id)
+    return min(float(entry["t"]) for entry in entries if "/bin/sleep" in entry["line"])
+
+
+def _until(moment: float) -> float:
+    """Seconds from now to moment (Unix time): how long Redis stays down to come back then."""
+    return max(0.5, moment - time.time())
 
 
 def _assert_nothing_lost(bed: Bed, before: dict[bytes, Any]) -> None:

@@ -1,5 +1,5 @@
-"""Admission's claims (deploy_state/admission.py) on a real Redis: dedupe without contention, takeover,
-and nothing claimed when the one round trip fails."""
+"""scripts/admit.py, admission's script, on a real Redis: dedupe without contention, takeover, nothing
+claimed when the one round trip fails, RQ's own job hash, and the indexes set_status would write."""
 
 from __future__ import annotations
 
@@ -144,8 +144,32 @@ def test_the_job_hash_is_the_one_rq_itself_writes(admission: Admission, redis_co
     stamps = {b"created_at", b"enqueued_at", b"data"}
     assert {k: v for k, v in ours.items() if k not in stamps} == {k: v for k, v in theirs.items() if k not in stamps}
     # The same JSON arguments (the queues' serializer, never a pickle): theirs names the same id.
-    assert zlib.decompress(ours[b"data"]) == zlib.decompress(theirs[b"data"]) and set(ours) == set(theirs)
+    # RQ compresses its own; ours is the JSON as it is (Job.restore takes both).
+    assert ours[b"data"] == zlib.decompress(theirs[b"data"]) and set(ours) == set(theirs)
     job = Job.fetch(f"deployment-{made.id}", connection=redis_conn, serializer=SERIALIZER)
     assert (job.func_name, list(job.args), job.kwargs) == ("testjobs.sleepy", [made.id], {})
     assert job.get_status() == JobStatus.QUEUED and job.origin == "deploy-staging"
     assert queue.job_ids == [f"deployment-{made.id}", "rq-own"]
+
+
+def _indexes_holding(conn: redis.Redis, deployment_id: str) -> set[bytes]:
+    """Every sorted set that holds the id (the listings' and the queue's indexes)."""
+    return {key for key in conn.scan_iter(count=1000) if conn.type(key) == b"zset" and conn.zscore(key, deployment_id)}
+
+
+@pytest.mark.parametrize("status", [Status.QUEUED, Status.BLOCKED])
+def test_a_new_records_indexes_are_those_set_status_writes_for_it(
+    deploy_config: DeployConfig, redis_conn: redis.Redis, store: DeploymentStore, status: Status
+) -> None:
+    """Admission's script adds a record to the indexes of its first status from indexes.py's table; set_status
+    moves it between them from the same table. Moved away and back, a record is where admission put it."""
+    guarded = status == Status.BLOCKED  # production, promoted from staging, blocks a sha staging never ran
+    request = DeployRequest("production" if guarded else "staging", new_sha(), Trigger.MANUAL, "api", actor="alice")
+    admitted = Admission(deploy_config, redis_conn, job="testjobs.sleepy").admit(request).deployment
+    assert admitted.status == status
+    by_admission = _indexes_holding(redis_conn, admitted.id)
+    assert keys.index_status(status).encode() in by_admission and keys.index_all().encode() in by_admission
+    away = store.set_status(admitted, Status.CANCELLED if status == Status.QUEUED else Status.QUEUED)
+    assert _indexes_holding(redis_conn, admitted.id) != by_admission
+    store.set_status(away, status)
+    assert _indexes_holding(redis_conn, admitted.id) == by_admission
