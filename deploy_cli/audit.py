@@ -31,12 +31,15 @@ def audit(config_file: Path, limit: int) -> None:
         click.echo("No audit entries yet.")
         return
     redact = output_redactor(config)
+    # Every field masked, not only the details: an entry written before masking at write time, or by a
+    # writer that does not mask, may hold a secret anywhere (a pusher's name is the pusher's to choose).
+    # table() writes each cell's control characters out.
     rows = [
         [
             timestamp(float(entry.get("t", "0"))),
-            entry.get("action", ""),
-            entry.get("actor", ""),
-            entry.get("outcome", ""),
+            redact(entry.get("action", "")),
+            redact(entry.get("actor", "")),
+            redact(entry.get("outcome", "")),
             redact(" ".join(f"{key}={value}" for key, value in entry.items() if key not in _COLUMNS)),
         ]
         for entry in entries

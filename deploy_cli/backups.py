@@ -24,6 +24,7 @@ from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_con
 from deploy_state import DeploymentStore, LeaseKeeper, environment_lock
 from deploy_state.connection import connect
 from deploy_text.formatting import size
+from deploy_text.terminal import terminal_text
 from docker_runtime.compose import ComposeProject
 from workers.errors import BackupFailed
 
@@ -151,17 +152,22 @@ def _restore(config: DeployConfig, env: EnvironmentConfig, backup: Path) -> None
         try:
             click.echo(f"Taking a fresh backup of {env.name}'s database {name!r} first...")
             try:
-                fresh = dump_database(project, env, user, name, lambda line: click.echo(f"  {line}"), redact)
+                fresh = dump_database(project, env, user, name, _echo_output, redact)
             except DeployError as exc:
                 raise BackupFailed(f"the fresh backup failed, so nothing was restored: {exc}") from None
             click.echo(f"Restoring {backup} into {name!r}...")
-            restore_database(project, env, user, name, backup, lambda line: click.echo(f"  {line}"), redact)
+            restore_database(project, env, user, name, backup, _echo_output, redact)
             outcome = "restored"
         finally:
             if store is not None:
                 store.audit("restore", getpass.getuser(), outcome, environment=env.name, backup=str(backup))
     click.echo(f"Restored {backup.name} into the database {name!r} of {env.name}.")
     click.echo(f"The database as it was is in {fresh}: deployhook backups restore {env.name} {fresh} --yes")
+
+
+def _echo_output(line: str) -> None:
+    """A line of pg_dump's or psql's output, indented; it comes from the app's database container, so made inert."""
+    click.echo(f"  {terminal_text(line, multiline=True)}")
 
 
 @contextmanager

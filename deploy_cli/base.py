@@ -16,6 +16,7 @@ from redis import RedisError
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, defaults
 from deploy_state import DeploymentStore
 from deploy_text.redaction import Redactor, config_redactor, display_url
+from deploy_text.terminal import terminal_text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,8 +28,9 @@ DEFAULT_DEMO_DIR = ".demo"
 
 COMMAND_MODULES = {
     "audit": "audit", "backups": "backups", "config": "config", "deploy": "deployments", "rollback": "deployments",
-    "promote": "deployments", "cancel": "deployments", "init": "init", "serve": "processes", "worker": "processes",
-    "reporter": "processes", "poll": "processes", "up": "processes", "status": "reading", "logs": "reading",
+    "promote": "deployments", "cancel": "deployments", "push-order": "deployments", "init": "init",
+    "serve": "processes", "worker": "processes", "reporter": "processes", "poll": "processes", "up": "processes",
+    "status": "reading", "logs": "reading",
     "simulate-push": "webhook", "install-hook": "webhook",
 }  # fmt: skip
 """Each command's module under deploy_cli: a command imports only its own module (and what that imports), so
@@ -59,7 +61,7 @@ class DeployhookGroup(click.Group):
         try:
             return super().invoke(ctx)
         except DeployError as exc:
-            click.echo(f"Error: {exc}", err=True)
+            show_error(exc)
             ctx.exit(exc.exit_code)
         except RedisError as exc:
             # Redis went away mid-command (it answered when the command connected).
@@ -71,7 +73,16 @@ class DeployhookGroup(click.Group):
 @click.version_option(package_name="deployhook")
 def cli() -> None:
     """deployhook: Git-driven deploys of Docker Compose environments."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(TerminalFormatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+class TerminalFormatter(logging.Formatter):
+    """Log lines made inert: a worker's or a poller's log quotes reasons, refs and job fields others wrote."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return terminal_text(super().format(record), multiline=True)
 
 
 def demo_dir() -> Path:
@@ -154,6 +165,11 @@ def output_redactor(config: DeployConfig) -> Callable[[str], str]:
     return lambda text: tokens(from_config(text))
 
 
+def show_error(exc: DeployError) -> None:
+    """`Error: <message>` on stderr; a message may quote stored text (a deployment's reason), so made inert."""
+    click.echo(f"Error: {terminal_text(str(exc), multiline=True)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point: usage errors exit 2, config errors 2, failed operations 1."""
     try:
@@ -165,6 +181,6 @@ def main(argv: list[str] | None = None) -> NoReturn:
         click.echo("Aborted.", err=True)
         sys.exit(1)
     except DeployError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        show_error(exc)
         sys.exit(exc.exit_code)
     sys.exit(code if isinstance(code, int) else 0)

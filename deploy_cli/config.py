@@ -16,6 +16,7 @@ from deploy_config.errors import ConfigError
 from deploy_config.isolation import RuleResult, lint
 from deploy_config.secrets import read_env_file, split_credentials
 from deploy_text.redaction import MASK, config_redactor
+from deploy_text.terminal import terminal_text
 from docker_runtime.compose import resolve_stacks
 
 from .base import cli, config_option, output_redactor
@@ -71,7 +72,8 @@ def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:
     mark = click.style("PASS", fg="green") if result.passed else click.style("FAIL", fg="red", bold=True)
     click.echo(f"  {mark}  {result.rule.name:<22} {result.rule.description}")
     for violation in result.violations:
-        click.echo(f"          - {redact(violation)}")
+        # A violation quotes the repository's compose files (service and network names): the pushed code's text.
+        click.echo(f"          - {terminal_text(redact(violation))}")
 
 
 def _secret_warnings(config: DeployConfig) -> list[str]:

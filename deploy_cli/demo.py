@@ -12,6 +12,7 @@ what is there.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import shutil
 import socket
@@ -39,6 +40,13 @@ PREFERRED_PORTS = {"staging": {"APP_PORT": 8081, "DB_PORT": 5433}, "production":
 
 APP_ENV = {"DB_USER": "demo", "DB_NAME": "demo", "DISCORD_TOKEN": "", "API_KEY": "", "LOG_LEVEL": "info"}
 """The sample app's .env; the password and keys are generated."""
+
+LOOPBACK = "127.0.0.1"
+"""Where the demo's environments publish their ports: the app and staging's database (a known user, a password in
+.demo/app.env) are for this machine, not for whoever reaches its other interfaces."""
+
+_PUBLISHED = re.compile(r'^(\s*-\s*)"((?:\$\{\w+(?::-\d+)?\}|\d+):\d+(?:/(?:tcp|udp))?)"[ \t]*$', re.MULTILINE)
+"""A port the sample app's compose files publish on every interface: `- "${APP_PORT:-8080}:8080"`."""
 
 
 def static_busybox() -> Path | None:
@@ -94,10 +102,11 @@ def _create(root: Path, config_file: Path) -> None:
     root.chmod(0o700)
     state = root / "state"
     remote = make_repository(state / "demo" / "remote.git", state / "demo" / "work", busybox)
+    # replace: a run that stopped before deploy.yml was written left these behind; they are remade.
     write_private(root / "app.env", _env_text({**APP_ENV, "DB_PASSWORD": secrets.token_hex(16),
-                                               "API_KEY": secrets.token_hex(16)}))  # fmt: skip
-    write_private(root / SECRETS_FILE, _env_text(new_secrets()))
-    write_private(config_file, yaml.safe_dump(demo_config(root, remote), sort_keys=False))
+                                               "API_KEY": secrets.token_hex(16)}), replace=True)  # fmt: skip
+    write_private(root / SECRETS_FILE, _env_text(new_secrets()), replace=True)
+    write_private(config_file, yaml.safe_dump(demo_config(root, remote), sort_keys=False), replace=True)
 
 
 def _env_text(values: dict[str, str]) -> str:
@@ -112,6 +121,8 @@ def make_repository(bare: Path, work_dir: Path, busybox: Path) -> Path:
         writer.set_value("user", "name", "deployhook demo")
         writer.set_value("user", "email", "demo@localhost")
     shutil.copytree(SAMPLE_APP, work_dir, dirs_exist_ok=True)
+    for compose_file in sorted(work_dir.glob("docker-compose*.yml")):
+        compose_file.write_text(loopback_ports(compose_file.read_text(), compose_file.name))
     shutil.copy2(busybox, work_dir / "busybox")
     for name in ("busybox", "app/entrypoint.sh", "discord/bot.sh"):
         (work_dir / name).chmod(0o755)
@@ -120,6 +131,23 @@ def make_repository(bare: Path, work_dir: Path, busybox: Path) -> Path:
     work.create_remote("origin", str(bare))
     work.git.push("origin", "main:refs/heads/main", "main:refs/heads/staging", "main:refs/heads/production")
     return bare
+
+
+def loopback_ports(compose: str, name: str) -> str:
+    """The compose file with every published port bound to LOOPBACK; DeployError if one would still be published on
+    all interfaces (a port written in a form this does not rewrite), so the demo never exposes one unawares."""
+    bound = _PUBLISHED.sub(rf'\1"{LOOPBACK}:\2"', compose)
+    services = (yaml.safe_load(bound) or {}).get("services") or {}
+    for service_name, service in services.items():
+        for port in (service or {}).get("ports") or []:
+            host_ip = port.get("host_ip") if isinstance(port, dict) else str(port).partition(":")[0]
+            if host_ip != LOOPBACK:
+                raise DeployError(
+                    f"the sample app's {name} publishes {port!r} (service {service_name}) on every interface; write "
+                    f'it as "{LOOPBACK}:HOST:CONTAINER" or as "${{VAR:-PORT}}:CONTAINER" for the demo to bind it '
+                    "to loopback"
+                )
+    return bound
 
 
 def demo_config(root: Path, remote: Path) -> dict[str, object]:

@@ -111,13 +111,31 @@ def cancel(config_file: Path, url: str, deployment_id: str) -> None:
     click.echo(summary(reply.body))
 
 
+@cli.group("push-order")
+def push_order() -> None:
+    """Push order: a push whose commit comes before the newest accepted one is refused as a replay."""
+
+
+@push_order.command("reset")
+@config_option
+@url_option
+@click.argument("env_name", metavar="ENV")
+def reset_push_order(config_file: Path, url: str, env_name: str) -> None:
+    """After rewinding ENV's branch on purpose: forget its newest accepted push, so the next push deploys."""
+    config = load_config(config_file)
+    env = require_env(config, env_name)
+    reply = ServiceClient(url, api_token(config)).post(f"/api/environments/{env.name}/push-order/reset")
+    forgotten = reply.body.get("forgotten")
+    click.echo(f"{env.name}: push order reset" + (f" (it was {forgotten[:12]})" if forgotten else ""))
+
+
 def _submit(config: DeployConfig, url: str, path: str, body: dict[str, Any], wait: bool) -> None:
     """POST the request; print the deployment it queued; with wait, follow it to its end."""
     store = open_store(config) if wait else None
     reply = ServiceClient(url, api_token(config)).post(path, body)
     deployment = reply.body
     click.echo(summary(deployment))
-    click.echo(f"page: {page_url(deployment['status_url'])}")
+    click.echo(f"page: {page_url(deployment['status_url'], url)}")
     if deployment["status"] == Status.BLOCKED:
         raise DeployError(f"deployment {deployment['id']} is blocked and will not run: {deployment['reason']}")
     if store is not None:
@@ -144,4 +162,5 @@ def _wait(store: DeploymentStore, deployment_id: str, redact: Callable[[str], st
                    err=True)  # fmt: skip
         raise click.exceptions.Exit(130) from None
     if ended.status != Status.SUCCEEDED:
-        raise DeployError(f"deployment {ended.id} {ended.status}" + (f": {ended.reason}" if ended.reason else ""))
+        because = f": {redact(ended.reason)}" if ended.reason else ""
+        raise DeployError(f"deployment {ended.id} {ended.status}{because}")

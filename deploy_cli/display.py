@@ -1,17 +1,26 @@
-"""Formatting for the terminal: tables, clocks, times, one-line deployment summaries (shas, durations: deploy_text)."""
+"""Formatting for the terminal: tables, clocks, times, one-line deployment summaries (shas, durations: deploy_text).
+
+Stored text (names, reasons, log lines) is data a pusher, a forge or a build wrote: tables and
+summaries pass every cell through deploy_text.terminal's terminal_text, so no control character
+they hold reaches the operator's terminal.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urljoin
 
 from deploy_state import Deployment
 from deploy_text.formatting import duration, short_sha
+from deploy_text.terminal import terminal_text
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Left-aligned columns two spaces apart, no trailing spaces."""
+    """Left-aligned columns two spaces apart, no trailing spaces; each cell on one line, its control characters
+    written out."""
+    rows = [[terminal_text(str(cell)) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     return ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
             for row in [headers, *rows]]  # fmt: skip
@@ -37,14 +46,19 @@ def took(deployment: Deployment) -> str:
     return duration(deployment.finished_at - deployment.started_at)
 
 
-def page_url(status_url: str) -> str:
-    """The deployment's page on the status page, from the API URL the service answers with."""
-    base, _, deployment_id = status_url.rpartition("/api/deployments/")
-    return f"{base}/deployments/{deployment_id}" if base else status_url
+def page_url(status_url: str, service_url: str = "") -> str:
+    """The deployment's page on the status page, from the API URL the service answers with.
+
+    Without public_url the service answers with a path (/api/deployments/12: it never trusts the
+    request's Host header for a link), which is resolved against service_url, the URL the CLI called.
+    """
+    absolute = urljoin(f"{service_url.rstrip('/')}/", status_url) if service_url else status_url
+    base, found, deployment_id = absolute.rpartition("/api/deployments/")
+    return terminal_text(f"{base}/deployments/{deployment_id}" if found else absolute)
 
 
 def summary(deployment: Deployment | dict[str, Any]) -> str:
     """`deployment 12: staging 1a2b3c4d5e6f queued (why)`, from a record or the API's JSON for one."""
     d = deployment if isinstance(deployment, dict) else deployment.to_dict()
     line = f"deployment {d['id']}: {d['environment']} {short_sha(str(d['sha']))} {d['status']}"
-    return f"{line} ({d['reason']})" if d.get("reason") else line
+    return terminal_text(f"{line} ({d['reason']})" if d.get("reason") else line)

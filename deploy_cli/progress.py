@@ -7,7 +7,6 @@ otherwise each update is one line, so pipes and CI logs stay readable.
 
 from __future__ import annotations
 
-import re
 import shutil
 import time
 from collections import deque
@@ -20,6 +19,7 @@ from deploy_config import defaults
 from deploy_state import Deployment, DeploymentStore, Status, StepStatus, queue_name
 from deploy_state.queue_workers import worker_alive
 from deploy_text.formatting import duration, short_sha
+from deploy_text.terminal import terminal_text
 
 from .display import clock
 
@@ -32,7 +32,6 @@ TAIL_LINES = 8
 NO_WORKER_HINT_AFTER = 5.0
 """Seconds a followed deployment may sit queued before the CLI checks that a worker serves its queue."""
 
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _STEP_MARKS: dict[str, str] = {
     StepStatus.SUCCEEDED: "ok",
     StepStatus.FAILED: "FAILED",
@@ -67,7 +66,9 @@ def follow(
         deployment = store.require(deployment_id)
         entries = read_new(store, deployment_id, since)
         since = entries[-1]["id"] if entries else since
-        display.update(deployment, [{**e, "line": redact(e.get("line", ""))} for e in entries], time.time())
+        # Made inert here, once for every display: a build's output is the pushed code's to write.
+        shown = [{**e, "line": terminal_text(redact(e.get("line", "")), multiline=True)} for e in entries]
+        display.update(deployment, shown, time.time())
         if deployment.is_final:
             display.close(deployment, time.time())
             return deployment
@@ -190,9 +191,8 @@ def _step_text(name: str, status: str, started: float | None, finished: float | 
 
 
 def fit(line: str, width: int) -> str:
-    """The line without escape sequences or tabs, cut to width - 1 columns."""
-    plain = _ANSI.sub("", line).expandtabs(4)
-    plain = "".join(ch if ch.isprintable() else " " for ch in plain)
+    """The line without escape sequences, tabs or newlines, cut to width - 1 columns."""
+    plain = terminal_text(line, multiline=True).expandtabs(4).replace("\n", " ")
     limit = max(width - 1, 10)
     return plain if len(plain) <= limit else plain[: limit - 3] + "..."
 

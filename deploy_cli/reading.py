@@ -16,7 +16,9 @@ import click
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
 from deploy_state import Deployment, DeploymentStore, Status, queue_name
 from deploy_state.queue_workers import worker_alive
+from deploy_state.queued import QueuedView, queued_view
 from deploy_text.formatting import short_sha
+from deploy_text.terminal import terminal_text
 from docker_runtime.health import probe_health
 
 from .base import cli, config_option, open_store, output_redactor, require_env
@@ -25,6 +27,9 @@ from .progress import LogDisplay, follow, read_new
 
 REASON_WIDTH = 60
 """Characters of a deployment's reason the status table shows."""
+
+QUEUED_SHOWN = 5
+"""Queued deployment ids the status table names per environment (the next to run); the rest are counted."""
 
 
 @cli.command("status")
@@ -47,7 +52,7 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
     for env in envs:
         degraded = store.degraded(env.name)
         if degraded:
-            click.echo(f"{env.name} is degraded: {redact(degraded)}")
+            click.echo(f"{env.name} is degraded: {terminal_text(redact(degraded))}")
         unserved = no_worker_note(store, env.name)
         if unserved:
             click.echo(unserved)
@@ -63,11 +68,11 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
 
 def no_worker_note(store: DeploymentStore, env: str) -> str:
     """A line saying the environment's queued deployments wait for a worker, or '' when one serves them."""
-    queued = store.queued_ids(env)
+    queued = queued_view(store.conn, env, limit=1).total
     if not queued or worker_alive(store.conn, env):
         return ""
     return (
-        f"{env}: {len(queued)} queued, but no worker serves queue {queue_name(env)}; they wait until one starts "
+        f"{env}: {queued} queued, but no worker serves queue {queue_name(env)}; they wait until one starts "
         f"(`deployhook up`, or `deployhook worker --env {env}`)"
     )
 
@@ -77,12 +82,19 @@ def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], hea
     for env in envs:
         last = store.last_succeeded(env.name)
         deployed = f"{short_sha(last.sha)} (#{last.id})" if last else "-"
-        queued = store.queued_ids(env.name)
+        queued = queued_cell(queued_view(store.conn, env.name, limit=QUEUED_SHOWN))
         rows.append([
             env.name, deployed, health[env.name], store.running(env.name) or "-",
-            ", ".join(queued) or "-", "yes" if store.degraded(env.name) else "no",
+            queued, "yes" if store.degraded(env.name) else "no",
         ])  # fmt: skip
     return table(["ENVIRONMENT", "DEPLOYED", "HEALTH", "RUNNING", "QUEUED", "DEGRADED"], rows)
+
+
+def queued_cell(queued: QueuedView) -> str:
+    """`12, 13, 14 (+97 more)`: the next to run, and how many wait behind them; '-' for none."""
+    if not queued.total:
+        return "-"
+    return ", ".join(queued.ids) + (f" (+{queued.more} more)" if queued.more else "")
 
 
 def deployment_table(deployments: list[Deployment], redact: Callable[[str], str] = str) -> list[str]:
@@ -134,11 +146,12 @@ def logs(config_file: Path, deployment_id: str, follow_log: bool) -> None:
         if ended.status != Status.SUCCEEDED:
             # As --wait does: a script following a deployment learns from the exit code how it ended.
             raise DeployError(
-                f"deployment {ended.id} {ended.status}" + (f": {redact(ended.reason)}" if ended.reason else "")
+                f"deployment {ended.id} {ended.status}"
+                + (f": {terminal_text(redact(ended.reason), multiline=True)}" if ended.reason else "")
             )
         return
     entries = read_new(store, deployment.id, None)
     for entry in entries:
-        click.echo(redact(entry.get("line", "")))
+        click.echo(terminal_text(redact(entry.get("line", "")), multiline=True))
     if not entries:
         click.echo(f"{summary(deployment)}: no log lines", err=True)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import click
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
+from deploy_text.terminal import terminal_text
 from docker_runtime.gitrefs import resolve_ref
 from hook_server.pushes import SHA
 
@@ -58,9 +59,9 @@ def simulate_push(config_file: Path, url: str, env_name: str, sha: str, wait: bo
     if "ignored" in reply:
         raise DeployError(f"the service ignored the push: {reply['ignored']}")
     click.echo(summary({**reply, "id": reply["deployment_id"]}))
-    click.echo(f"page: {page_url(reply['status_url'])}")
+    click.echo(f"page: {page_url(reply['status_url'], url)}")
     if "duplicate" in reply:
-        click.echo(f"Note: {reply['duplicate']}")
+        click.echo(f"Note: {terminal_text(str(reply['duplicate']))}")
     if reply["status"] == "blocked":
         raise DeployError(f"deployment {reply['deployment_id']} is blocked and will not run: {reply['reason']}")
     if store is not None:

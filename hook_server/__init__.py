@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from flask import Flask
-from werkzeug.middleware.proxy_fix import ProxyFix
 
 from deploy_config import DeployConfig, defaults, load_config
 from deploy_state.admission import DEPLOY_JOB
+
+from .proxies import TrustedProxies
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -33,9 +34,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.webhook.max_body_bytes
     if config.trusted_proxies:
         # Behind nginx or Caddy every request comes from the proxy: without this, one client's failed
-        # logins would lock every client out. Only that many hops are believed, never the client's own.
-        n = config.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
+        # logins would lock every client out. X-Forwarded-For is believed only from those addresses.
+        app.wsgi_app = TrustedProxies(app.wsgi_app, config.trusted_proxies)  # type: ignore[method-assign]
 
     from . import api, extensions, health, metrics, openapi, responses, status, streamslots, webhooks
 

@@ -15,12 +15,14 @@ from flask import Blueprint, g, request
 from deploy_config import DeployError
 from deploy_state import Deployment, Status, StatusConflict, Trigger
 from deploy_state.admission import DeployRequest
+from deploy_state.queued import queued_view
 from deploy_text.formatting import short_sha
 from docker_runtime.gitrefs import resolve_ref
 
-from . import livelog, statusauth
+from . import livelog, masking, statusauth
 from .extensions import deploy_config, store
 from .intake import admit
+from .masking import masked_entry, request_redactor
 from .pushes import SHA
 from .responses import Reply, error, status_url
 
@@ -102,10 +104,7 @@ def _string(data: dict[str, Any], name: str) -> str:
 
 def _shown(deployment: Deployment) -> dict[str, Any]:
     """A record as the API answers with it: known secrets masked, whatever the record holds."""
-    if "page_redactor" not in g:
-        g.page_redactor = livelog.page_redactor(deploy_config())
-    redact: livelog.Redact = g.page_redactor
-    return deployment.redacted(redact).to_dict()
+    return deployment.redacted(request_redactor()).to_dict()
 
 
 def _submit(deploy: DeployRequest) -> Reply:
@@ -225,8 +224,19 @@ def cancel(deployment_id: str) -> Reply:
         )
     except StatusConflict as conflict:
         return error(409, f"only queued deployments can be cancelled; deployment {deployment_id} is {conflict.current}")
-    store().audit("cancel", actor(), "cancelled", deployment=deployment.id, environment=deployment.environment)
+    masking.audit("cancel", actor(), "cancelled", deployment=deployment.id, environment=deployment.environment)
     return _shown(cancelled), 200
+
+
+@bp.post("/environments/<env_name>/push-order/reset")
+@token_required
+def reset_push_order(env_name: str) -> Reply:
+    """Forget the environment's newest accepted push: after a branch rewound on purpose, the next push deploys."""
+    if env_name not in deploy_config().environments:
+        return error(404, f"no environment {env_name!r}")
+    forgotten = store().reset_push_order(env_name)
+    masking.audit("push-order-reset", actor(), "reset", environment=env_name, sha=forgotten or "")
+    return {"environment": env_name, "forgotten": forgotten}, 200
 
 
 @bp.get("/deployments")
@@ -285,7 +295,7 @@ def audit() -> Reply:
     if cursor is not None and not AUDIT_CURSOR.fullmatch(cursor):
         return error(400, "'cursor' must be an audit entry id such as 1700000000000-0 (a 'next_cursor' returned)")
     entries, next_cursor = store().audit_page(limit=limit, before=cursor)
-    return {"entries": entries, "next_cursor": next_cursor}, 200
+    return {"entries": [masked_entry(entry) for entry in entries], "next_cursor": next_cursor}, 200
 
 
 @bp.get("/environments")
@@ -295,6 +305,7 @@ def environments() -> Reply:
     body = []
     for env in deploy_config().environments.values():
         last = current.last_succeeded(env.name)
+        queued = queued_view(current.conn, env.name)
         body.append(
             {
                 "name": env.name,
@@ -302,7 +313,8 @@ def environments() -> Reply:
                 "health_url": env.health_url,
                 "running": current.running(env.name),
                 "degraded": current.degraded(env.name),
-                "queued": current.queued_ids(env.name),
+                "queued": queued.ids,
+                "queued_total": queued.total,
                 "last_succeeded": _shown(last) if last else None,
             }
         )

@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 
 from deploy_config import DeployConfig
 from deploy_state import FINAL_STATUSES, DeploymentStore
-from deploy_state.rejections import rejection_totals
+from deploy_state.rejections import ignored_total, rejection_totals
 from deploy_state.stats import EnvironmentStats, Histogram
 
 from .extensions import deploy_config, redis_conn, store
@@ -30,10 +30,11 @@ bp = Blueprint("metrics", __name__)
 class StoreCollector(Collector):
     """Reads the store once per scrape and yields every deployhook metric."""
 
-    def __init__(self, config: DeployConfig, store: DeploymentStore, rejected: Mapping[str, int]) -> None:
+    def __init__(self, config: DeployConfig, store: DeploymentStore, rejected: Mapping[str, int], ignored: int) -> None:
         self.environments = list(config.environments)
         self.store = store
         self.rejected = rejected
+        self.ignored = ignored
 
     def collect(self) -> Iterator[Metric]:
         deployments = CounterMetricFamily(
@@ -67,7 +68,10 @@ class StoreCollector(Collector):
         )
         for reason, count in sorted(self.rejected.items()):
             rejected.add_metric([reason], count)
-        yield from (deployments, duration, steps, queued, last_success, rejected)
+        ignored = CounterMetricFamily(
+            "deployhook_ignored_deliveries", "Signed webhook deliveries that deployed nothing.", value=self.ignored
+        )
+        yield from (deployments, duration, steps, queued, last_success, rejected, ignored)
 
 
 def _add_histogram(family: HistogramMetricFamily, labels: list[str], histogram: Histogram) -> None:
@@ -85,6 +89,7 @@ def _add_last_success(family: GaugeMetricFamily, env: str, stats: EnvironmentSta
 def metrics() -> Response:
     # A registry per scrape: nothing is kept in this process between scrapes.
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(StoreCollector(deploy_config(), store(), rejection_totals(redis_conn())))
+    conn = redis_conn()
+    registry.register(StoreCollector(deploy_config(), store(), rejection_totals(conn), ignored_total(conn)))
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encode(registry), content_type=content_type)

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Blueprint
 
 from deploy_state import Status, StepStatus, Trigger
+from deploy_state.queued import SHOWN_QUEUED
 
 from .responses import Reply
 
@@ -99,6 +100,13 @@ STATUS_MEANINGS = {
 """The one status vocabulary (README "Deployment statuses"). A manual rollback is not a status: it is a
 deployment with trigger rollback, whose status is any of these."""
 
+STATUS_URL: Schema = {
+    "type": "string",
+    "format": "uri-reference",
+    "description": "the deployment's API URL: under public_url when it is set, else a path on this service "
+    "(never built from the request's Host header, which the client chooses)",
+}
+
 SCHEMAS: dict[str, Schema] = {
     "Error": {
         **_object({"error": {"type": "string", "minLength": 1}}),
@@ -139,7 +147,7 @@ SCHEMAS: dict[str, Schema] = {
     ),
     "Deployment": _object(_DEPLOYMENT_PROPERTIES),
     "AcceptedDeployment": _object(
-        {**_DEPLOYMENT_PROPERTIES, "status_url": {"type": "string", "format": "uri"}},
+        {**_DEPLOYMENT_PROPERTIES, "status_url": STATUS_URL},
     ),
     "DeploymentPage": _object(
         {
@@ -154,7 +162,13 @@ SCHEMAS: dict[str, Schema] = {
             "health_url": {"type": "string", "format": "uri"},
             "running": {**_nullable(STRING), "description": "id of the deployment running now"},
             "degraded": {**_nullable(STRING), "description": "why, after a failed rollback"},
-            "queued": {"type": "array", "items": STRING, "description": "ids of queued deployments, oldest first"},
+            "queued": {
+                "type": "array",
+                "items": STRING,
+                "maxItems": SHOWN_QUEUED,
+                "description": f"ids of the first {SHOWN_QUEUED} queued deployments, oldest (next to run) first",
+            },
+            "queued_total": {"type": "integer", "minimum": 0, "description": "how many deployments are queued"},
             "last_succeeded": _nullable(_ref("Deployment")),
         }
     ),
@@ -201,7 +215,7 @@ SCHEMAS: dict[str, Schema] = {
             "environment": STRING,
             "sha": STRING,
             "status": _ref("Status"),
-            "status_url": {"type": "string", "format": "uri"},
+            "status_url": STATUS_URL,
             "reason": STRING,
             "duplicate": {"type": "string", "description": "present when no new deployment was made"},
         },
@@ -416,6 +430,30 @@ PATHS: dict[str, Schema] = {
                 "200": _json(_ref("Deployment"), "the cancelled deployment"),
                 "404": _error("no such deployment"),
                 "409": _error("the deployment is no longer queued"),
+                **_TOKEN,
+            },
+        }
+    },
+    "/api/environments/{env_name}/push-order/reset": {
+        "post": {
+            "operationId": "resetPushOrder",
+            "tags": ["actions"],
+            "summary": "Forget the newest accepted push, so the next push deploys whatever its sha (a rewound branch)",
+            "security": _AUTH,
+            "parameters": [_ENV_NAME],
+            "responses": {
+                "200": _json(
+                    {
+                        "type": "object",
+                        "required": ["environment", "forgotten"],
+                        "properties": {
+                            "environment": {"type": "string"},
+                            "forgotten": {"type": ["string", "null"], "description": "the sha it accepted last"},
+                        },
+                    },
+                    "the push order was reset (audited)",
+                ),
+                "404": _error("no such environment"),
                 **_TOKEN,
             },
         }

@@ -6,7 +6,6 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -32,8 +31,6 @@ class Push:
     pusher: str
     message: str = ""
     commit_url: str = ""
-    pushed_at: float | None = None
-    """When the push happened (Unix seconds), from the signed payload; None when it does not say."""
 
     @property
     def branch(self) -> str | None:
@@ -52,7 +49,6 @@ class Push:
             message=self.message,
             commit_url=self.commit_url,
             delivery_id=delivery_id,
-            pushed_at=self.pushed_at,
         )
 
 
@@ -102,27 +98,6 @@ def _head_commit(commit: Mapping[str, Any] | None, path: str) -> tuple[str, str]
     return str(message), str(url)
 
 
-def _time(value: object) -> float | None:
-    """A payload time as Unix seconds: a number (GitHub's repository.pushed_at) or ISO 8601; else None."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        return moment.timestamp() if moment.tzinfo is not None else None
-    return None
-
-
-def _push_time(repository: Mapping[str, Any], commit: Mapping[str, Any] | None) -> float | None:
-    """The push's time: repository.pushed_at (GitHub), else the head commit's timestamp (Gitea, GitLab)."""
-    pushed = _time(repository.get("pushed_at"))
-    if pushed is not None:
-        return pushed
-    return _time(commit.get("timestamp")) if commit is not None else None
-
-
 def github_push(data: Mapping[str, Any]) -> Push:
     """GitHub's (and Gitea/Forgejo's, which mirrors it) push event."""
     repository = _field(data, "repository", dict)
@@ -142,7 +117,6 @@ def github_push(data: Mapping[str, Any]) -> Push:
         pusher=str(name or ""),
         message=message,
         commit_url=url,
-        pushed_at=_push_time(repository, head_commit),
     )
 
 
@@ -161,5 +135,4 @@ def gitlab_push(data: Mapping[str, Any]) -> Push:
         pusher=str(_field(data, "user_username", str, optional=True) or ""),
         message=message,
         commit_url=url,
-        pushed_at=_push_time({}, head),
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 from redis import RedisError
 from werkzeug.exceptions import HTTPException
 
@@ -18,8 +18,14 @@ def error(status: int, message: str) -> Reply:
 
 
 def status_url(deployment_id: str) -> str:
-    base = deploy_config().public_url or request.host_url
-    return f"{base.rstrip('/')}/api/deployments/{deployment_id}"
+    """The deployment's API URL: under public_url, else a path on this service.
+
+    Never built from the request's Host header: whoever sends the request chooses it, and the
+    link goes on to GitHub, chat and the CLI (a phishing link under deployhook's name).
+    """
+    path = f"/api/deployments/{deployment_id}"
+    base = deploy_config().public_url
+    return f"{base.rstrip('/')}{path}" if base else path
 
 
 def init_app(app: Flask) -> None:

@@ -10,16 +10,18 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, render_template, request
+from flask import Blueprint, Response, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from redis import RedisError
 
 from deploy_state import Deployment, DeploymentStore, Status, Step, StepStatus
 from deploy_state.queue_workers import worker_alive
+from deploy_state.queued import QueuedView, queued_view
 from deploy_text import formatting
 
 from . import livelog, overview, pagetext, readiness, statusauth, streamslots
 from .extensions import deploy_config, store
+from .masking import request_redactor
 
 bp = Blueprint("status", __name__)
 bp.record_once(statusauth.setup)
@@ -64,7 +66,8 @@ class EnvCard:
     deployed: Deployment | None
     running: Deployment | None
     step: Step | None
-    queued: list[str]
+    queued: QueuedView
+    """The queue's first ids (next to run first) and its length: never the whole queue."""
     last_failure: Deployment | None
     degraded: str | None
     live: overview.Live
@@ -82,10 +85,7 @@ def _security_headers(response: Response) -> Response:
 @bp.app_template_filter("redact")
 def redact(text: str | None) -> str:
     """Mask every known secret in page text (computed once per request)."""
-    if "page_redactor" not in g:
-        g.page_redactor = livelog.page_redactor(deploy_config())
-    redactor: livelog.Redact = g.page_redactor
-    return redactor(text or "")
+    return request_redactor()(text or "")
 
 
 @bp.errorhandler(RedisError)
@@ -116,7 +116,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     newest_failure = max(failures, key=lambda d: int(d.id), default=None)
     if newest_failure is not None and deployed is not None and int(newest_failure.id) < int(deployed.id):
         newest_failure = None
-    queued = current.queued_ids(env)
+    queued = queued_view(current.conn, env)
     return EnvCard(
         name=env,
         health_url=health_url,
@@ -127,7 +127,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
         last_failure=newest_failure,
         degraded=current.degraded(env),
         live=live,
-        no_worker=bool(queued) and not worker_alive(current.conn, env),
+        no_worker=bool(queued.total) and not worker_alive(current.conn, env),
     )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -15,19 +16,22 @@ from flask import Blueprint, request
 from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from deploy_state.admission import Admitted, OlderPush
+from deploy_state.admission import Admitted
 
 from . import pushes, signatures
-from .extensions import deploy_config, store
+from .extensions import deploy_config
 from .intake import admit
+from .masking import request_redactor
 from .pushes import PayloadError, Push
-from .rejections import record_rejection
+from .rejections import record_ignored, record_rejection
 from .responses import Reply, error, status_url
 
 log = logging.getLogger(__name__)
 
-OLDER = "older than what is deployed"
-"""The `ignored` answer to a push older than one already accepted for its branch (admission.OlderPush)."""
+UNSIGNED_SHOWN = 64
+"""Characters of an unsigned header value (the event's name) that an answer or the audit trail may echo."""
+DELIVERY_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
 
 bp = Blueprint("webhooks", __name__, url_prefix="/hooks")
 
@@ -62,7 +66,7 @@ def github() -> Reply:
     if event == "ping":
         return {"ok": True, "environments": _served()}, 200
     if event != "push":
-        return _ignored(f"event {event or '(none)'} is not handled")
+        return _ignored(f"event {_unsigned(event) or '(none)'} is not handled")
     return _handle(pushes.github_push, "github", request.headers.get("X-GitHub-Delivery", ""))
 
 
@@ -77,7 +81,7 @@ def gitea() -> Reply:
         return denied
     event = request.headers.get("X-Gitea-Event") or request.headers.get("X-Forgejo-Event", "")
     if event != "push":
-        return _ignored(f"event {event or '(none)'} is not handled")
+        return _ignored(f"event {_unsigned(event) or '(none)'} is not handled")
     delivery = request.headers.get("X-Gitea-Delivery") or request.headers.get("X-Forgejo-Delivery", "")
     return _handle(pushes.github_push, "gitea", delivery)
 
@@ -91,7 +95,7 @@ def gitlab() -> Reply:
     if event == "Tag Push Hook":
         return _ignored("tag pushes deploy nothing")
     if event != "Push Hook":
-        return _ignored(f"event {event or '(none)'} is not handled")
+        return _ignored(f"event {_unsigned(event) or '(none)'} is not handled")
     delivery = request.headers.get("X-Gitlab-Event-UUID") or request.headers.get("Idempotency-Key", "")
     return _handle(pushes.gitlab_push, "gitlab", delivery)
 
@@ -115,15 +119,32 @@ def _served() -> dict[str, str]:
 
 
 def _ignored(reason: str, **details: str) -> Reply:
-    try:
-        actor = request.remote_addr or "unknown"
-        store().audit("webhook", actor, "ignored", None, reason=reason, path=request.path, **details)
-    except RedisError:
-        log.warning("ignored delivery not audited: Redis unavailable")
+    # The reason quotes the push (a branch name may carry a secret pasted by mistake): masked in the
+    # audit entry and in the reply, which the forge shows in its delivery log.
+    reason = request_redactor()(reason)
+    record_ignored(reason, details)
     return {"ignored": reason}, 202
 
 
+def _unsigned(value: str) -> str:
+    """A header value the signature does not cover (the event), as far as it is echoed or stored: short."""
+    if len(value) <= UNSIGNED_SHOWN and value.isprintable():
+        return value
+    return f"({len(value)} characters, not shown)"
+
+
+def _bad_delivery_id(value: str) -> Reply | None:
+    """The delivery id is unsigned too, and becomes part of a Redis key: a forge's is a UUID. None when it is
+    fine (or absent); else the 400 reply."""
+    if not value or DELIVERY_ID.fullmatch(value):
+        return None
+    return error(400, f"the delivery id must be 1 to 128 letters, digits, '-', '_' or '.'; got {len(value)} characters")
+
+
 def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id: str) -> Reply:
+    bad = _bad_delivery_id(delivery_id)
+    if bad is not None:
+        return bad
     try:
         push = parse(pushes.decode_body(_body(), request.content_type or ""))
     except PayloadError as exc:
@@ -141,9 +162,6 @@ def _handle(parse: Callable[[Mapping[str, Any]], Push], source: str, delivery_id
         return _ignored(f"branch {push.branch} deploys no environment")
     try:
         result = admit(push.request(env.name, source, delivery_id))
-    except OlderPush as exc:
-        log.warning("%s", exc)
-        return _ignored(OLDER, environment=env.name, sha=push.after, delivery=delivery_id)
     except RedisError as exc:
         log.error("could not record %s delivery %s: %s", source, delivery_id, exc)
         return error(503, "deployment store unavailable; the delivery was not recorded, redeliver it")

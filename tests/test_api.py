@@ -126,7 +126,7 @@ def test_deploy_by_branch_name_queues_one_job(client: FlaskClient, redis_conn: r
     assert record["reason"] == "try the fix"
     assert record["repository"] == "example/sample-app"
     assert record["force"] is False
-    assert record["status_url"] == f"http://localhost/api/deployments/{record['id']}"
+    assert record["status_url"] == f"/api/deployments/{record['id']}"  # without public_url, a path: never the Host
     assert jobs(redis_conn, "staging") == [f"deployment-{record['id']}"]
     assert jobs(redis_conn, "production") == []
 
@@ -718,7 +718,7 @@ def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, dep
     assert staging["branch"] == "staging"
     assert staging["health_url"] == deploy_config.environments["staging"].health_url
     assert staging["running"] == running.id
-    assert staging["queued"] == [d.id for d in queued]
+    assert staging["queued"] == [d.id for d in queued] and staging["queued_total"] == 2
     assert staging["last_succeeded"] == last.to_dict()
     assert staging["last_succeeded"] != older.to_dict()
     store.mark_degraded("staging", "rollback of deployment 9 failed")
@@ -731,6 +731,7 @@ def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, dep
         "running": None,
         "degraded": None,
         "queued": [],
+        "queued_total": 0,
         "last_succeeded": None,
     }
 

@@ -884,6 +884,17 @@ def test_cancel_a_queued_deployment(service: Service, staging_head: str) -> None
     assert (missing.returncode, missing.stderr) == (1, "Error: the service answered 404: no deployment 42\n")
 
 
+def test_push_order_reset_through_the_service(service: Service) -> None:
+    service.store.accept_push("staging", "c" * 40)
+    result = service.run("push-order", "reset", "staging")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout == "staging: push order reset (it was cccccccccccc)\n"
+    assert service.store.accepted_push("staging") is None
+    assert service.store.audit_entries()[0]["action"] == "push-order-reset"
+    unknown = service.run("push-order", "reset", "qa")
+    assert unknown.returncode != 0 and "qa" in unknown.stderr
+
+
 def test_rollback_goes_back_to_the_previous_release(
     service: Service, staging_worker: WorkerProcess, git_remote: testbed.GitRemote
 ) -> None:

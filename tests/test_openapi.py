@@ -418,6 +418,30 @@ def _cases() -> list[Case]:
             lambda w: w.call("POST", "/api/deployments/1/cancel", dead=True),
         ),
         case(
+            "POST /api/environments/{env_name}/push-order/reset",
+            200,
+            "staging",
+            lambda w: w.call("POST", "/api/environments/staging/push-order/reset"),
+        ),
+        case(
+            "POST /api/environments/{env_name}/push-order/reset",
+            404,
+            "unknown",
+            lambda w: w.call("POST", "/api/environments/qa/push-order/reset"),
+        ),
+        case(
+            "POST /api/environments/{env_name}/push-order/reset",
+            401,
+            "no token",
+            lambda w: w.call("POST", "/api/environments/staging/push-order/reset", token=False),
+        ),
+        case(
+            "POST /api/environments/{env_name}/push-order/reset",
+            503,
+            "no Redis",
+            lambda w: w.call("POST", "/api/environments/staging/push-order/reset", dead=True),
+        ),
+        case(
             "POST /api/environments/{env_name}/rollback",
             202,
             "to the previous",

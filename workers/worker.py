@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -19,6 +20,7 @@ from rq.worker import BaseWorker
 
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_state import queue_for, queue_name
+from deploy_state.admission import DEPLOY_JOB, job_template
 from deploy_state.queue_workers import QueueClaim, QueueTaken
 from deploy_state.queues import SERIALIZER
 
@@ -31,7 +33,13 @@ DeployJobFunction = Callable[[str, DeployConfig], str]
 
 
 class DeployJob(Job):
-    """A job on a deploy queue: it runs only as the worker that accepted it says (DeployJobWorker.execute_job)."""
+    """A job on a deploy queue: it runs only as the worker that accepted it says (DeployJobWorker.execute_job).
+
+    Whatever its hash names, it has no callback and sends no webhook: RQ acts on those outside
+    execute_job too (the started registry's cleanup fails an abandoned job with its failure callback
+    and webhooks), so refusing them there alone would leave those paths open. The worker's queues
+    and registries fetch jobs as this class (DeployJobWorker).
+    """
 
     function: DeployJobFunction | None = None
     """The worker's own function for the job's name: nothing a job's data names is ever imported."""
@@ -46,6 +54,24 @@ class DeployJob(Job):
         if function is None or config_file is None:
             raise RuntimeError(f"job {self.id} was not accepted by a deploy worker: it runs nothing")
         return lambda deployment_id: function(deployment_id, load_config(config_file))
+
+    @property
+    def success_callback(self) -> None:
+        """None: a name in the hash is never imported (refused() fails a job that carries one)."""
+        return None
+
+    @property
+    def failure_callback(self) -> None:
+        return None
+
+    @property
+    def stopped_callback(self) -> None:
+        return None
+
+    def send_webhooks(self, *args: Any, **kwargs: Any) -> None:
+        """Nothing is sent: a URL in a job's hash is its writer's, not deployhook's (reporting is the outbox's)."""
+        if self.webhooks:
+            log.warning("job %s names webhooks; none is sent", self.id)
 
 
 class DeployJobWorker(BaseWorker):
@@ -66,13 +92,22 @@ class DeployJobWorker(BaseWorker):
         config_file: Path,
         **kwargs: Any,
     ) -> None:
-        super().__init__(queues, **kwargs)
+        # Queues (and the registries their maintenance cleans) that fetch jobs as DeployJob, not RQ's Job.
+        own = [Queue(q.name, connection=q.connection, serializer=q.serializer, job_class=DeployJob) for q in queues]
+        super().__init__(own, job_class=DeployJob, **kwargs)
         self.jobs = dict(jobs)
         self.config_file = config_file.resolve()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
-        """Run only one of the worker's jobs: a job that is not one (written to Redis by someone else) fails unrun."""
-        refusal = refused(job, self.jobs)
+        """Run only one of the worker's jobs: a job that is not one (written to Redis by someone else) fails unrun.
+
+        The job's hash is read once more and a new job made from that very reading: what is checked is
+        what runs, even if the hash was rewritten after RQ dequeued it (restoring into the dequeued job
+        would keep a callback name the new reading left out: Job.restore sets only the fields present).
+        """
+        fields = self.connection.hgetall(job.key)
+        checked = DeployJob(job.id, connection=self.connection, serializer=self.serializer)
+        refusal = refused(checked, self.jobs, fields)
         if refusal is not None:
             log.error("job %s on %s refused: %s", job.id, queue.name, refusal)
             with self.connection.pipeline() as pipe:
@@ -80,10 +115,9 @@ class DeployJobWorker(BaseWorker):
                 FailedJobRegistry(queue=queue).add(job, exc_string=f"refused: {refusal}", pipeline=pipe)
                 pipe.execute()
             return
-        if not isinstance(job, DeployJob):
-            raise TypeError(f"job {job.id} is a {type(job).__name__}, not the worker's DeployJob")
-        job.function, job.config_file = self.jobs[str(job.func_name)], self.config_file  # refused() found it there
-        super().execute_job(job, queue)
+        checked.function = self.jobs[str(checked.func_name)]  # refused() found it there
+        checked.config_file = self.config_file
+        super().execute_job(checked, queue)
 
 
 class DeployWorker(DeployJobWorker, Worker):
@@ -116,8 +150,46 @@ class DeployWorker(DeployJobWorker, Worker):
             log.exception("could not record the death of job %s's work horse (%s)", job.id, how)
 
 
-def refused(job: Job, jobs: Mapping[str, DeployJobFunction]) -> str | None:
-    """Why the worker must not run this job, or None: it names one of jobs with one deployment id."""
+JOB_RUNTIME_FIELDS = frozenset({"data", "description", "created_at", "enqueued_at", "exc_info", "result", "meta"})
+"""Job hash fields besides the admission template's (job_fields()): what admission writes per deployment, and what
+RQ writes as it handles a job. All data: none of them makes RQ call, fetch or enqueue anything."""
+
+MUST_BE_EMPTY = ("success_callback_name", "failure_callback_name", "stopped_callback_name", "group_id")
+"""Fields RQ's own enqueue writes empty, and so the template holds: a name in one is a function RQ imports and calls
+(on success, on failure, when stopped), or a group whose bookkeeping RQ runs."""
+
+
+@cache
+def job_fields() -> frozenset[str]:
+    """Every field a deploy job's hash may hold: the template admission writes (RQ's Job.to_dict for a plain
+    enqueue, so it follows RQ's version), plus JOB_RUNTIME_FIELDS."""
+    template = job_template(DEPLOY_JOB, "any", 1).fields
+    return frozenset(template[::2]) | JOB_RUNTIME_FIELDS
+
+
+def refused(job: Job, jobs: Mapping[str, DeployJobFunction], fields: Mapping[bytes | str, bytes | str]) -> str | None:
+    """Why the worker must not run this job, or None: it names one of jobs with one deployment id, and carries
+    nothing else RQ would act on (callbacks, webhooks, dependencies, retries, repeats: any field but job_fields()).
+
+    fields: the job's hash as read now; the job is restored from it (Job.restore) when it passes the field checks.
+    """
+    if not fields:
+        return "its hash is gone from Redis"
+    # Decoded leniently: a hostile hash may hold any bytes, and its refusal must still be recorded.
+    hash_fields = {_text(key): _text(value) for key, value in fields.items()}
+    named = [f"{name}={hash_fields[name]!r}" for name in MUST_BE_EMPTY if hash_fields.get(name)]
+    if named:
+        return f"it names {', '.join(named)}: a deploy job has no callback (a function RQ imports and calls) nor group"
+    extra = sorted(set(hash_fields) - job_fields())
+    if extra:
+        return (
+            f"it carries {', '.join(extra)}: a deploy job has no callback, webhook, dependency, retry or repeat "
+            "(anything RQ would call, fetch or enqueue)"
+        )
+    try:
+        job.restore(fields)
+    except Exception as exc:  # noqa: BLE001 - whatever RQ cannot read is refused, not run
+        return f"its hash is not one RQ can read ({type(exc).__name__}: {exc})"
     try:
         name, args, kwargs = job.func_name, job.args, job.kwargs
     except DeserializationError:
@@ -127,6 +199,10 @@ def refused(job: Job, jobs: Mapping[str, DeployJobFunction]) -> str | None:
     if kwargs or len(args) != 1 or not isinstance(args[0], str):
         return "its arguments are not one deployment id"
     return None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 def _death(status: int) -> str:

@@ -28,7 +28,7 @@ from deploy_config import DeployConfig, DeployError, load_config
 from deploy_reporting.reporting import report
 from deploy_state import Deployment, DeploymentStore, Status, keys
 from deploy_text.redaction import config_redactor
-from hook_server import create_app, pushes
+from hook_server import create_app
 from hook_server.statusauth import LOGIN_ATTEMPTS, LOGIN_WINDOW, SESSION_SECONDS
 from hook_server.streamslots import STREAMS_PER_CLIENT, STREAMS_PER_PROCESS
 from workers.checkout import checkout
@@ -46,87 +46,19 @@ def node(name: str) -> str:
     return f"tests/reliability/test_security_web.py::{name}"
 
 
-# --- 1. replayed pushes ---------------------------------------------------------------------------
+# Replayed pushes (finding 1 of the first review) moved to test_push_order.py: push order is by ancestry now.
 
 
-def signed_push(sha: str, pushed_at: int, branch: str = "staging") -> bytes:
-    """A GitHub push as GitHub signs it: repository.pushed_at is inside the signed body."""
+def signed_push(sha: str, branch: str = "staging") -> bytes:
+    """A GitHub push's body, as signed_headers' HMAC covers it."""
     payload = {
         "ref": f"refs/heads/{branch}",
         "after": sha,
-        "repository": {"full_name": "example/sample-app", "pushed_at": pushed_at},
+        "repository": {"full_name": "example/sample-app"},
         "pusher": {"name": "alice"},
-        "head_commit": {"id": sha, "message": "m", "timestamp": "2026-01-01T00:00:00+00:00"},
+        "head_commit": {"id": sha, "message": "m"},
     }
     return json.dumps(payload).encode()
-
-
-@pytest.mark.parametrize(
-    ("repository", "head_commit", "expected"),
-    [
-        ({"pushed_at": 1_760_000_000}, {"timestamp": "2020-01-01T00:00:00Z"}, 1_760_000_000.0),
-        ({}, {"timestamp": "2025-10-09T10:53:20+02:00"}, 1_760_000_000.0),
-        ({"pushed_at": "2025-10-09T08:53:20Z"}, None, 1_760_000_000.0),
-        ({}, {"timestamp": "2025-10-09T08:53:20"}, None),  # no zone: not a time to compare
-        ({"pushed_at": True}, None, None),
-    ],
-)
-def test_the_push_time_comes_from_the_signed_payload(
-    repository: dict[str, object], head_commit: dict[str, object] | None, expected: float | None
-) -> None:
-    payload: dict[str, object] = {
-        "ref": "refs/heads/staging",
-        "after": "a" * 40,
-        "repository": {"full_name": "example/sample-app", **repository},
-    }
-    if head_commit is not None:
-        payload["head_commit"] = head_commit
-    assert pushes.github_push(payload).pushed_at == expected
-
-
-def test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it(
-    client: FlaskClient, redis_conn: redis.Redis, caplog: pytest.LogCaptureFixture
-) -> None:
-    store = DeploymentStore(redis_conn)
-    old_sha, new_sha = "a" * 40, "b" * 40
-    captured = signed_push(old_sha, pushed_at=1_760_000_000)
-    first = client.post("/hooks/github", data=captured, headers=github_headers(captured))
-    assert first.status_code == 202 and "deployment_id" in first.get_json()
-    newer = signed_push(new_sha, pushed_at=1_760_000_600)
-    second = client.post("/hooks/github", data=newer, headers=github_headers(newer))
-    assert second.status_code == 202
-    newest = second.get_json()["deployment_id"]
-
-    # The captured push, re-sent under a new delivery id: same signed bytes, new header.
-    replay = client.post("/hooks/github", data=captured, headers=github_headers(captured, delivery="replayed-1"))
-    assert replay.status_code == 202, replay.get_data(as_text=True)
-    assert replay.get_json() == {"ignored": "older than what is deployed"}
-    assert "push of aaaaaaaaaaaa to staging was pushed at 2025-10-09 08:53:20 UTC, before the newest" in caplog.text
-    [latest], _ = store.page(environment="staging", limit=1)
-    assert latest.id == newest and latest.sha == new_sha, "the replay became the newest deployment"
-    audit = store.audit_entries(count=1)[0]
-    assert (audit["action"], audit["outcome"], audit["sha"], audit["delivery"]) == (
-        "webhook",
-        "ignored",
-        old_sha,
-        "replayed-1",
-    )
-    assert audit["reason"] == "older than what is deployed"
-
-    # A push of the same second (two quick pushes) still deploys; so does the API's explicit deploy of the old sha.
-    same_second = signed_push("c" * 40, pushed_at=1_760_000_600)
-    assert (
-        "deployment_id"
-        in client.post("/hooks/github", data=same_second, headers=github_headers(same_second)).get_json()
-    )
-    explicit = client.post("/api/deployments", json={"environment": "staging", "sha": old_sha}, headers=BEARER)
-    assert explicit.status_code == 202 and explicit.get_json()["sha"] == old_sha
-    record_security(
-        "replayed push",
-        "a captured signed push for an older sha, re-sent with a new delivery id after a newer push: answered "
-        "202 ignored 'older than what is deployed', no deployment, audited; the API can still deploy that sha",
-        node("test_a_replayed_older_push_is_ignored_and_audited_while_the_api_may_still_deploy_it"),
-    )
 
 
 # --- 2. live-log streams ----------------------------------------------------------------------------
@@ -183,7 +115,7 @@ def test_64_live_log_streams_leave_webhooks_their_threads_on_a_real_gunicorn(
             answered = status_lines(socks, within=8)
 
             # Streams are open; a signed webhook and the polling endpoint still get threads at once.
-            body = signed_push("b" * 40, pushed_at=1_760_000_000)
+            body = signed_push("b" * 40)
             hook = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/github", data=body, method="POST")
             for name, value in github_headers(body).items():
                 hook.add_header(name, value)
@@ -289,7 +221,7 @@ def push_both(client: FlaskClient, sha: str) -> tuple[str, str]:
     """Staging's push, then production's of the same sha while staging's deployment is still queued."""
     ids = []
     for branch in ("staging", "production"):
-        body = signed_push(sha, pushed_at=1_760_000_000, branch=branch)
+        body = signed_push(sha, branch=branch)
         answer = client.post("/hooks/github", data=body, headers=github_headers(body))
         assert answer.status_code == 202, answer.get_data(as_text=True)
         ids.append(answer.get_json()["deployment_id"])
@@ -474,7 +406,7 @@ def test_behind_a_trusted_proxy_the_login_limit_counts_each_client_not_the_proxy
     secrets: testbed.Secrets,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    app = make_login_app(config_file, redis_url, monkeypatch, trusted_proxies=1)
+    app = make_login_app(config_file, redis_url, monkeypatch, trusted_proxies=[f"{PROXY}/32"])
     # The attacker's own X-Forwarded-For comes first; the proxy appends the address it saw, the one believed.
     attacker = via_proxy(app, "198.51.100.7, 203.0.113.9")
     for _ in range(LOGIN_ATTEMPTS):
@@ -488,7 +420,8 @@ def test_behind_a_trusted_proxy_the_login_limit_counts_each_client_not_the_proxy
     assert via_proxy(app, "192.0.2.44").post("/login", data={"token": LOGIN_TOKEN}).status_code == 302
     record_security(
         "login limit behind a reverse proxy",
-        f"trusted_proxies: 1: {LOGIN_ATTEMPTS} wrong tokens from one client through the proxy lock out that client "
+        f"trusted_proxies: [127.0.0.1/32]: {LOGIN_ATTEMPTS} wrong tokens from one client through the proxy lock out "
+        "that client "
         "(the address the proxy appended, not one the client put in X-Forwarded-For), not the proxy: others log in",
         node("test_behind_a_trusted_proxy_the_login_limit_counts_each_client_not_the_proxy"),
     )
@@ -504,7 +437,7 @@ def test_without_trusted_proxies_x_forwarded_for_is_ignored(login_app: Flask, re
     assert not redis_conn.keys(keys.login_failures("192.0.2.*"))
     record_security(
         "spoofed X-Forwarded-For",
-        f"trusted_proxies: 0 (the default): {LOGIN_ATTEMPTS} wrong tokens, each claiming another address in "
+        f"trusted_proxies: none (the default): {LOGIN_ATTEMPTS} wrong tokens, each claiming another address in "
         "X-Forwarded-For, still lock out the connecting address (this path already worked; the test pins it now that "
         "trusted_proxies exists)",
         node("test_without_trusted_proxies_x_forwarded_for_is_ignored"),
