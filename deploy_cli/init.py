@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -38,6 +39,8 @@ SECRETS_FILE = "deployhook.secrets"
 
 _COMPOSE_FILE = re.compile(r"^(?:docker-)?compose\.([a-z][a-z0-9_-]*)\.ya?ml$")
 _HEALTH_PATH = re.compile(r"https?://[^/\s\"']+(/[^\s\"']*)")
+# Any ${VAR...} or $VAR: the variables a compose file interpolates.
+_VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)")
 # ${VAR}, ${VAR:?message} or ${VAR?message}, and $VAR: interpolations with no default.
 _NEEDED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:]?\?[^}]*)?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
@@ -118,6 +121,24 @@ def outside_paths(repo_dir: Path, services: dict[str, Any]) -> list[str]:
     return sorted(found)
 
 
+def host_path_entry(path: str, raw: str, values: Mapping[str, str]) -> str:
+    """What environments.<env>.host_paths lists for a host path mounted from outside the repository: the
+    variable the compose file reads it from (its value is the path, or holds it), so that it follows the
+    server's env file as BrandishBot's MAPRANDO_PRESETS_DIR does; else the path as written."""
+    used = sorted({match.group(1) for match in _VARIABLE.finditer(raw.replace("$$", ""))})
+    named = {name: Path(os.path.normpath(values[name])) for name in used if values.get(name, "").startswith("/")}
+    exact = [name for name, value in named.items() if value == Path(path)]
+    holding = [name for name, value in named.items() if Path(path).is_relative_to(value)]
+    return (exact or holding or [path])[0]
+
+
+def host_path_entries(repo_dir: Path, raw: str, services: dict[str, Any]) -> list[str]:
+    """environments.<env>.host_paths: one entry (host_path_entry) per host path mounted from outside the repository."""
+    source = env_source(repo_dir)
+    values = read_env_file(source) if source else {}
+    return list(dict.fromkeys(host_path_entry(path, raw, values) for path in outside_paths(repo_dir, services)))
+
+
 def environment_entry(
     repo_dir: Path, name: str, file: str, project: str, version_path: str | None = None
 ) -> tuple[dict[str, Any], list[str]]:
@@ -165,6 +186,10 @@ def environment_entry(
     limits = _limits(services)
     if limits:
         entry["expected_limits"] = limits
+    host_paths = host_path_entries(repo_dir, raw, services)
+    if host_paths:
+        # The lint refuses a bind mount from outside the project directory unless deploy.yml lists it.
+        entry["host_paths"] = host_paths
     if http_service is not None and not services[http_service].get("container_name"):
         # Zero downtime: the HTTP service behind a proxy, started next to the old one; every other
         # service (a chat bot, the database) must never run twice.
@@ -191,9 +216,13 @@ def _needs(repo_dir: Path, name: str, file: str, raw: str, services: dict[str, A
     variables = needed_variables(raw)
     if variables:
         needs.append(f"{name}: {file} needs {', '.join(variables)} from the app's env file")
+    values = read_env_file(source) if source else {}
     for path in outside_paths(repo_dir, services):
         where = f" (its value in {source.name})" if source else ""
-        needs.append(f"{name}: {file} mounts {path}{where} from outside the repository: it must exist on the server")
+        needs.append(
+            f"{name}: {file} mounts {path}{where} from outside the repository: it must exist on the server; "
+            f"environments.{name}.host_paths lists {host_path_entry(path, raw, values)} for the isolation lint"
+        )
     return needs
 
 
@@ -271,9 +300,24 @@ def new_secrets() -> dict[str, str]:
     }
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write text to a file only its owner can read, whatever the umask, never readable meanwhile."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private(path: Path, text: str, replace: bool = False) -> None:
+    """Write text to a new file only its owner can read, whatever the umask, never readable meanwhile.
+
+    Never through a symbolic link: one planted at the path (even dangling, which exists() calls
+    absent) would have the secrets written wherever it points. Without replace (init's --force)
+    the file must not exist at all: O_EXCL makes that check and the creation one step.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_TRUNC if replace else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DeployError(
+                f"{path} is a symbolic link (to {os.readlink(path)}); nothing is written through one: remove it"
+            ) from None
+        if isinstance(exc, FileExistsError):
+            raise DeployError(f"{path} exists already; pass --force to overwrite it") from None
+        raise
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
@@ -295,7 +339,7 @@ def init(config_file: Path, repo_dir: Path, force: bool, url: str, version_path:
     Then lint the environments' isolation and print what to fix, and the GitHub webhook settings.
     """
     repo_dir = repo_dir.resolve()
-    target = config_file.resolve()
+    target = config_file.parent.resolve() / config_file.name  # not the file: a link there is refused, not followed
     secrets_path = target.parent / SECRETS_FILE
     existing = [path for path in (target, secrets_path) if path.exists()]
     if existing and not force:
@@ -322,9 +366,9 @@ def init(config_file: Path, repo_dir: Path, force: bool, url: str, version_path:
     )
     header += "".join(f"# {line}\n" for line in needs if line.startswith("TODO"))
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_private(target, header + yaml.safe_dump(data, sort_keys=False))
+    write_private(target, header + yaml.safe_dump(data, sort_keys=False), replace=force)
     values = new_secrets()
-    write_private(secrets_path, "".join(f"{key}={value}\n" for key, value in values.items()))
+    write_private(secrets_path, "".join(f"{key}={value}\n" for key, value in values.items()), replace=force)
     click.echo(f"Wrote {target} ({', '.join(f'{n}: {f}' for n, f in files.items())})")
     click.echo(f"Wrote {secrets_path} (mode 0600): the webhook secret and the API token")
     for line in needs:

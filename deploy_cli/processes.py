@@ -80,11 +80,18 @@ def start_worker(
     jobs: Mapping[str, DeployJobFunction],
 ) -> None:
     """`deployhook worker` running jobs (dotted path: function): the deploy job; tests/testjobs.py passes its own."""
+    from deploy_config.loading import never_read_secrets_file
     from deploy_state.connection import connect
     from workers.worker import run_worker
 
+    from .secret_env import worker_without_secrets
+
     private_umask()
+    # It runs the repository's hooks, which can read this process's environment and memory: it never
+    # holds deployhook's own secrets (it needs none), neither from secrets_file nor from its environment.
+    never_read_secrets_file()
     config = load_config(config_file)
+    worker_without_secrets(config)
     warn_at_start(config, web=False)
     envs = environments or tuple(config.environments)
     run_worker(connect(config), config, config_file, envs, jobs, burst=burst, shared=shared_queue)
@@ -147,18 +154,25 @@ def up(config_file: Path, bind: str, demo: bool) -> None:
     import os
 
     from . import demo as demo_setup
-    from . import instance
+    from . import instance, secret_env
     from .service import run_up
 
     private_umask()  # dumps, Redis data, the mirror: nothing this service writes is world-readable
+    fresh = demo and not (demo_dir() / "deploy.yml").exists()  # the demo's secrets, generated just now
     if demo:
         config_file = demo_setup.ensure_demo(demo_dir())
-    config = load_config(config_file)
+    # Its workers are forked from it: deployhook's secrets enter it only once they are (secret_env.py).
+    config = load_config(config_file, secrets=False)
+    handover = secret_env.hold_back(config, fresh=fresh)
     # Before anything else: a second `up` must not start a Redis on the first one's socket.
     instance.acquire(config.state_dir, f"deployhook up --bind {bind}")
-    warn_at_start(config, web=True)
-    if demo:
-        for line in demo_setup.next_steps(config_file, bind, os.environ.get(config.api.token_env, "")):
-            click.echo(line)
+
+    def release() -> None:
+        secret_env.release(config, handover)
+        warn_at_start(config, web=True)
+        if demo:
+            for line in demo_setup.next_steps(config_file, bind, os.environ.get(config.api.token_env, "")):
+                click.echo(line)
+
     ctx = click.get_current_context()
-    ctx.exit(run_up(config, bind, config_file.resolve()))
+    ctx.exit(run_up(config, bind, config_file.resolve(), release))

@@ -163,8 +163,13 @@ def start_reporter(config: DeployConfig, redis_url: str) -> tuple[threading.Thre
     return thread, stop
 
 
-def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
-    """Run Redis (unless REDIS_URL is set) and the service's processes until one exits or we are stopped."""
+def run_up(config: DeployConfig, bind: str, config_file: Path, release: Callable[[], None]) -> int:
+    """Run Redis (unless REDIS_URL is set) and the service's processes until one exits or we are stopped.
+
+    release: puts deployhook's secrets into this process's environment (secret_env.release), called once
+    the workers and the poller are forked and before the web server is: the workers run the repository's
+    hooks, and their memory (this process's, as it was when they were forked) must never have held them.
+    """
     embedded = None
     redis_url = os.environ.get("REDIS_URL")
     private_dir(config.state_dir)
@@ -172,8 +177,11 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
         embedded = EmbeddedRedis(embedded_socket(config.state_dir).parent)
         redis_url = embedded.start()
         log.info("embedded Redis on %s, data in %s", embedded.socket, embedded.data_dir)
-    # The startup checks ran in `up` already: its workers need not print them again.
-    env = {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file), CHECKED_ENVVAR: "1"}
+
+    def child_env() -> dict[str, str]:
+        # The startup checks ran in `up` already: its workers need not print them again.
+        return {**os.environ, "REDIS_URL": redis_url, "DEPLOYHOOK_CONFIG": str(config_file), CHECKED_ENVVAR: "1"}
+
     stopping = False
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -187,9 +195,13 @@ def run_up(config: DeployConfig, bind: str, config_file: Path) -> int:
         # Forked, not started afresh: the workers share what this process imported for them.
         import workers.worker  # noqa: F401
 
-        for command in child_commands(config, bind):
-            name = "web" if command[2] == "gunicorn" else " ".join(a for a in command[3:] if a != "--env")
-            children.append(supervisor.fork(command, child_main(command), env=env, name=name))
+        commands_ = child_commands(config, bind)
+        for command in commands_[1:]:  # the workers and the poller: before this process holds any secret
+            name = " ".join(a for a in command[3:] if a != "--env")
+            children.append(supervisor.fork(command, child_main(command), env=child_env(), name=name))
+        release()
+        # The web server needs the webhook secret and the API token. First in the list: still stopped last.
+        children.insert(0, supervisor.fork(commands_[0], child_main(commands_[0]), env=child_env(), name="web"))
         reporter = start_reporter(config, redis_url)  # after the forks: no child inherits a thread
         log.info("deployhook listening on http://%s", bind)
         while not stopping and reporter[0].is_alive() and all(child.poll() is None for child in children):

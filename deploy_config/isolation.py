@@ -10,10 +10,22 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import combinations
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from . import defaults
+from .isolation_files import compose_files
+from .isolation_paths import (
+    HostMount,
+    ProjectView,
+    env_file_values,
+    host_mounts,
+    inside,
+    listed_paths,
+    overlap,
+    own_runtime_dir,
+    protected_paths,
+)
 from .proxy import published_ports, runtime_dir
 from .resolved import ResolvedCompose
 from .schema import DeployConfig, EnvironmentConfig, parse_memory
@@ -148,16 +160,10 @@ def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
     return violations
 
 
-def _bind_mounts(stack: ResolvedCompose) -> Iterator[tuple[PurePosixPath, bool]]:
-    """(host path, writable) for every bind mount of the stack's services."""
-    for service in stack.services.values():
-        for mount in service.get("volumes") or []:
-            if mount.get("type") == "bind":
-                yield PurePosixPath(mount["source"]), not mount.get("read_only")
-
-
-def _overlap(a: PurePosixPath, b: PurePosixPath) -> bool:
-    return a == b or a.is_relative_to(b) or b.is_relative_to(a)
+def _all_mounts(config: DeployConfig, stacks: Stacks) -> Iterator[HostMount]:
+    """Every environment's host mounts (bind mounts and bind-type volumes), symlinks resolved."""
+    for name, stack in stacks.items():
+        yield from host_mounts(config, config.environments[name], stack)
 
 
 def check_volumes(config: DeployConfig, stacks: Stacks) -> list[str]:
@@ -170,13 +176,83 @@ def check_volumes(config: DeployConfig, stacks: Stacks) -> list[str]:
         "give each environment its own volume (the seed's pgdata-staging / pgdata-production)"
         for volume, envs in _shared(named)
     ]
-    mounts = sorted({(env, path, writable) for env, stack in stacks.items() for path, writable in _bind_mounts(stack)})
+    mounts = sorted({(mount.env, mount.path, mount.writable) for mount in _all_mounts(config, stacks)})
     for (env, path, writable), (other, other_path, other_writable) in combinations(mounts, 2):
-        if env != other and (writable or other_writable) and _overlap(path, other_path):
+        if env != other and (writable or other_writable) and overlap(path, other_path):
             writer = env if writable else other
             violations.append(
                 f"host path {str(path)!r} in {env} overlaps {str(other_path)!r} in {other}, and {writer} mounts it "
                 "writable: one environment could change the other's files; use separate paths or mount read-only"
+            )
+    return violations
+
+
+def check_host_paths(config: DeployConfig, stacks: Stacks) -> list[str]:
+    """Env files, build contexts and what else Compose reads stay in the environment's project directory
+    (symlinks resolved); a bind mount leaving it needs host_paths, and never reaches deployhook's own files."""
+    violations = []
+    protected = protected_paths(config)
+    values = env_file_values(config)
+    for name, env in config.environments.items():
+        violations += _reads_outside(config, env, stacks[name], values)
+        violations += _mounts_outside(config, env, stacks[name], values, protected)
+    return violations
+
+
+def compose_reads_outside(config: DeployConfig, env: EnvironmentConfig, compose_file: Path) -> list[str]:
+    """check_host_paths' env files, build contexts and other reads, from the compose file alone: what a checkout
+    can ask before it has Compose resolve the file (resolving reads the env files, wherever they are)."""
+    stack = ResolvedCompose(env.name, compose_file.resolve(), env.project or "")
+    return _reads_outside(config, env, stack, env_file_values(config))
+
+
+def _reads_outside(
+    config: DeployConfig, env: EnvironmentConfig, stack: ResolvedCompose, values: Mapping[str, str] | None
+) -> list[str]:
+    view = ProjectView.of(config, env, stack)
+    violations = []
+    for read in compose_files(config, env, stack, values).reads:
+        if read.path is None:
+            violations.append(f"{env.name}: {read.what} {read.written!r} ({read.file}): {read.problem}")
+        elif not view.contains(read.path):
+            env_file = read.what.endswith("env_file")
+            hint = " (deployhook writes deploy.yml's env_file where `env_file: .env` asks)" if env_file else ""
+            violations.append(
+                f"{env.name}: {read.what} {read.written!r} ({read.file}) resolves to {read.path}, outside "
+                f"{env.name}'s project directory ({view.directory}): Compose would read it on this host, where "
+                f"deployhook's own files are; keep it in the repository{hint}"
+            )
+    return violations
+
+
+def _mounts_outside(
+    config: DeployConfig,
+    env: EnvironmentConfig,
+    stack: ResolvedCompose,
+    values: Mapping[str, str] | None,
+    protected: list[tuple[PurePosixPath, str]],
+) -> list[str]:
+    view = ProjectView.of(config, env, stack)
+    own = tuple(path for path in (own_runtime_dir(config, env),) if path is not None)
+    listed = listed_paths(config, env, values)
+    violations = []
+    for mount in host_mounts(config, env, stack):
+        if view.contains(mount.path) or inside(mount.path, own):
+            continue
+        # As written too: a symlink on the way may lead elsewhere, the path named is still reached.
+        named = [mount.path] if view.contains(mount.source) else [mount.path, mount.source]
+        reached = [what for path, what in protected if any(overlap(given, path) for given in named)]
+        if reached:
+            violations.append(
+                f"{env.name}: service {mount.service} mounts {mount.describe()}, which reaches {reached[0]}: "
+                "refused whatever host_paths says; mount another path"
+            )
+        elif not inside(mount.path, listed.paths):
+            unresolved = f" (host_paths lists {'; '.join(listed.unresolved)})" if listed.unresolved else ""
+            violations.append(
+                f"{env.name}: service {mount.service} mounts {mount.describe()}, outside {env.name}'s project "
+                f"directory ({view.directory}){unresolved}; list it in environments.{env.name}.host_paths (the "
+                f"path, or the env file's variable that holds it) if {env.name} is meant to reach it"
             )
     return violations
 
@@ -357,18 +433,28 @@ def check_proxies(config: DeployConfig, stacks: Stacks) -> list[str]:
                 f"{name}: the proxy must be on {name}'s own networks only (it is on "
                 f"{', '.join(sorted(networks)) or proxy.get('network_mode') or 'none'})"
             )
+        defined = compose_files(config, env, stack, env_file_values(config)).services.get(defaults.PROXY_SERVICE)
+        if defined is not None:
+            violations.append(
+                f"{name}: {defined} defines a service named {defaults.PROXY_SERVICE!r}, the proxy deployhook adds in "
+                "front of a start-first service: it would merge into deployhook's (privileges, mounts, ports, "
+                "HAProxy's settings); rename the service"
+            )
+        if proxy.get("privileged"):
+            violations.append(f"{name}: the proxy is privileged; only deployhook's override may define it")
         socket_dir = PurePosixPath(runtime_dir(config, env))
-        for other, other_stack in stacks.items():
-            for service_name, other_service in other_stack.services.items():
-                if other == name and service_name == defaults.PROXY_SERVICE:
-                    continue
-                for mount in other_service.get("volumes") or []:
-                    source = PurePosixPath(str(mount.get("source") or ""))
-                    if mount.get("type") == "bind" and _overlap(source, socket_dir):
-                        violations.append(
-                            f"{other}: service {service_name} mounts {source}, which holds {name}'s proxy admin "
-                            f"socket ({socket_dir}); only {name}'s proxy may reach it: mount another path"
-                        )
+        for mount in _all_mounts(config, stacks):
+            if mount.env == name and mount.service == defaults.PROXY_SERVICE:
+                if not mount.path.is_relative_to(socket_dir):
+                    violations.append(
+                        f"{name}: the proxy mounts {mount.describe()}, outside its runtime directory ({socket_dir}); "
+                        "only deployhook's override may define it"
+                    )
+            elif overlap(mount.path, socket_dir):
+                violations.append(
+                    f"{mount.env}: service {mount.service} mounts {mount.describe()}, which holds {name}'s proxy admin "
+                    f"socket ({socket_dir}); only {name}'s proxy may reach it: mount another path"
+                )
     return violations
 
 
@@ -377,6 +463,11 @@ RULES: tuple[Rule, ...] = (
     Rule("host-ports", "no host port is published by two environments", check_host_ports),
     Rule("networks", "no Docker network is shared between environments", check_networks),
     Rule("volumes", "no volume or writable host path is shared between environments", check_volumes),
+    Rule(
+        "host-paths",
+        "env files and build contexts stay in the project directory; other host paths only as host_paths lists them",
+        check_host_paths,
+    ),
     Rule("container-names", "no fixed container_name collides across environments", check_container_names),
     Rule(
         "production-db-port", "production's database port is not published on the host", check_production_database_port

@@ -51,8 +51,27 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(explicit or os.environ.get(defaults.CONFIG_ENVVAR) or defaults.DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> DeployConfig:
-    """Read and validate the config file; raise ConfigError listing every problem."""
+_SECRETS_FILE_READ = True
+"""Whether load_config reads secrets_file into this process's environment: never_read_secrets_file() turns it off."""
+
+
+def never_read_secrets_file() -> None:
+    """From now on, load_config leaves secrets_file alone in this process (and in what it forks).
+
+    `deployhook worker` calls it first: the pipeline runs the repository's code (hooks), which can read
+    its parent's memory and environment (/proc/$PPID), and it needs none of deployhook's own secrets:
+    the web app checks the webhook secret and the API token, the reporter uses the chat and GitHub ones.
+    """
+    global _SECRETS_FILE_READ
+    _SECRETS_FILE_READ = False
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, secrets: bool = True) -> DeployConfig:
+    """Read and validate the config file; raise ConfigError listing every problem.
+
+    secrets=False (or never_read_secrets_file() earlier): secrets_file is not read into the environment;
+    `deployhook up` applies it (apply_secrets_file) only once it has forked its workers.
+    """
     source = config_path(path)
     name = str(source)
     try:
@@ -65,7 +84,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> DeployConfig:
     except OSError as exc:
         raise ConfigError(name, [f"cannot read: {exc.strerror}"]) from None
     config = parse_config(text, source)
-    apply_secrets_file(config)
+    if secrets and _SECRETS_FILE_READ:
+        apply_secrets_file(config)
     return config
 
 

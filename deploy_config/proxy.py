@@ -2,6 +2,10 @@
 
 In deploy_config because the isolation lint reads them too: the runtime directory (the proxy's
 config and its admin socket) must be mounted by that environment's proxy and by nothing else.
+
+    state_dir/proxy/<env>/compose.proxy.yml   the compose override (written by the environment's own deploy)
+    state_dir/proxy/<env>/run/config/         haproxy.cfg: mounted read-only into the proxy
+    state_dir/proxy/<env>/run/admin/          the admin socket: the one host path the proxy may write
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from typing import Any
 from .schema import DeployConfig, EnvironmentConfig
 
 CONTAINER_DIR = "/usr/local/etc/haproxy"
-"""Where the runtime directory appears inside the proxy (the official image's config directory)."""
+"""Where the config directory appears inside the proxy (the official image's config directory), read-only."""
+CONTAINER_SOCKET_DIR = "/run/haproxy-admin"
+"""Where the admin socket's directory appears inside the proxy: the one directory it can write."""
 CONFIG_NAME = "haproxy.cfg"
 SOCKET_NAME = "admin.sock"
 BACKEND = "release"
@@ -26,8 +32,18 @@ def proxy_dir(config: DeployConfig, env: EnvironmentConfig) -> Path:
 
 
 def runtime_dir(config: DeployConfig, env: EnvironmentConfig) -> Path:
-    """Bind-mounted into this environment's proxy only: haproxy.cfg and the runtime API's socket."""
+    """What this environment's proxy mounts, and nothing else may: its config and its admin socket directories."""
     return proxy_dir(config, env) / "run"
+
+
+def config_dir(runtime: Path) -> Path:
+    """The runtime directory's part that holds haproxy.cfg, mounted read-only at CONTAINER_DIR."""
+    return runtime / "config"
+
+
+def socket_dir(runtime: Path) -> Path:
+    """The runtime directory's part that holds the admin socket, mounted (writable) at CONTAINER_SOCKET_DIR."""
+    return runtime / "admin"
 
 
 def override_file(config: DeployConfig, env: EnvironmentConfig) -> Path:
@@ -36,8 +52,8 @@ def override_file(config: DeployConfig, env: EnvironmentConfig) -> Path:
 
 def socket_path(config: DeployConfig, env: EnvironmentConfig) -> Path:
     """The proxy's runtime API socket, as deployhook reaches it on this host (the proxy's own path is
-    CONTAINER_DIR/SOCKET_NAME)."""
-    return runtime_dir(config, env) / SOCKET_NAME
+    CONTAINER_SOCKET_DIR/SOCKET_NAME)."""
+    return socket_dir(runtime_dir(config, env)) / SOCKET_NAME
 
 
 def published_ports(service: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:

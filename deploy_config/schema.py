@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -57,6 +58,17 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _proxy_network(value: str) -> str:
+    """A trusted proxy's address, an IP (127.0.0.1, ::1) or a CIDR network (10.0.0.0/8), written as a network."""
+    try:
+        return str(ip_network(value.strip()))
+    except ValueError:
+        raise ValueError(
+            f"not an IP address or CIDR network: {value!r}; expected e.g. 127.0.0.1/32, 10.0.0.0/8 or ::1 "
+            "(a network's host bits zero: 10.0.0.0/24, not 10.0.0.5/24)"
+        ) from None
+
+
 def _project_name(value: str) -> str:
     if not _PROJECT_NAME.match(value):
         raise ValueError(
@@ -91,6 +103,7 @@ HttpUrl = Annotated[str, AfterValidator(_http_url)]
 ProjectName = Annotated[str, AfterValidator(_project_name)]
 ImageName = Annotated[str, AfterValidator(_image_name)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
+ProxyNetwork = Annotated[str, AfterValidator(_proxy_network)]
 
 
 class Model(BaseModel):
@@ -158,6 +171,11 @@ class StatusPageConfig(Model):
     """Deployments per environment whose logs are kept; older ones keep their record, not their log."""
     log_max_lines: int = Field(default=defaults.DEFAULT_LOG_MAX_LINES, ge=10)
     """Lines one deployment's log keeps: its first and last ones, with a note of how many were dropped."""
+    log_max_bytes: int = Field(default=defaults.DEFAULT_LOG_MAX_BYTES, ge=64 * 1024)
+    """Bytes one deployment's log keeps, as log_max_lines does lines (a line is cut to 4,000 characters)."""
+    log_max_total_bytes: int = Field(default=defaults.DEFAULT_LOG_MAX_TOTAL_BYTES, ge=1024 * 1024)
+    """Bytes of logs an environment keeps in all: past it, its oldest final deployments' logs go first,
+    sooner than log_retention would take them."""
 
 
 class GitHubReporting(Model):
@@ -322,6 +340,22 @@ class EnvironmentConfig(Model):
     """Per compose service, the limits its containers must run with."""
     compose_env: dict[EnvVarName, str] = {}
     """Extra, non-secret variables for Compose's interpolation (e.g. host ports)."""
+    host_paths: tuple[str, ...] = ()
+    """Host paths outside the project directory that the compose file may bind-mount (the isolation lint refuses
+    any other): an absolute path, or the name of the env file's (or compose_env's) variable that holds one, such
+    as BrandishBot's MAPRANDO_PRESETS_DIR. deployhook's own files and the Docker socket stay refused."""
+
+    @field_validator("host_paths")
+    @classmethod
+    def _host_path_entries(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in value:
+            if not entry.startswith("/") and not _ENV_VAR_NAME.match(entry):
+                raise ValueError(
+                    f"{entry!r} is neither an absolute path nor a variable name; give the host path "
+                    "(/srv/presets), or the env file's variable that holds it (MAPRANDO_PRESETS_DIR)"
+                )
+        return value
+
     tag_variable: EnvVarName | None = None
     """The compose file's image-tag variable (`image: NAME:${DOCKER_IMAGE_TAG:-latest-staging}`): set to the
     release tag while building (so a build arg such as `VERSION: ${DOCKER_IMAGE_TAG}` names the release), to
@@ -430,11 +464,14 @@ class DeployConfig(Model):
     status_page: StatusPageConfig = StatusPageConfig()
     reporting: ReportingConfig = ReportingConfig()
     public_url: HttpUrl | None = None
-    """Base URL of this service as others reach it, for status links (default: the request's host)."""
-    trusted_proxies: int = Field(default=0, ge=0, le=4)
-    """Reverse proxies in front of the web app that set X-Forwarded-For and X-Forwarded-Proto: the
-    client's address is then taken from them (the login limit, live-log slots, audit). 0: clients
-    connect directly, and those headers are ignored, since anyone can send them."""
+    """Base URL of this service as others reach it, for status links (default: links are paths, never built
+    from the request's Host header, which the client chooses)."""
+    trusted_proxies: tuple[ProxyNetwork, ...] = ()
+    """Addresses (IPs or CIDR networks) of the reverse proxies in front of the web app. Only a request
+    whose direct peer is one of them has its X-Forwarded-For and X-Forwarded-Proto believed: the
+    client is the nearest address in X-Forwarded-For that is not a trusted proxy (the login limit,
+    live-log slots, audit). Empty (the default): clients connect directly, and those headers are
+    ignored, since anyone can send them."""
     poll_interval: PositiveSeconds | None = None
     """Seconds between checks of the deploy branches with git ls-remote; off (None) by default."""
     min_free_space: int = defaults.DEFAULT_MIN_FREE_SPACE
@@ -456,6 +493,18 @@ class DeployConfig(Model):
     environments: dict[str, EnvironmentConfig] = Field(min_length=1)
 
     _resolve_paths = field_validator("state_dir", "env_file", "secrets_file")(_resolve_path)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxy_addresses(cls, value: Any) -> Any:
+        # The field once held a hop count, believed from any peer: a direct client could claim any address.
+        if isinstance(value, int):
+            raise ValueError(
+                f"give the proxies' addresses, not their number ({value!r}): a count let any client choose its "
+                "address in X-Forwarded-For. Write e.g. `trusted_proxies: [127.0.0.1/32]` for a proxy on this "
+                "host, its address or network otherwise; leave the field out when clients connect directly"
+            )
+        return [value] if isinstance(value, str) else value
 
     @field_validator("min_free_space", mode="before")
     @classmethod

@@ -39,9 +39,9 @@ class ComposeProject:
     secret_names: tuple[str, ...] = ()
     """The variables deploy.yml names as deployhook's secrets: never in Compose's environment."""
     override: Path | None = None
-    """start-first: the generated file that adds the proxy (`-f FILE -f OVERRIDE`); resolve() writes it."""
+    """start-first: the generated file that adds the proxy (`-f FILE -f OVERRIDE`); write_override() writes it."""
     runtime_dir: Path | None = None
-    """start-first: the host directory bind-mounted into the proxy (haproxy.cfg, the admin socket)."""
+    """start-first: the host directory whose parts the proxy mounts (haproxy.cfg read-only, the admin socket's)."""
     project_dir: Path | None = None
     """Where relative paths resolve (--project-directory), when not the compose file's own directory."""
     variables: Mapping[str, str] = field(default_factory=dict)
@@ -81,15 +81,37 @@ class ComposeProject:
         return child_environment(extra, secret_names=self.secret_names)
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
-        """The fully resolved compose model, as Compose itself computes it.
+        """The fully resolved compose model, as Compose itself computes it; nothing is written (resolve_release())."""
+        return self.resolve_release(redact)[0]
 
-        start-first: the user's file is resolved alone first, the proxy override is (re)written
-        from that model, and the model returned is that of both files: what `up` will run."""
+    def resolve_release(self, redact: Redact | None = None) -> tuple[ResolvedCompose, str | None]:
+        """The fully resolved compose model, and (start-first) the proxy override rendered for it, else None.
+
+        start-first: the user's file is resolved alone first, the override rendered from that model into
+        a private temporary directory, and the model returned is that of both files: what `up` will run.
+        The environment's own override file is never written here: resolving is what the lint and `config
+        check` do with any environment's files; write_override() is the deployment's own, explicit step."""
         if self.override is None or self.runtime_dir is None:
-            return self._resolve(redact)
+            return self._resolve(redact), None
         base = replace(self, override=None, runtime_dir=None)._resolve(redact)
-        write_private(self.override, render_override(self.environment, base, self.runtime_dir))
-        return self._resolve(redact)
+        text = render_override(self.environment, base, self.runtime_dir)
+        with tempfile.TemporaryDirectory(prefix="deployhook-override-") as temp:  # 0700, removed after
+            rendered = Path(temp) / self.override.name
+            rendered.write_text(text)
+            return replace(self, override=rendered)._resolve(redact), text
+
+    def write_override(self, text: str) -> bool:
+        """Put the start-first override resolve_release() rendered in place (0600, its directory 0700), for the
+        environment's compose calls from now on; False when it already says exactly that (left untouched).
+
+        Only the environment's own deployment calls this (checkout, its isolation lint passed, holding the
+        environment's lock): nothing else writes an environment's live proxy files."""
+        if self.override is None:
+            raise DeployError(f"environments.{self.environment.name} is not start-first: it has no proxy override")
+        if self.override.is_file() and self.override.read_text() == text:
+            return False
+        write_private(self.override, text)
+        return True
 
     def _resolve(self, redact: Redact | None) -> ResolvedCompose:
         if not self.file.is_file():
@@ -129,6 +151,7 @@ def resolve_for_lint(
     # The system's temporary directory, not state_dir: `config check` run as root must leave nothing there
     # that the service's user cannot use (the scratch directory is 0700, its env files 0600).
     with scratch_project_dir(project.file, content, project_dir) as (scratch, root):
+        # Not even the path of the environment's own override: this project can write nothing of it.
         override = root.parent / "compose.proxy.yml" if project.override is not None else None
         example = repo_dir / ".env.example"
         env_file = project.env_file or (example if example.is_file() else None)

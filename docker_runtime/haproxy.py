@@ -195,7 +195,7 @@ def parse_stat_sessions(answer: str, backend: str) -> dict[str, int]:
 
 def _connect(sock: socket.socket, path: Path) -> None:
     """Connect to a unix socket through its directory's descriptor (/proc/self/fd/N/NAME): a socket's path
-    may not exceed 107 bytes, and the admin socket under a deep state_dir's proxy/<env>/run does."""
+    may not exceed 107 bytes, and the admin socket under a deep state_dir's proxy/<env>/run/admin does."""
     directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY)
     try:
         sock.connect(f"/proc/self/fd/{directory}/{path.name}")

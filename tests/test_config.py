@@ -32,8 +32,8 @@ DEPLOYHOOK = Path(sys.executable).parent / "deployhook"
 EXPECTED_ENV_FIELDS = (
     "branch, compose_file, project, images, port, health_url, health_timeout, version_url, version_field, "
     "database, backups, expected_limits, "
-    "compose_env, tag_variable, environment_services, cancel_running, promote_from, promotion_wait, deploy_timeout, "
-    "rollout_timeout, backup_timeout, "
+    "compose_env, host_paths, tag_variable, environment_services, cancel_running, promote_from, promotion_wait, "
+    "deploy_timeout, rollout_timeout, backup_timeout, "
     "smoke, pre_deploy, post_deploy, verify_failure, keep_releases, rollout"
 )
 

@@ -9,6 +9,8 @@ so in maintenance), which run even where haproxy is not installed.
 from __future__ import annotations
 
 import http.server
+import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -19,7 +21,10 @@ import pytest
 import testbed
 from testbed import HAPROXY_BACKEND as BACKEND
 
+from deploy_config import load_config
+from deploy_config.proxy import CONTAINER_DIR, CONTAINER_SOCKET_DIR, SOCKET_NAME
 from docker_runtime.haproxy import HAProxy, ProxyError, Server, parse_servers_state, parse_stat_sessions
+from docker_runtime.proxy import render_haproxy_config
 
 ANSWERS = testbed.FIXTURES / "haproxy" / "answers"
 CAPTURED_PORT = 18556
@@ -177,3 +182,23 @@ def test_no_proxy_behind_the_socket(tmp_path: Path) -> None:
 def test_one_command_at_a_time(line: str) -> None:
     with pytest.raises(ValueError, match="one runtime API command at a time"):
         HAProxy(Path("/nonexistent/admin.sock")).command(line)
+
+
+# --- the config deployhook renders ------------------------------------------------------------------------
+
+
+def test_the_rendered_config_is_valid_and_keeps_the_socket_out_of_the_config_directory(tmp_path: Path) -> None:
+    """haproxy.cfg as the start-first rollout writes it passes `haproxy -c`; its admin socket is in a directory
+    of its own (the one the proxy may write), not in the config's (mounted read-only), and is 0600."""
+    binary = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+    if binary is None:
+        testbed.unavailable("no haproxy binary (apt-get install haproxy)")
+    env_file = testbed.write_env_file(tmp_path / "app.env")
+    data = testbed.sample_config("https://example.invalid/a.git", env_file=env_file, state_dir=tmp_path / "state")
+    env = load_config(testbed.write_yaml(tmp_path / "deploy.yml", data)).environments["staging"]
+    text = render_haproxy_config(env, 8080, ["app-1", "app-2"])
+    (tmp_path / "haproxy.cfg").write_text(text)
+    check = subprocess.run([binary, "-c", "-f", str(tmp_path / "haproxy.cfg")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"    stats socket {CONTAINER_SOCKET_DIR}/{SOCKET_NAME} mode 600 level admin\n" in text
+    assert CONTAINER_SOCKET_DIR != CONTAINER_DIR and not CONTAINER_SOCKET_DIR.startswith(CONTAINER_DIR + "/")

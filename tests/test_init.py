@@ -166,3 +166,45 @@ def test_init_puts_no_comment_inside_a_value(tmp_path: Path, compose_cli: None) 
     text = (tmp_path / "deploy.yml").read_text()
     assert "# TODO environments.staging.health_url: no service publishes a port; set the app's health URL\n" in text
     assert yaml.safe_load(text)["environments"]["staging"]["health_url"] == "http://localhost:8080/healthz"
+
+
+def test_init_lists_the_host_paths_the_compose_files_mount_and_the_lint_lets_only_those_through(
+    tmp_path: Path, compose_cli: None
+) -> None:
+    """Issue 21: a bind mount from outside the project directory needs host_paths. init lists the variable the
+    compose file reads it from (BrandishBot's MAPRANDO_PRESETS_DIR), so it follows the server's env file."""
+    repo_dir = seed_shaped_repo(tmp_path)
+    staging = repo_dir / "docker-compose.staging.yml"
+    mounts = "    volumes:\n      - ${PRESETS_DIR}/maps:/presets:ro\n      - /srv/static:/static:ro\n"
+    staging.write_text(
+        staging.read_text().replace("    depends_on:\n      - db\n", mounts + "    depends_on:\n      - db\n", 1)
+    )
+    example = repo_dir / ".env.example"
+    example.write_text(example.read_text() + "PRESETS_DIR=/srv/presets\n")
+    result = run("init", str(repo_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (
+        "staging: docker-compose.staging.yml mounts /srv/presets/maps (its value in .env.example) from outside the "
+        "repository: it must exist on the server; environments.staging.host_paths lists PRESETS_DIR for the "
+        "isolation lint"
+    ) in result.stdout
+    config_file = tmp_path / "deploy.yml"
+    data = yaml.safe_load(config_file.read_text())
+    assert data["environments"]["staging"]["host_paths"] == ["PRESETS_DIR", "/srv/static"]
+    assert "host_paths" not in data["environments"]["production"]
+
+    # On the server, the app's env file says where the presets are: the lint lets that path through.
+    presets = tmp_path / "presets"
+    testbed.write_env_file(tmp_path / "app.env", {**testbed.SAMPLE_ENV, "PRESETS_DIR": str(presets)})
+    check = run("config", "check", "--config", str(config_file), cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+    # Without the list, it is refused, and the message says what to do.
+    del data["environments"]["staging"]["host_paths"]
+    testbed.write_yaml(config_file, data)
+    check = run("config", "check", "--config", str(config_file), cwd=tmp_path)
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert (
+        f"staging: service app mounts {presets / 'maps'}, outside staging's project directory "
+        f"({tmp_path / 'state' / 'worktrees' / 'staging'}); list it in environments.staging.host_paths"
+    ) in check.stdout
+    assert "staging: service app mounts /srv/static, outside" in check.stdout

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -23,15 +23,20 @@ import testbed
 import yaml
 
 from deploy_cli import main
-from deploy_config import DeployConfig, load_config
+from deploy_config import ConfigError, DeployConfig, load_config, parse_config
 from deploy_config.isolation import (
     RULES,
+    check_host_paths,
     check_host_ports,
     check_networks,
+    check_proxies,
     check_volumes,
+    compose_reads_outside,
     lint,
     service_limits,
 )
+from deploy_config.isolation_files import compose_files, interpolate
+from deploy_config.isolation_paths import ProjectView, bind_device
 from deploy_config.resolved import ResolvedCompose
 from deploy_text.redaction import MASK
 from docker_runtime.compose import ComposeProject
@@ -248,9 +253,10 @@ def shared_named_volume(layout: Layout) -> None:
 
 
 def shared_writable_bind(layout: Layout) -> None:
-    """../uploads from each environment's project directory is one host path beside both."""
+    """One host path both environments may mount (host_paths), and one of them writes."""
     for env in ENVIRONMENTS:
-        layout.service(env, "app")["volumes"] = ["../uploads:/uploads"]
+        layout.environment(env)["host_paths"] = ["/srv/uploads"]
+        layout.service(env, "app")["volumes"] = ["/srv/uploads:/uploads"]
 
 
 def same_container_name(layout: Layout) -> None:
@@ -325,6 +331,64 @@ def start_first_app_with_container_name(layout: Layout) -> None:
     layout.service("production", "app")["container_name"] = "sample-app-production"
 
 
+def staging_reads_deployhooks_secrets(layout: Layout) -> None:
+    """Issue 21, finding 4: an env file three levels up from state_dir/worktrees/staging, beside deploy.yml.
+    Optional, so that Compose resolves the file where it does not exist (config check's scratch directory)."""
+    layout.service("staging", "app")["env_file"] = [{"path": "../../../deployhook.secrets", "required": False}]
+
+
+def production_builds_from_the_state_dir(layout: Layout) -> None:
+    layout.service("production", "discord")["build"]["context"] = "../.."
+
+
+def production_mounts_an_unlisted_host_path(layout: Layout) -> None:
+    layout.service("production", "discord")["volumes"] = ["/srv/presets:/presets:ro"]
+
+
+def staging_mounts_the_listed_docker_socket(layout: Layout) -> None:
+    layout.environment("staging")["host_paths"] = ["/var/run/docker.sock"]
+    layout.service("staging", "app")["volumes"] = ["/var/run/docker.sock:/var/run/docker.sock"]
+
+
+def staging_binds_a_volume_to_the_state_dir(layout: Layout) -> None:
+    """A named volume that is a bind mount in disguise (Docker's local driver, `o: bind`)."""
+    device = layout.config["state_dir"]
+    layout.compose["staging"]["volumes"]["pgdata-staging"]["driver_opts"] = {
+        "type": "none",
+        "o": "bind",
+        "device": device,
+    }
+
+
+def staging_mounts_a_committed_symlink(layout: Layout) -> None:
+    """./uploads is a symlink in the repository: Docker mounts where it points."""
+    (layout.checkout / "uploads").symlink_to("/etc")
+    layout.service("staging", "app")["volumes"] = ["./uploads:/uploads:ro"]
+
+
+def staging_defines_the_proxy(layout: Layout) -> None:
+    """Issue 21, finding 6: a `proxy:` service of the repository's merges into deployhook's (privileged here)."""
+    start_first(layout)
+    layout.compose["staging"]["services"]["proxy"] = {
+        "image": "haproxy:2.6", "privileged": True, "ports": ["127.0.0.1:18181:8080"],
+    }  # fmt: skip
+
+
+def staging_binds_a_volume_onto_its_proxy(layout: Layout) -> None:
+    """Finding 6: the proxy's runtime directory reached through a bind-type named volume, not a bind mount."""
+    start_first(layout)
+    device = f"{layout.config['state_dir']}/proxy/staging/run"
+    layout.compose["staging"]["volumes"]["runtime"] = {"driver_opts": {"type": "none", "o": "bind", "device": device}}
+    layout.service("staging", "discord")["volumes"] = ["runtime:/proxy"]
+
+
+def staging_links_to_its_proxy(layout: Layout) -> None:
+    """Finding 6: the proxy's runtime directory reached through a symlink committed in the repository."""
+    start_first(layout)
+    (layout.checkout / "admin").symlink_to(f"{layout.config['state_dir']}/proxy/staging/run")
+    layout.service("staging", "discord")["volumes"] = ["./admin:/proxy"]
+
+
 Mutation = Callable[[Layout], None]
 
 VIOLATIONS: list[Any] = [
@@ -364,8 +428,44 @@ VIOLATIONS: list[Any] = [
     pytest.param(
         "volumes",
         shared_writable_bind,
-        "/worktrees/uploads' in production overlaps",
+        "host path '/srv/uploads' in production overlaps '/srv/uploads' in staging",
         id="volumes:bind",
+    ),
+    pytest.param(
+        "host-paths",
+        staging_reads_deployhooks_secrets,
+        "staging: service app's env_file '../../../deployhook.secrets' (docker-compose.staging.yml) resolves to ",
+        id="host-paths:env-file",
+    ),
+    pytest.param(
+        "host-paths",
+        production_builds_from_the_state_dir,
+        "production: service discord's build context '../..' (docker-compose.production.yml) resolves to ",
+        id="host-paths:build-context",
+    ),
+    pytest.param(
+        "host-paths",
+        production_mounts_an_unlisted_host_path,
+        "production: service discord mounts /srv/presets, outside production's project directory (",
+        id="host-paths:unlisted",
+    ),
+    pytest.param(
+        "host-paths",
+        staging_mounts_the_listed_docker_socket,
+        "which reaches the Docker socket (root on the host): refused whatever host_paths says",
+        id="host-paths:docker-socket",
+    ),
+    pytest.param(
+        "host-paths",
+        staging_binds_a_volume_to_the_state_dir,
+        "(as volume 'pgdata-staging', whose driver_opts bind it), which reaches deployhook's state_dir",
+        id="host-paths:bind-volume",
+    ),
+    pytest.param(
+        "host-paths",
+        staging_mounts_a_committed_symlink,
+        "/uploads through a symlink), outside staging's project directory",
+        id="host-paths:symlink",
     ),
     pytest.param(
         "container-names",
@@ -447,6 +547,24 @@ VIOLATIONS: list[Any] = [
         "staging: service discord mounts",
         id="proxies:socket-same-environment",
     ),
+    pytest.param(
+        "proxies",
+        staging_defines_the_proxy,
+        "staging: docker-compose.staging.yml defines a service named 'proxy', the proxy deployhook adds",
+        id="proxies:user-defined",
+    ),
+    pytest.param(
+        "proxies",
+        staging_binds_a_volume_onto_its_proxy,
+        "(as volume 'runtime', whose driver_opts bind it), which holds staging's proxy admin socket",
+        id="proxies:bind-volume",
+    ),
+    pytest.param(
+        "proxies",
+        staging_links_to_its_proxy,
+        "/admin through a symlink), which holds staging's proxy admin socket",
+        id="proxies:symlink",
+    ),
 ]
 
 
@@ -493,20 +611,24 @@ def test_start_first_layout_passes_and_moves_the_port_to_the_proxies(config_chec
         override = Path(layout.config["state_dir"]) / "proxy" / env / "compose.proxy.yml"
         # The lint resolves in a scratch directory: an environment's live proxy file is its own deploy's.
         assert not override.exists()
-        ComposeProject.for_environment(config, config.environments[env], layout.checkout).resolve()
+        project = ComposeProject.for_environment(config, config.environments[env], layout.checkout)
+        _, text = project.resolve_release()
+        assert text is not None and not override.exists(), "resolving wrote the live override"
+        project.write_override(text)
         assert override.stat().st_mode & 0o777 == 0o600 and override.parent.stat().st_mode & 0o777 == 0o700
-        text = override.read_text()
+        assert override.read_text() == text
         assert "ports: !reset []" in text and f"published: '{PORTS[env]['APP_PORT']}'" in text
         assert f"- backend-{env}\n" in text and "stop_signal: SIGUSR1" in text
 
 
-def test_the_other_environment_reaching_a_proxy_socket_fails_two_rules(
+def test_the_other_environment_reaching_a_proxy_socket_fails_three_rules(
     config_check: CheckRunner, layout: Layout
 ) -> None:
     production_reaches_staging_proxy_socket(layout)
     check = config_check(layout.write())
     assert check.code == 1, check.output
-    assert sorted(name for name, status in check.statuses().items() if status == "FAIL") == ["proxies", "volumes"]
+    failed = sorted(name for name, status in check.statuses().items() if status == "FAIL")
+    assert failed == ["host-paths", "proxies", "volumes"], check.output
     assert any("holds staging's proxy admin socket" in v for v in check.rules()["proxies"].violations), check.output
 
 
@@ -849,3 +971,210 @@ def test_lint_reports_every_rule_in_order(deploy_config: DeployConfig) -> None:
         "is not in docker-compose.production.yml",
     )
     assert len(failed["images"]) == 4  # two images in each of two environments
+
+
+# --- host paths: what the compose files reach on the host (issue 21, findings 4 and 6) -------------------
+
+
+def test_a_committed_symlink_resolves_where_the_environment_deploys(tmp_path: Path) -> None:
+    """`data -> ../../../secrets` points beside deploy.yml from state_dir/worktrees/<env>, wherever the checkout is."""
+    checkout = tmp_path / "checkout"
+    (checkout / "nested").mkdir(parents=True)
+    (checkout / "data").symlink_to("../../../deployhook.secrets")
+    (checkout / "nested" / "up").symlink_to("../data")  # a chain: through another link of the checkout
+    (checkout / "host").symlink_to("/etc")
+    (checkout / "loop").symlink_to("loop")
+    project = PurePosixPath("/srv/deployhook/state/worktrees/staging")
+    view = ProjectView(project, checkout)
+    assert view.resolve(project / "data") == PurePosixPath("/srv/deployhook/deployhook.secrets")
+    assert view.resolve(project / "nested" / "up") == PurePosixPath("/srv/deployhook/deployhook.secrets")
+    assert view.resolve(project / "host" / "passwd") == PurePosixPath("/etc/passwd")
+    assert view.resolve(project / "logs" / "app.log") == project / "logs" / "app.log"  # not in git: as written
+    assert view.resolve(project / "loop") == PurePosixPath("/")  # the kernel gives up; judged as the whole host
+
+
+@pytest.mark.parametrize(
+    ("volume", "device"),
+    [
+        ({"driver_opts": {"type": "none", "o": "bind", "device": "/srv/x"}}, "/srv/x"),
+        ({"driver": "local", "driver_opts": {"o": "rbind,ro", "device": "/srv/x/"}}, "/srv/x"),
+        ({"driver_opts": {"type": "ext4", "device": "/dev/sda1"}}, "/dev/sda1"),
+        ({"driver_opts": {"o": "bind", "device": "relative"}}, "/relative"),
+        ({"driver_opts": {"type": "tmpfs", "device": "tmpfs", "o": "size=100m"}}, None),
+        ({"driver_opts": {"type": "nfs", "o": "addr=10.0.0.1", "device": ":/export"}}, None),
+        ({"driver": "some-plugin", "driver_opts": {"o": "bind", "device": "/srv/x"}}, None),
+        ({}, None),
+    ],
+)
+def test_a_named_volume_with_a_device_is_a_host_path(volume: dict[str, Any], device: str | None) -> None:
+    assert bind_device(volume) == (PurePosixPath(device) if device else None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "unknown"),
+    [
+        ("${DIR}/x", "/srv/x", []),
+        ("${DIR:-/tmp}/x", "/srv/x", []),
+        ("${EMPTY:-.env}", ".env", []),
+        ("${HOME:-.}/.ssh/id_rsa", "/.ssh/id_rsa", ["HOME"]),  # a default does not make a variable known
+        ("$$HOME/x", "$HOME/x", []),
+        ("${NOPE:?set it}", "", ["NOPE"]),
+    ],
+)
+def test_paths_are_interpolated_only_with_what_the_operator_sets(text: str, expected: str, unknown: list[str]) -> None:
+    result, missing = interpolate(text, {"DIR": "/srv", "EMPTY": ""})
+    assert missing == unknown
+    if not unknown:
+        assert result == expected
+
+
+@dataclass
+class HostLayout:
+    """A checkout holding a staging compose file, and the config of the sample app around it."""
+
+    root: Path
+    checkout: Path
+    config: DeployConfig
+
+    def stack(self, services: dict[str, Any], volumes: dict[str, Any] | None = None) -> dict[str, ResolvedCompose]:
+        """staging's model as given (its file in the checkout), production's empty."""
+        file = self.checkout / compose_name("staging")
+        staging = ResolvedCompose("staging", file, PROJECTS["staging"], services, {}, volumes or {})
+        return {"staging": staging, "production": stack("production", {})}
+
+    def project(self, env: str = "staging") -> Path:
+        return self.config.worktree(env)
+
+
+def host_layout(tmp_path: Path, compose: str, env_text: str = "", **staging: Any) -> HostLayout:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir(exist_ok=True)
+    (checkout / compose_name("staging")).write_text(compose)
+    env_file = tmp_path / "app.env"
+    env_file.write_text(env_text)
+    data = testbed.sample_config(
+        "https://example.com/app.git", env_file=env_file, state_dir=tmp_path / "state", projects=PROJECTS, ports=PORTS
+    )
+    data["secrets_file"] = str(tmp_path / "deployhook.secrets")
+    data["environments"]["staging"].update(staging)  # type: ignore[index]
+    return HostLayout(tmp_path, checkout, parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml"))
+
+
+def bind_to(source: Path | str, read_only: bool = True) -> dict[str, Any]:
+    return bind(str(source), read_only)
+
+
+def test_compose_files_are_followed_through_include_and_extends(tmp_path: Path) -> None:
+    compose = (
+        "include:\n  - path: extra/more.yml\n    env_file: ../../../include.env\n"
+        "services:\n  app:\n    image: app\n    ports: !reset []\n"
+        "    extends: {file: base.yml, service: base}\n"
+        "    build:\n      context: .\n      dockerfile: ../../../Dockerfile\n"
+        "      additional_contexts: {tools: ../../.., image: 'docker-image://alpine', layout: 'oci-layout:///srv/l'}\n"
+        "secrets:\n  token:\n    file: ${SECRETS_DIR}/token\n"
+        "configs:\n  conf:\n    file: ./configs/app.conf\n"
+    )
+    layout = host_layout(tmp_path, compose)
+    (layout.checkout / "base.yml").write_text("services:\n  base:\n    env_file: [../../../base.env]\n")
+    (layout.checkout / "extra").mkdir()
+    (layout.checkout / "extra" / "more.yml").write_text("services:\n  proxy:\n    env_file: ${UNSET:-x.env}\n")
+    staging = layout.config.environments["staging"]
+    found = compose_files(layout.config, staging, layout.stack({})["staging"], {"SECRETS_DIR": "/etc/deployhook"})
+    project = PurePosixPath(layout.project())
+    reads = {(read.what, read.written): read.path for read in found.reads}
+    root = PurePosixPath(tmp_path)
+    assert reads == {
+        ("include", "extra/more.yml"): project / "extra" / "more.yml",
+        ("include's env_file", "../../../include.env"): root / "include.env",
+        ("service app's extends file", "base.yml"): project / "base.yml",
+        ("service app's build context", "."): project,
+        ("service app's dockerfile", "../../../Dockerfile"): root / "Dockerfile",
+        ("service app's additional context tools", "../../.."): root,
+        ("service app's additional context layout", "/srv/l"): PurePosixPath("/srv/l"),
+        ("secret token's file", "${SECRETS_DIR}/token"): PurePosixPath("/etc/deployhook/token"),
+        ("config conf's file", "./configs/app.conf"): project / "configs" / "app.conf",
+        ("service base's env_file", "../../../base.env"): root / "base.env",  # in the extended file
+        ("service proxy's env_file", "${UNSET:-x.env}"): None,  # in the included file; cannot be told
+    }
+    assert found.services == {"app": "docker-compose.staging.yml", "base": "base.yml", "proxy": "extra/more.yml"}
+
+
+def test_a_bind_source_outside_the_project_needs_host_paths(tmp_path: Path) -> None:
+    """BrandishBot's `${MAPRANDO_PRESETS_DIR}`: its value in the env file, listed by name, or the path itself."""
+    presets = tmp_path / "presets"
+    services = {"discord": {"volumes": [bind_to(presets)]}}
+    env_text = f"MAPRANDO_PRESETS_DIR={presets}\n"
+
+    unlisted = host_layout(tmp_path, "services: {}\n", env_text)
+    assert check_host_paths(unlisted.config, unlisted.stack(services)) == [
+        f"staging: service discord mounts {presets}, outside staging's project directory ({unlisted.project()}); list "
+        "it in environments.staging.host_paths (the path, or the env file's variable that holds it) if staging is "
+        "meant to reach it"
+    ]
+    by_name = host_layout(tmp_path, "services: {}\n", env_text, host_paths=["MAPRANDO_PRESETS_DIR"])
+    assert check_host_paths(by_name.config, by_name.stack(services)) == []
+    by_path = host_layout(tmp_path, "services: {}\n", "", host_paths=[str(presets.parent)])
+    assert check_host_paths(by_path.config, by_path.stack(services)) == []
+    not_set = host_layout(tmp_path, "services: {}\n", "", host_paths=["MAPRANDO_PRESETS_DIR"])
+    (violation,) = check_host_paths(not_set.config, not_set.stack(services))
+    assert (
+        f"(host_paths lists MAPRANDO_PRESETS_DIR, which the env file {tmp_path / 'app.env'} does not set)" in violation
+    )
+
+
+def test_deployhooks_own_files_are_refused_even_when_listed(tmp_path: Path) -> None:
+    """A listed directory that holds deploy.yml, the state dir (through a bind-type volume) and the secrets file."""
+    layout = host_layout(tmp_path, "services: {}\n", host_paths=[str(tmp_path)])
+    volumes = {"sneaky": {"driver_opts": {"type": "none", "o": "bind", "device": str(tmp_path / "state")}}}
+    services = {
+        "a": {"volumes": [bind_to(tmp_path)]},
+        "b": {"volumes": [{"type": "volume", "source": "sneaky", "target": "/x"}]},
+        "c": {"volumes": [bind_to(tmp_path / "deployhook.secrets")]},
+        "d": {"volumes": [bind_to(tmp_path / "uploads", read_only=False)]},  # listed, none of deployhook's
+        "e": {"volumes": [bind_to(layout.project() / "logs", read_only=False)]},  # its own project directory
+    }
+    violations = check_host_paths(layout.config, layout.stack(services, volumes))
+    assert [v.split(",")[0] for v in violations] == [
+        f"staging: service a mounts {tmp_path}",
+        f"staging: service b mounts {tmp_path / 'state'} (as volume 'sneaky'",
+        f"staging: service c mounts {tmp_path / 'deployhook.secrets'}",
+    ]
+    assert "which reaches deployhook's deploy.yml: refused whatever host_paths says" in violations[0]
+    assert "which reaches deployhook's state_dir" in violations[1]
+    assert "which reaches deployhook's secrets_file" in violations[2]
+
+
+def test_a_service_named_proxy_in_an_included_file_is_refused(tmp_path: Path) -> None:
+    layout = host_layout(tmp_path, "include: [more.yml]\nservices: {}\n", rollout={"strategy": "start-first"})
+    (layout.checkout / "more.yml").write_text("services:\n  proxy:\n    image: haproxy\n")
+    violations = check_proxies(layout.config, layout.stack({"app": {}, "proxy": {"networks": {}}}))
+    assert (
+        "staging: more.yml defines a service named 'proxy', the proxy deployhook adds in front of a start-first "
+        "service: it would merge into deployhook's (privileges, mounts, ports, HAProxy's settings); rename the service"
+    ) in violations
+
+
+def test_what_a_compose_file_reads_is_judged_before_compose_reads_it(tmp_path: Path) -> None:
+    """compose_reads_outside: from the file alone, for a checkout to ask before `docker compose config` opens
+    the env files (and so deployhook.secrets, were one of them that file)."""
+    layout = host_layout(tmp_path, "services:\n  app:\n    image: app\n    env_file: ../../../deployhook.secrets\n")
+    staging = layout.config.environments["staging"]
+    assert compose_reads_outside(layout.config, staging, layout.checkout / compose_name("staging")) == [
+        "staging: service app's env_file '../../../deployhook.secrets' (docker-compose.staging.yml) resolves to "
+        f"{tmp_path / 'deployhook.secrets'}, outside staging's project directory ({layout.project()}): Compose would "
+        "read it on this host, where deployhook's own files are; keep it in the repository (deployhook writes "
+        "deploy.yml's env_file where `env_file: .env` asks)"
+    ]
+
+
+def test_host_paths_entries_are_paths_or_variable_names(tmp_path: Path) -> None:
+    data = testbed.sample_config(
+        "https://example.com/app.git", env_file=tmp_path / "app.env", state_dir=tmp_path / "state"
+    )
+    data["environments"]["staging"]["host_paths"] = ["MAPRANDO_PRESETS_DIR", "/srv/presets", "srv/presets"]  # type: ignore[index]
+    with pytest.raises(ConfigError) as raised:
+        parse_config(yaml.safe_dump(data), tmp_path / "deploy.yml")
+    assert raised.value.problems == [
+        "environments.staging.host_paths: 'srv/presets' is neither an absolute path nor a variable name; "
+        "give the host path (/srv/presets), or the env file's variable that holds it (MAPRANDO_PRESETS_DIR)"
+    ]

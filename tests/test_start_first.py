@@ -21,7 +21,7 @@ import requests
 import testbed
 from testbed import TESTS, Bed, step_statuses
 
-from deploy_config.proxy import BACKEND, socket_path
+from deploy_config.proxy import BACKEND, CONTAINER_DIR, CONTAINER_SOCKET_DIR, runtime_dir, socket_path
 from deploy_state import Status, keys
 from docker_runtime.haproxy import HAProxy, ProxyError
 
@@ -149,6 +149,14 @@ def test_good_deploy_drops_no_request_and_never_doubles_a_singleton(bed: Bed) ->
     assert len(ids(bed, "discord")) == 1 and ids(bed, "discord") != discord, "the bot runs its new image, once"
     checks = {check["name"]: check["status"] for check in deployed.checks}
     assert checks["singletons"] == "passed" and checks["proxy"] == "passed", deployed.checks
+    # The proxy is confined (tests/reliability/test_security_proxy.py has the whole list): not root, no
+    # capability, a read-only root and config; its admin socket's directory is the one it can write.
+    (proxy_container,) = containers(bed, "proxy")
+    host = proxy_container.attrs["HostConfig"]
+    assert not proxy_container.attrs["Config"]["User"].startswith("0:")
+    assert (host["CapDrop"], host["ReadonlyRootfs"], host["SecurityOpt"]) == (["ALL"], True, ["no-new-privileges:true"])
+    mounts = {m["Destination"]: m["RW"] for m in proxy_container.attrs["Mounts"]}
+    assert mounts == {CONTAINER_DIR: False, CONTAINER_SOCKET_DIR: True}, mounts
     log = bed.log(deployed)
     assert "answers with " + second[:12] + " through the proxy" in log
     assert "drained" in log
@@ -262,10 +270,12 @@ def test_a_request_longer_than_the_drain_timeout_is_cut_and_the_deploy_goes_on(b
     (old,) = containers(bed, "app")
     second = release(bed, "two")
     slow = SlowRequest(bed, seconds=8)
-    # A stranger's container that mounts the proxy's admin socket directory: the live verify names it.
-    runtime = socket_path(bed.config, bed.config.environments["staging"]).parent
+    # A stranger's container that mounts the proxy's admin socket directory: the live verify names it (and the
+    # runtime directory that holds it, which nothing but the proxy may mount).
+    staging = bed.config.environments["staging"]
+    runtime, admin = runtime_dir(bed.config, staging), socket_path(bed.config, staging).parent
     intruder = bed.docker.containers.run(
-        testbed.HAPROXY_IMAGE, ["sleep", "300"], detach=True, volumes={str(runtime): {"bind": "/x", "mode": "ro"}}
+        testbed.HAPROXY_IMAGE, ["sleep", "300"], detach=True, volumes={str(admin): {"bind": "/x", "mode": "ro"}}
     )
     try:
         with testbed.Traffic(base_url(bed)) as traffic:

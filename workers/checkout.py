@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 import git
 
 from deploy_config.errors import DeployError
+from deploy_config.isolation import compose_reads_outside
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import display_url
 from docker_runtime.compose import ComposeProject
@@ -24,6 +25,7 @@ from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
 from .isolation import lint_checkout
+from .push_order import check_push_order
 
 
 def checkout(ctx: DeploymentContext) -> Path:
@@ -33,6 +35,7 @@ def checkout(ctx: DeploymentContext) -> Path:
     with _mirror_lock(state):
         mirror = _fetched_mirror(ctx, ctx.config.mirror_dir)
         _require_on_branch(mirror, sha, branch, _promoted_branch(ctx))
+        check_push_order(ctx, mirror)
         worktree = _checked_out(ctx, mirror, ctx.config.worktree(ctx.env.name), sha)
     ctx.worktree = worktree
     ctx.compose = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
@@ -41,14 +44,28 @@ def checkout(ctx: DeploymentContext) -> Path:
     if not ctx.deployment.message:
         # Masked like every other trigger's message: a pusher may paste an env-file secret into a commit.
         ctx.save(message=ctx.redact(str(commit.message).strip()))
+    outside = compose_reads_outside(ctx.config, ctx.env, ctx.compose.file)
+    if outside:  # before Compose resolves the file, which reads every env file it names, wherever it is
+        raise CheckoutFailed(f"the compose file at {short_sha(sha)} reads outside its project: {'; '.join(outside)}")
     env_files = _place_env_files(ctx, worktree)
     try:
-        ctx.resolved = ctx.compose.resolve(ctx.redact)
+        ctx.resolved, override = ctx.compose.resolve_release(ctx.redact)
     except DeployError as exc:
         raise CheckoutFailed(f"the compose file does not resolve at {short_sha(sha)}: {exc}") from None
     _clean(ctx, worktree, [*kept_paths(ctx.resolved, worktree), *(path.relative_to(worktree) for path in env_files)])
     lint_checkout(ctx)
+    if override is not None:
+        _write_override(ctx, override)
     return worktree
+
+
+def _write_override(ctx: DeploymentContext, override: str) -> None:
+    """start-first: the environment's proxy override, as its compose calls from now on use it. Written here
+    only: by the environment's own deployment, once its lint passed, while it holds the environment's lock."""
+    assert ctx.compose is not None and ctx.compose.override is not None
+    ctx.check_lock("writing its proxy override")
+    if ctx.compose.write_override(override):
+        ctx.log(f"proxy override written: {ctx.compose.override}")
 
 
 def _place_env_files(ctx: DeploymentContext, worktree: Path) -> list[Path]:

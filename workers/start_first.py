@@ -15,7 +15,8 @@ worker that dies half-way leaves at most two sets of healthy containers in the p
 start-first deploy reconciles what it finds (reconcile()).
 
 The proxy is driven through docker_runtime/haproxy.py (its runtime API) and docker_runtime/proxy.py (its
-haproxy.cfg); the compose calls are rollout.py's.
+haproxy.cfg); the compose calls are rollout.py's. The runtime directory (haproxy.cfg, the admin socket's
+directory) is written here only, by the environment's own deployment (its compose override: checkout.py).
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config import defaults
 from deploy_config.errors import DeployError
-from deploy_config.proxy import BACKEND, CONFIG_NAME, socket_path
+from deploy_config.proxy import BACKEND, CONFIG_NAME, config_dir, socket_path
 from deploy_state import Status
 from deploy_text.formatting import short_sha
 from docker_runtime.containers import project_containers
 from docker_runtime.haproxy import HAProxy, ProxyError, Server
-from docker_runtime.proxy import private_dir, release_port, render_haproxy_config, write_private
+from docker_runtime.proxy import (
+    prepare_runtime_dir,
+    release_port,
+    remove_old_layout,
+    render_haproxy_config,
+    write_haproxy_config,
+)
 from workers.errors import HealthCheckFailed, RolloutFailed
 
 from .context import DeploymentContext
@@ -125,10 +132,9 @@ def start_release(ctx: DeploymentContext) -> Release:
 def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
     """`up -d --no-deps proxy` (Compose recreates it only when its image or settings changed); its API answers."""
     assert ctx.resolved is not None and ctx.project.runtime_dir is not None
-    runtime = private_dir(ctx.project.runtime_dir)
-    config = runtime / CONFIG_NAME
-    if not config.exists():
-        write_private(config, render_haproxy_config(ctx.env, release_port(ctx.env, ctx.resolved), []))
+    runtime = prepare_runtime_dir(ctx.project.runtime_dir)
+    if not (config_dir(runtime) / CONFIG_NAME).exists():
+        write_haproxy_config(runtime, render_haproxy_config(ctx.env, release_port(ctx.env, ctx.resolved), []))
     services = [defaults.PROXY_SERVICE]
     if not _proxy_containers(ctx) and any(_publishes(c) for c in _service_containers(ctx)):
         # Switching from recreate: the running container still holds the host port the proxy takes over.
@@ -145,6 +151,7 @@ def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
             f"the proxy of {ctx.env.name} did not answer on {proxy.socket_path} within {PROXY_START_TIMEOUT:g}s "
             f"(docker compose logs proxy; environments.{ctx.env.name}.rollout.proxy_image)"
         )
+    remove_old_layout(runtime)
     return proxy
 
 
@@ -395,7 +402,7 @@ def _delete(ctx: DeploymentContext, proxy: HAProxy, name: str) -> None:
 def _write_config(ctx: DeploymentContext, release: Release, servers: list[str]) -> None:
     """haproxy.cfg names the servers that serve now, so that a restarted proxy serves them again."""
     assert ctx.project.runtime_dir is not None
-    write_private(ctx.project.runtime_dir / CONFIG_NAME, render_haproxy_config(ctx.env, release.port, servers))
+    write_haproxy_config(ctx.project.runtime_dir, render_haproxy_config(ctx.env, release.port, servers))
 
 
 def _answers_through_proxy(ctx: DeploymentContext, sha: str) -> None:
