@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 import git
 
 from deploy_config.errors import DeployError
-from deploy_config.isolation import compose_reads_outside
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import display_url
 from docker_runtime.compose import ComposeProject
@@ -24,7 +23,7 @@ from docker_runtime.projectdir import clean_excludes, env_file_paths, kept_paths
 from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
-from .isolation import lint_checkout
+from .isolation import lint_checkout, lint_reads
 from .push_order import check_push_order
 
 
@@ -44,9 +43,7 @@ def checkout(ctx: DeploymentContext) -> Path:
     if not ctx.deployment.message:
         # Masked like every other trigger's message: a pusher may paste an env-file secret into a commit.
         ctx.save(message=ctx.redact(str(commit.message).strip()))
-    outside = compose_reads_outside(ctx.config, ctx.env, ctx.compose.file)
-    if outside:  # before Compose resolves the file, which reads every env file it names, wherever it is
-        raise CheckoutFailed(f"the compose file at {short_sha(sha)} reads outside its project: {'; '.join(outside)}")
+    lint_reads(ctx, ctx.compose.file)
     env_files = _place_env_files(ctx, worktree)
     try:
         ctx.resolved, override = ctx.compose.resolve_release(ctx.redact)
