@@ -281,6 +281,27 @@ class DeploymentStore:
         """Log entries after `since` (an entry id), oldest first: {id, t, line}."""
         start = f"({since}" if since else "-"
         entries: Any = self.conn.xrange(keys.log(deployment_id), min=start, max="+", count=count)
+        return self._shown(deployment_id, entries)
+
+    def read_log_before(self, deployment_id: str, before: str | None, count: int) -> list[dict[str, str]]:
+        """The `count` log entries just before `before` (an entry id; None: the log's end), oldest first: {id, t, line}.
+
+        Read newest first (XREVRANGE), so a page showing a log's tail never reads its head.
+        """
+        end = f"({before}" if before else "+"
+        entries: Any = self.conn.xrevrange(keys.log(deployment_id), max=end, min="-", count=count)
+        return self._shown(deployment_id, list(reversed(entries)))
+
+    def log_lines(self, deployment_id: str) -> int:
+        """How many lines the log shows: its entries, less the marker until lines were dropped at it."""
+        with self.conn.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.log(deployment_id))
+            pipe.hmget(keys.deployment(deployment_id), ["log_marker", "log_dropped"])
+            length, (marker, dropped) = pipe.execute()
+        return int(length) - (1 if marker is not None and not int(dropped or 0) else 0)
+
+    def _shown(self, deployment_id: str, entries: Iterable[tuple[Any, Mapping[Any, Any]]]) -> list[dict[str, str]]:
+        """Stream entries as the log shows them (logcap.marker_line): {id, t, line}."""
         read = []
         for entry_id, raw in entries:
             fields = _decode(raw)

@@ -271,16 +271,25 @@ def get_deployment(deployment_id: str) -> Reply:
 @bp.get("/deployments/<deployment_id>/log")
 @read_access
 def deployment_log(deployment_id: str) -> Reply:
-    """Log entries after `since` (an entry id), oldest first, at most LOG_BATCH; the status page's polling fallback."""
+    """Log entries after `since` (an entry id), oldest first, at most LOG_BATCH: the status page's polling fallback;
+    or the batch just before `before`, oldest first, with `more`: the page's "show earlier lines"."""
     deployment = store().get(deployment_id)
     if deployment is None:
         return error(404, f"no deployment {deployment_id}")
-    since = request.args.get("since") or None
-    if since is not None and not livelog.ENTRY_ID.fullmatch(since):
-        return error(400, "'since' must be a log entry id such as 1700000000000-0 (an 'id' this endpoint returned)")
+    since, before = request.args.get("since") or None, request.args.get("before") or None
+    if since is not None and before is not None:
+        return error(400, "give 'since' (the entries after it) or 'before' (the batch before it), not both")
+    for name, value in (("since", since), ("before", before)):
+        if value is not None and not livelog.ENTRY_ID.fullmatch(value):
+            example = "1700000000000-0 (an 'id' this endpoint returned)"
+            return error(400, f"'{name}' must be a log entry id such as {example}")
+    redact = livelog.page_redactor(deploy_config())
     # The status is read before the log: when it is final, the entries read after it are the last ones.
-    entries = livelog.read_entries(store(), deployment.id, since, livelog.page_redactor(deploy_config()))
-    return {"entries": entries, "status": deployment.status, "final": deployment.is_final}, 200
+    status = {"status": deployment.status, "final": deployment.is_final}
+    if before is not None:
+        earlier = livelog.read_before(store(), deployment.id, before, redact)
+        return {"entries": earlier.entries, **status, "more": earlier.more}, 200
+    return {"entries": livelog.read_entries(store(), deployment.id, since, redact), **status}, 200
 
 
 @bp.get("/audit")

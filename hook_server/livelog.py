@@ -7,6 +7,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from deploy_config import DeployConfig
@@ -15,6 +16,13 @@ from deploy_text.redaction import Redactor, config_redactor
 
 LOG_BATCH = 1000
 """Log entries read (and sent) at a time; a reply with this many means more may follow."""
+
+PAGE_LINES = 500
+"""Log entries the deployment page shows at first (the log's newest), and adds with each "show earlier lines"."""
+
+PAGE_BYTES = 256 * 1024
+"""Bytes of log lines sent at a time the same way, whatever PAGE_LINES allows: a log of long lines shows
+fewer of them, so the page's first response stays small however its log spends status_page.log_max_bytes."""
 
 ENTRY_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 """A Redis stream entry id, as `since` and Last-Event-ID carry it."""
@@ -47,18 +55,47 @@ def page_redactor(config: DeployConfig) -> Redact:
 
 def read_entries(store: DeploymentStore, deployment_id: str, since: str | None, redact: Redact) -> list[dict[str, str]]:
     """Up to LOG_BATCH entries after `since`, oldest first: {id, t, line}, the line redacted."""
-    entries = store.read_log(deployment_id, since=since, count=LOG_BATCH)
-    return [{"id": e["id"], "t": e.get("t", ""), "line": redact(e.get("line", ""))} for e in entries]
+    return [_redacted(e, redact) for e in store.read_log(deployment_id, since=since, count=LOG_BATCH)]
 
 
-def read_all(store: DeploymentStore, deployment_id: str, redact: Redact) -> list[dict[str, str]]:
-    """The whole log so far, batch by batch."""
-    entries: list[dict[str, str]] = []
-    while True:
-        batch = read_entries(store, deployment_id, entries[-1]["id"] if entries else None, redact)
-        entries.extend(batch)
-        if len(batch) < LOG_BATCH:
-            return entries
+@dataclass(frozen=True)
+class Window:
+    """A run of a log's entries, oldest first, as the page shows it; `more`: the log holds earlier ones."""
+
+    entries: list[dict[str, str]]
+    more: bool
+
+
+def read_before(store: DeploymentStore, deployment_id: str, before: str | None, redact: Redact) -> Window:
+    """The entries just before `before` (an entry id; None: the log's newest), at most PAGE_LINES and PAGE_BYTES."""
+    read = store.read_log_before(deployment_id, before, PAGE_LINES)
+    entries = _newest_within([_redacted(e, redact) for e in read], PAGE_BYTES)
+    return Window(entries, more=bool(entries) and entries[0]["id"] != _first_id(store, deployment_id))
+
+
+def _redacted(entry: dict[str, str], redact: Redact) -> dict[str, str]:
+    return {"id": entry["id"], "t": entry.get("t", ""), "line": redact(entry.get("line", ""))}
+
+
+def _newest_within(entries: list[dict[str, str]], budget: int) -> list[dict[str, str]]:
+    """The newest of entries whose lines fit in budget bytes (the newest one always: a line is cut well under it)."""
+    size = 0
+    for index in reversed(range(len(entries))):
+        size += len(entries[index]["line"].encode())
+        if size > budget:
+            return entries[min(index + 1, len(entries) - 1) :]
+    return entries
+
+
+def _first_id(store: DeploymentStore, deployment_id: str) -> str | None:
+    # Two entries: the first may be the dropped-lines marker (a head of one huge line), no line until lines are dropped.
+    first = store.read_log(deployment_id, count=2)
+    return first[0]["id"] if first else None
+
+
+def earlier_lines(store: DeploymentStore, deployment_id: str, shown: int) -> int:
+    """How many lines the log holds before its `shown` newest, for the page's "show earlier lines (N more)"."""
+    return max(store.log_lines(deployment_id) - shown, 0)
 
 
 def state(deployment: Deployment, redact: Redact) -> dict[str, Any]:

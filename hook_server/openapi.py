@@ -15,6 +15,7 @@ from flask import Blueprint
 from deploy_state import Status, StepStatus, Trigger
 from deploy_state.queued import SHOWN_QUEUED
 
+from .livelog import LOG_BATCH, PAGE_BYTES, PAGE_LINES
 from .responses import Reply
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
@@ -189,7 +190,9 @@ SCHEMAS: dict[str, Schema] = {
             "entries": {"type": "array", "items": _ref("LogEntry")},
             "status": _ref("Status"),
             "final": {"type": "boolean", "description": "no entry will follow the ones read after this status"},
-        }
+            "more": {"type": "boolean", "description": "with `before` only: the log holds entries before these"},
+        },
+        required=("entries", "status", "final"),
     ),
     "DeployRequest": _object(
         {
@@ -394,11 +397,19 @@ PATHS: dict[str, Schema] = {
         "get": {
             "operationId": "getDeploymentLog",
             "tags": ["read"],
-            "summary": "Log entries after `since`, oldest first, in batches",
-            "parameters": [_DEPLOYMENT_ID, _query("since", "an entry id this endpoint returned")],
+            "summary": "Log entries after `since`, oldest first, in batches; or the batch before `before`",
+            "parameters": [
+                _DEPLOYMENT_ID,
+                _query("since", f"an entry id this endpoint returned: the entries after it (at most {LOG_BATCH})"),
+                _query(
+                    "before",
+                    "an entry id this endpoint returned: the entries just before it, oldest first (at most "
+                    f"{PAGE_LINES}, {PAGE_BYTES // 1024} KiB of lines), and `more`; the status page's earlier lines",
+                ),
+            ],
             "responses": {
                 "200": _json(_ref("LogPage"), "the entries, and the deployment's status when they were read"),
-                "400": _error("'since' is not a log entry id"),
+                "400": _error("'since' or 'before' is not a log entry id, or both are given"),
                 "401": _READ_LOGIN,
                 "404": _error("no such deployment"),
                 "503": _UNAVAILABLE,

@@ -168,12 +168,13 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
     found = current.get(deployment_id) if deployment_id.isdigit() else None
     if found is None:
         return page_error(404, f"There is no deployment {deployment_id}.")
-    entries = [] if found.log_trimmed else livelog.read_all(current, found.id, redact)
+    log = livelog.Window([], more=False) if found.log_trimmed else livelog.read_before(current, found.id, None, redact)
     deployed = current.last_succeeded(found.environment)
     context: dict[str, Any] = {
         "d": found,
-        "entries": entries,
-        "last_entry_id": entries[-1]["id"] if entries else "",
+        "entries": log.entries,
+        "earlier": _earlier_lines(current, found.id, log),
+        "last_entry_id": log.entries[-1]["id"] if log.entries else "",
         "retention": deploy_config().status_page.log_retention,
         "is_current": deployed is not None and deployed.id == found.id,
         "promote_to": [e.name for e in deploy_config().environments.values() if e.promote_from == found.environment],
@@ -182,6 +183,14 @@ def deployment(deployment_id: str) -> ResponseReturnValue:
         "active": "history",
     }
     return render_template("deployment.html", **context)
+
+
+def _earlier_lines(current: DeploymentStore, deployment_id: str, log: livelog.Window) -> int:
+    """The count "show earlier lines (N more)" gives: 0 for none, at least 1 while `more`."""
+    if not log.more:
+        return 0
+    # A running deployment's log moves between the reads (lines dropped past the cap): never say "0 more".
+    return max(livelog.earlier_lines(current, deployment_id, len(log.entries)), 1)
 
 
 @bp.get("/deployments/<deployment_id>/events")

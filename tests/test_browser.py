@@ -27,6 +27,7 @@ from werkzeug.serving import make_server
 
 from deploy_config import DeployConfig
 from deploy_state import DeploymentStore, Status
+from hook_server import livelog
 from workers.jobs import run_deployment
 
 if TYPE_CHECKING:  # imported in the fixture at run time, so that a missing package skips with its reason
@@ -289,6 +290,43 @@ def test_log_follows_by_polling_without_server_sent_events(
         assert same_document(page)
         assert log_ids(page) == [entry["id"] for entry in store.read_log(deployment.id)]
         page.wait_for_function(STEPS_DONE.replace("LAST", testjobs.STEPS[-1]), timeout=15_000)
+
+
+FROM_BOTTOM = "() => { const log = document.getElementById('log'); return log.scrollHeight - log.scrollTop; }"
+"""How far the log box's view is from its end: prepending earlier lines must not move what is in view."""
+
+
+def test_show_earlier_lines_prepends_the_batch_before_and_the_live_tail_still_appends(
+    app: Flask, chromium: Browser, redis_conn: redis.Redis
+) -> None:
+    store = DeploymentStore(redis_conn)
+    deployment = testbed.admitted(store, "staging", random_sha(), message="a long build")
+    deployment = store.set_status(deployment, Status.RUNNING)
+    ids = [store.append_log(deployment.id, f"line {n:04d}") for n in range(1200)]
+    with serve(app) as base, browser_page(chromium) as page:
+        page.goto(f"{base}/deployments/{deployment.id}")
+        mark_document(page)
+        assert log_ids(page) == ids[-livelog.PAGE_LINES :]  # the tail, rendered by the server
+        assert page.inner_text("#log-earlier") == "show earlier lines (700 more)"
+
+        from_bottom = page.evaluate(FROM_BOTTOM)
+        page.click("#log-earlier-link")
+        page.wait_for_function("() => document.querySelectorAll('#log .line').length === 1000")
+        assert log_ids(page) == ids[200:]
+        assert page.inner_text("#log-earlier") == "show earlier lines (200 more)"
+        assert abs(page.evaluate(FROM_BOTTOM) - from_bottom) <= 1, "the lines in view moved"
+        page.click("#log-earlier-link")
+        page.wait_for_selector("#log-earlier", state="detached")
+        assert log_ids(page) == ids
+        assert page.inner_text("#log .line:first-child").strip().endswith("line 0000")
+
+        # The live stream follows on from the last line the page first showed.
+        newer = [store.append_log(deployment.id, f"line {n}") for n in (1200, 1201)]
+        page.wait_for_function("() => document.querySelectorAll('#log .line').length === 1202", timeout=15_000)
+        store.set_status(store.require(deployment.id), Status.SUCCEEDED)
+        page.wait_for_function(FINAL, timeout=15_000)
+        assert log_ids(page) == ids + newer and same_document(page)
+        page.screenshot(path=ARTIFACTS / "deployment-earlier-lines.png")
 
 
 def random_sha() -> str:

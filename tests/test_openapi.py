@@ -318,6 +318,19 @@ def _cases() -> list[Case]:
             "bad since",
             lambda w: w.call("GET", f"/api/deployments/{w.ids['first']}/log?since=yesterday"),
         ),
+        case("GET /api/deployments/{deployment_id}/log", 200, "before", _log_before),
+        case(
+            "GET /api/deployments/{deployment_id}/log",
+            400,
+            "bad before",
+            lambda w: w.call("GET", f"/api/deployments/{w.ids['first']}/log?before=yesterday"),
+        ),
+        case(
+            "GET /api/deployments/{deployment_id}/log",
+            400,
+            "since and before",
+            lambda w: w.call("GET", f"/api/deployments/{w.ids['first']}/log?since=1-0&before=2-0"),
+        ),
         case(
             "GET /api/deployments/{deployment_id}/log",
             404,
@@ -561,6 +574,15 @@ def _log_since(world: World) -> TestResponse:
     first = world.client.get(f"/api/deployments/{world.ids['first']}/log").get_json()
     since = first["entries"][0]["id"]
     return world.call("GET", f"/api/deployments/{world.ids['first']}/log?since={since}")
+
+
+def _log_before(world: World) -> TestResponse:
+    """The batch before the log's last entry: the status page's "show earlier lines"."""
+    whole = world.client.get(f"/api/deployments/{world.ids['first']}/log").get_json()
+    before = whole["entries"][-1]["id"]
+    response = world.call("GET", f"/api/deployments/{world.ids['first']}/log?before={before}")
+    assert response.get_json()["entries"] == whole["entries"][:-1] and response.get_json()["more"] is False
+    return response
 
 
 def _without_api_token(world: World) -> TestResponse:

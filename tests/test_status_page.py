@@ -22,12 +22,13 @@ import testbed
 import testjobs
 from flask import Flask
 from flask.testing import FlaskClient
+from reliability.common import record_security
 from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig
 from deploy_config.schema import StatusPageConfig
-from deploy_state import Deployment, DeploymentStore, Status, keys
-from hook_server import create_app
+from deploy_state import Deployment, DeploymentStore, Status, keys, logcap
+from hook_server import create_app, livelog
 from workers.jobs import run_deployment
 
 LOGIN_ENV = "DEPLOYHOOK_STATUS_TOKEN"
@@ -467,6 +468,98 @@ def test_polling_endpoint_returns_entries_after_since(client: FlaskClient, store
     assert bad.status_code == 400 and "'since' must be a log entry id" in bad.get_json()["error"]
     missing = client.get("/api/deployments/999/log")
     assert missing.status_code == 404 and missing.get_json() == {"error": "no deployment 999"}
+
+
+def test_deployment_page_shows_the_logs_tail_and_the_api_pages_back_before_it(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    deployment = record(store, "staging", Status.RUNNING)
+    ids = with_log(store, deployment, *(f"line {n:04d}" for n in range(2000)))
+
+    html = page(client, f"/deployments/{deployment.id}")
+    shown = html.split('id="log"')[1].split("</pre>")[0]
+    assert shown.count('class="line"') == livelog.PAGE_LINES == 500
+    assert "line 1500" in shown and "line 1999" in shown and "line 1499" not in html
+    assert "show earlier lines (1500 more)" in html and f'data-before="{ids[1500]}"' in html
+    assert f'href="/api/deployments/{deployment.id}/log?before={ids[1500]}"' in html  # without the script: JSON
+    assert f'data-last-log-id="{ids[-1]}"' in html  # the live stream starts after the last line shown
+
+    def before(entry_id: str) -> dict[str, Any]:
+        reply = client.get(f"/api/deployments/{deployment.id}/log?before={entry_id}")
+        assert reply.status_code == 200, reply.get_json()
+        body: dict[str, Any] = reply.get_json()
+        return body
+
+    batch = before(ids[1500])
+    assert [e["id"] for e in batch["entries"]] == ids[1000:1500]  # the batch just before, oldest first
+    assert batch["entries"][0]["line"] == "line 1000" and batch["more"] is True and batch["status"] == "running"
+    first = before(ids[500])
+    assert [e["id"] for e in first["entries"]] == ids[:500] and first["more"] is False and first["final"] is False
+    assert before(ids[0])["entries"] == [] and before(ids[0])["more"] is False
+    for query, problem in [
+        ("before=yesterday", "'before' must be a log entry id"),
+        ("before=1-0-0", "'before' must be a log entry id"),
+        (f"before={ids[5]}&since={ids[1]}", "not both"),
+    ]:
+        bad = client.get(f"/api/deployments/{deployment.id}/log?{query}")
+        assert bad.status_code == 400 and problem in bad.get_json()["error"], query
+
+    # New lines stream live after the last line the page showed, as before.
+    newer = with_log(store, deployment, "line 2000")
+    store.set_status(deployment, Status.SUCCEEDED)
+    events = sse_events(stream(client, f"/deployments/{deployment.id}/events?since={ids[-1]}").text)
+    assert [e["id"] for e in events if e.get("event") == "log"] == newer
+    # Past its head (a fifth of 1,000 lines here) a log holds the dropped-lines marker: no line until lines drop.
+    capped = record(store, "staging")
+    for n in range(700):
+        store.append_log(capped.id, f"capped {n}", cap=logcap.split(1000, 1024 * 1024))
+    assert store.conn.xlen(keys.log(capped.id)) == 701 and len(store.read_log(capped.id)) == 700
+    assert "show earlier lines (200 more)" in page(client, f"/deployments/{capped.id}")
+    # A short log has no control.
+    short = record(store, "staging")
+    with_log(store, short, "only line")
+    assert "show earlier lines" not in page(client, f"/deployments/{short.id}")
+
+
+def test_a_maxed_out_log_of_long_lines_sends_its_tail_not_the_whole_log(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    """1 MiB of log in lines of 4,000 characters: the page sends a bounded tail; paging back gives the rest."""
+    deployment = record(store, "staging", Status.RUNNING)
+    for n in range(400):  # 1.6 MB: past the cap, so its middle is dropped
+        store.append_log(deployment.id, f"{n:04d} " + "x" * (logcap.MAX_LINE_CHARS - 5))
+    store.set_status(deployment, Status.FAILED, reason="a build that printed without end")
+    stored = store.read_log(deployment.id)
+    stored_bytes = sum(len(entry["line"].encode()) for entry in stored)
+    assert stored_bytes > 1_000_000 and any("lines dropped here" in entry["line"] for entry in stored)
+
+    response = client.get(f"/deployments/{deployment.id}")
+    html = html_of(response)
+    sent = len(response.get_data())
+    assert sent < livelog.PAGE_BYTES + 64 * 1024 and sent < stored_bytes / 3, sent
+    assert stored[-1]["line"] in html and stored[0]["line"] not in html
+    shown = html.split('id="log"')[1].split("</pre>")[0].count('class="line"')
+    assert f"show earlier lines ({len(stored) - shown} more)" in html
+
+    # "show earlier lines" until there are none: every entry once, in order, the marker as read_log renders it.
+    entries = store.read_log_before(deployment.id, None, shown)
+    more = True
+    while more:
+        reply = client.get(f"/api/deployments/{deployment.id}/log?before={entries[0]['id']}")
+        assert len(reply.get_data()) < livelog.PAGE_BYTES + 64 * 1024
+        body = reply.get_json()
+        entries, more = body["entries"] + entries, body["more"]
+    assert entries == stored
+
+    record_security(
+        "the log page sends the whole log",
+        f"a deployment's log maxed out at its cap ({stored_bytes:,} bytes in {len(stored)} lines of 4,000 characters, "
+        f"the middle dropped): GET of its page answers {sent:,} bytes, its tail only, with 'show earlier lines "
+        f"({len(stored) - shown} more)'; each GET /api/deployments/<id>/log?before= answers at most "
+        f"{livelog.PAGE_LINES} lines and {livelog.PAGE_BYTES // 1024} KiB of them, and paging back gives every line "
+        "once, in order, the dropped-lines marker included",
+        "tests/test_status_page.py::test_a_maxed_out_log_of_long_lines_sends_its_tail_not_the_whole_log",
+    )
 
 
 # --- the login token ---------------------------------------------------------------------------------------

@@ -28,22 +28,65 @@
     return ms !== 0 ? ms > 0 : Number(a[1]) > Number(b[1]);
   }
 
-  function append(id, t, line) {
-    if (!logBox || !newer(id, lastId)) return; // a reconnect may send a line twice
-    var following = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 48;
-    var row = document.createElement("span");
-    row.className = "line";
-    row.dataset.id = id;
+  function row(id, t, line) {
+    var shown = document.createElement("span");
+    shown.className = "line";
+    shown.dataset.id = id;
     var stamp = document.createElement("span");
     stamp.className = "t";
     stamp.textContent = clock(t);
-    row.appendChild(stamp);
-    row.appendChild(document.createTextNode(line + "\n"));
-    logBox.appendChild(row);
+    shown.appendChild(stamp);
+    shown.appendChild(document.createTextNode(line + "\n"));
+    return shown;
+  }
+
+  function append(id, t, line) {
+    if (!logBox || !newer(id, lastId)) return; // a reconnect may send a line twice
+    var following = logBox.scrollHeight - logBox.scrollTop - logBox.clientHeight < 48;
+    logBox.appendChild(row(id, t, line));
     lastId = id;
     if (logEmpty) logEmpty.hidden = true;
     if (following) logBox.scrollTop = logBox.scrollHeight;
   }
+
+  // --- earlier lines: the page shows the log's tail; "show earlier lines" prepends the batch before it ------
+
+  var earlier = document.getElementById("log-earlier-link");
+
+  function prepend(entries) {
+    var first = logBox.querySelector(".line");
+    var rows = document.createDocumentFragment();
+    entries.forEach(function (entry) {
+      if (!first || newer(first.dataset.id, entry.id)) rows.appendChild(row(entry.id, entry.t, entry.line));
+    });
+    var height = logBox.scrollHeight;
+    logBox.insertBefore(rows, first);
+    logBox.scrollTop += logBox.scrollHeight - height; // the lines in view stay where they were
+  }
+
+  function showEarlier(event) {
+    event.preventDefault();
+    if (earlier.getAttribute("aria-busy") === "true") return;
+    earlier.setAttribute("aria-busy", "true");
+    fetch(root.dataset.logUrl + "?before=" + encodeURIComponent(earlier.dataset.before), { credentials: "same-origin" })
+      .then(function (response) { return response.ok ? response.json() : Promise.reject(response.status); })
+      .then(function (body) {
+        prepend(body.entries);
+        if (!body.more || !body.entries.length) { earlier.parentNode.remove(); return; }
+        // The count is the page's, less what came: a running log may drop lines meanwhile, so never below 1.
+        var left = Math.max(Number(earlier.dataset.count) - body.entries.length, 1);
+        earlier.dataset.count = String(left);
+        earlier.dataset.before = body.entries[0].id;
+        earlier.href = root.dataset.logUrl + "?before=" + encodeURIComponent(body.entries[0].id);
+        earlier.textContent = "show earlier lines (" + left + " more)";
+      })
+      .catch(function () {
+        earlier.textContent = "show earlier lines (" + earlier.dataset.count + " more): that failed, try again";
+      })
+      .then(function () { earlier.removeAttribute("aria-busy"); });
+  }
+
+  if (earlier && logBox) earlier.addEventListener("click", showEarlier);
 
   // --- status and steps: the server renders them; swap in its fresh sections -------------------
 
