@@ -166,6 +166,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         items[:] = spread_heavy_first(items, workers, lambda item: item.get_closest_marker("docker") is not None)
 
 
+LONGEST = (
+    "tests/test_real_app.py::",
+    "tests/test_story.py::test_the_newcomers_story",
+    "tests/test_start_first.py::test_worker_killed_mid_switch",
+    "tests/test_pipeline.py::test_cleanup_keeps_the_last_releases",
+    "tests/reliability/test_security_proxy.py::",
+    "tests/test_cli.py::test_backups_restore_round_trip",
+    "tests/reliability/test_redis_restart.py::",
+    "tests/reliability/test_worker_faults.py::",
+    "tests/test_start_first.py::",
+    "tests/reliability/test_security_worker.py::test_the_live_verify",
+)
+"""Tests that take 30 s to 100 s, longest first (`make test PYTEST_ARGS=--durations=30` lists them): they
+start first, so that no worker begins one in the last minute while the others have nothing left."""
+
+
+def _longest_first(item: pytest.Item) -> int:
+    return next((rank for rank, prefix in enumerate(LONGEST) if item.nodeid.startswith(prefix)), len(LONGEST))
+
+
 def spread_heavy_first(
     items: list[pytest.Item], workers: int, heavy: Callable[[pytest.Item], bool]
 ) -> list[pytest.Item]:
@@ -174,6 +194,7 @@ def spread_heavy_first(
     With each share starting with its part of the slow (Docker-backed) tests, the last minutes run the quick
     ones, instead of one worker finishing a run of slow tests alone while the others wait."""
     slow, quick = [item for item in items if heavy(item)], [item for item in items if not heavy(item)]
+    slow.sort(key=_longest_first)  # stable: the rest keep the collection's order
     ordered: list[pytest.Item] = []
     remaining = len(items)
     for index in range(workers):
@@ -220,3 +241,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     for tally in _HOSTILE_BY_WORKER:
         add_tallies(total, json.loads(tally))
     record_hostile(total)
+
+
+@pytest.fixture(scope="session")
+def remote_engine(
+    docker_client: docker.DockerClient, postgres_image: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A second Docker engine standing in for another machine, reached as ssh://root@<address>
+    (tests/remote_bed.py's RemoteEngine): this process's temporary directories, state_dirs included, look
+    empty there; the PostgreSQL and HAProxy images are loaded, as a registry would provide them."""
+    import remote_bed
+
+    reason = remote_bed.unavailable_reason()
+    if reason:
+        testbed.unavailable(reason)
+    images = [postgres_image, testbed.ensure_haproxy_image()]
+    with remote_bed.RemoteEngine(hide=[tmp_path_factory.getbasetemp()], images=images) as engine:
+        yield engine
