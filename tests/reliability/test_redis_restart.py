@@ -118,13 +118,7 @@ def test_redis_restarted_mid_deployment_pauses_it(
         assert done.status == Status.SUCCEEDED, f"{done.reason}\n{worker.output()[-4000:]}"
         assert bed.health("staging")["version"] == sha
         testbed.wait_for(lambda: lock_holder(bed) is None, timeout=10, what="the lock's release")
-        assert worker.proc.poll() is None, f"the worker died:\n{worker.output()[-4000:]}"
-        # The same worker, still connected, deploys the next push.
-        nxt = bed.commit(release_files(), "after the restart")
-        bed.push("staging", nxt)
-        next_id = bed.deliver("staging", nxt)
-        testbed.wait_for(lambda: bed.store.require(next_id).is_final, timeout=90, what="the next push's deployment")
-        assert_succeeded(bed, next_id)
+        nxt = _the_same_worker_deploys_the_next_push(bed, worker, "after the restart")  # still connected
         os.kill(worker.pid, signal.SIGTERM)
         assert worker.wait() == 0
     finally:
@@ -159,12 +153,7 @@ def test_redis_down_longer_than_the_lease_mid_deployment(
         assert stopped.reason.startswith("the lock on staging expired"), stopped.reason
         assert "rollout" not in step_statuses(stopped)
         assert bed.health("staging")["version"] == serving != sha
-        assert worker.proc.poll() is None, f"the worker died:\n{worker.output()[-4000:]}"
-        nxt = bed.commit(release_files(), "after the outage")
-        bed.push("staging", nxt)
-        next_id = bed.deliver("staging", nxt)
-        testbed.wait_for(lambda: bed.store.require(next_id).is_final, timeout=90, what="the next push's deployment")
-        assert_succeeded(bed, next_id)
+        _the_same_worker_deploys_the_next_push(bed, worker, "after the outage")
     finally:
         worker.stop()
     assert_ran_once(bed, deployment_id)
@@ -197,12 +186,7 @@ def test_redis_down_longer_than_the_retries_mid_deployment(
         assert failed.reason.startswith("Redis stayed unreachable during build longer than its retries"), failed.reason
         assert bed.health("staging")["version"] == serving != sha
         testbed.wait_for(lambda: lock_holder(bed) is None, timeout=10, what="the lock's release")
-        assert worker.proc.poll() is None, f"the worker died:\n{worker.output()[-4000:]}"
-        nxt = bed.commit(release_files(), "after the outage")
-        bed.push("staging", nxt)
-        next_id = bed.deliver("staging", nxt)
-        testbed.wait_for(lambda: bed.store.require(next_id).is_final, timeout=90, what="the next push's deployment")
-        assert_succeeded(bed, next_id)
+        _the_same_worker_deploys_the_next_push(bed, worker, "after the outage")
     finally:
         worker.stop()
     assert_ran_once(bed, deployment_id)
@@ -227,6 +211,17 @@ def _mid_build(
         worker.stop()
         raise
     return deployment_id, bed.store.require(deployment_id).sha, worker, snapshot(bed.conn)
+
+
+def _the_same_worker_deploys_the_next_push(bed: Bed, worker: WorkerProcess, message: str) -> str:
+    """The worker is still up, and deploys a further push; returns its sha."""
+    assert worker.proc.poll() is None, f"the worker died:\n{worker.output()[-4000:]}"
+    nxt = bed.commit(release_files(), message)
+    bed.push("staging", nxt)
+    next_id = bed.deliver("staging", nxt)
+    testbed.wait_for(lambda: bed.store.require(next_id).is_final, timeout=90, what="the next push's deployment")
+    assert_succeeded(bed, next_id)
+    return nxt
 
 
 def _sleep_began(bed: Bed, deployment_id: str) -> float:
