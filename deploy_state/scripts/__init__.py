@@ -22,7 +22,7 @@ from redis.client import Pipeline
 from redis.commands.core import Script as RedisPyScript
 
 REGISTRY: dict[str, Script] = {}
-"""Every script by name: what the tests and `deployhook` debugging list."""
+"""Every script by name (tests/redis_scripts/test_registry.py checks each has its test module)."""
 
 
 @dataclass(frozen=True)
