@@ -24,7 +24,7 @@ from workers.errors import CheckoutFailed
 
 from .context import DeploymentContext
 from .isolation import lint_checkout, lint_reads
-from .push_order import check_push_order
+from .push_order import check_push_order, is_ancestor
 
 
 def checkout(ctx: DeploymentContext) -> Path:
@@ -153,20 +153,12 @@ def _require_on_branch(mirror: git.Repo, sha: str, branch: str, promoted_branch:
             f"commit {short_sha(sha)} does not exist in the repository (force-pushed away, or a forged payload)"
         ) from None
     for allowed in (branch, promoted_branch):
-        if allowed and _is_ancestor(mirror, sha, allowed):
+        if allowed and is_ancestor(mirror, sha, f"refs/heads/{allowed}"):
             return
     where = f"branch {branch}" + (f" nor on {promoted_branch}, which it is promoted from" if promoted_branch else "")
     raise CheckoutFailed(
         f"commit {short_sha(sha)} is not on {where} (force-pushed away, or a forged payload); refusing it"
     )
-
-
-def _is_ancestor(mirror: git.Repo, sha: str, branch: str) -> bool:
-    try:
-        mirror.git.merge_base("--is-ancestor", sha, f"refs/heads/{branch}")
-    except git.GitCommandError:
-        return False
-    return True
 
 
 def _checked_out(ctx: DeploymentContext, mirror: git.Repo, worktree: Path, sha: str) -> Path:

@@ -31,7 +31,7 @@ def check_push_order(ctx: DeploymentContext, mirror: git.Repo) -> None:
         return
     env, sha = ctx.env.name, ctx.deployment.sha
     newest = ctx.store.accepted_push(env)
-    if newest and newest != sha and _is_ancestor(mirror, sha, newest):
+    if newest and newest != sha and is_ancestor(mirror, sha, newest):
         raise OlderPush(
             f"the push of {short_sha(sha)} comes before {short_sha(newest)}, already pushed to {ctx.env.branch} "
             f"(a replayed delivery, or the branch was rewound); nothing was deployed. If you rewound it on purpose, "
@@ -41,8 +41,9 @@ def check_push_order(ctx: DeploymentContext, mirror: git.Repo) -> None:
     ctx.store.accept_push(env, sha)
 
 
-def _is_ancestor(mirror: git.Repo, sha: str, descendant: str) -> bool:
-    """Whether sha comes before descendant; False when either is unknown here (the newest was force-pushed away)."""
+def is_ancestor(mirror: git.Repo, sha: str, descendant: str) -> bool:
+    """Whether sha is descendant (a commit or a ref) or comes before it; False when either is unknown here
+    (force-pushed away)."""
     try:
         mirror.git.merge_base("--is-ancestor", sha, descendant)
     except git.GitCommandError:
