@@ -16,7 +16,7 @@ import click
 from deploy_config import DeployError, EnvironmentConfig, defaults, load_config
 from deploy_state import Deployment, DeploymentStore, Status, queue_name
 from deploy_state.queue_workers import worker_alive
-from deploy_state.queued import QueuedView, queued_view
+from deploy_state.queued import QueuedView
 from deploy_text.formatting import short_sha
 from deploy_text.terminal import terminal_text
 from docker_runtime.health import probe_health
@@ -68,7 +68,7 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
 
 def no_worker_note(store: DeploymentStore, env: str) -> str:
     """A line saying the environment's queued deployments wait for a worker, or '' when one serves them."""
-    queued = queued_view(store.conn, env, limit=1).total
+    queued = store.queued(env, limit=1).total
     if not queued or worker_alive(store.conn, env):
         return ""
     return (
@@ -82,7 +82,7 @@ def environment_table(store: DeploymentStore, envs: list[EnvironmentConfig], hea
     for env in envs:
         last = store.last_succeeded(env.name)
         deployed = f"{short_sha(last.sha)} (#{last.id})" if last else "-"
-        queued = queued_cell(queued_view(store.conn, env.name, limit=QUEUED_SHOWN))
+        queued = queued_cell(store.queued(env.name, limit=QUEUED_SHOWN))
         rows.append([
             env.name, deployed, health[env.name], store.running(env.name) or "-",
             queued, "yes" if store.degraded(env.name) else "no",

@@ -17,6 +17,7 @@ from deploy_config.defaults import DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_LINES,
 from . import keys, listing, logcap, outbox, stats
 from .indexes import status_indexes
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus
+from .queued import SHOWN_QUEUED, QueuedView
 from .replies import text
 from .scripts.lease import release_if_held
 from .scripts.trim_logs import trim_final_logs
@@ -155,9 +156,16 @@ class DeploymentStore:
         value = self.conn.get(keys.running(env))
         return None if value is None else text(value)
 
-    def queued_ids(self, env: str) -> list[str]:
-        """Queued deployments of env, oldest first."""
-        return [text(value) for value in self.conn.zrange(keys.queued(env), 0, -1)]
+    def queued(self, env: str, limit: int = SHOWN_QUEUED) -> QueuedView:
+        """The first `limit` (at least 1) queued deployments of env, next to run first, and how many wait in all:
+        one round trip, bounded however long the queue (anyone who can push can lengthen it)."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}: ZRANGE 0 -1 would read the whole queue")
+        with self.conn.pipeline(transaction=True) as pipe:
+            pipe.zrange(keys.queued(env), 0, limit - 1)
+            pipe.zcard(keys.queued(env))
+            ids, total = pipe.execute()
+        return QueuedView([text(value) for value in ids], int(total))
 
     def newest_queued(self, env: str) -> str | None:
         newest = self.conn.zrevrange(keys.queued(env), 0, 0)

@@ -15,7 +15,6 @@ from flask import Blueprint, g, request
 from deploy_config import DeployError
 from deploy_state import Deployment, Status, StatusConflict, Trigger
 from deploy_state.admission import DeployRequest
-from deploy_state.queued import queued_view
 from deploy_text.formatting import short_sha
 from docker_runtime.gitrefs import resolve_ref
 
@@ -314,7 +313,7 @@ def environments() -> Reply:
     body = []
     for env in deploy_config().environments.values():
         last = current.last_succeeded(env.name)
-        queued = queued_view(current.conn, env.name)
+        queued = current.queued(env.name)
         body.append(
             {
                 "name": env.name,

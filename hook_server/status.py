@@ -16,7 +16,7 @@ from redis import RedisError
 
 from deploy_state import Deployment, DeploymentStore, Status, Step, StepStatus
 from deploy_state.queue_workers import worker_alive
-from deploy_state.queued import QueuedView, queued_view
+from deploy_state.queued import QueuedView
 from deploy_text import formatting
 
 from . import livelog, overview, pagetext, readiness, statusauth, streamslots
@@ -116,7 +116,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     newest_failure = max(failures, key=lambda d: int(d.id), default=None)
     if newest_failure is not None and deployed is not None and int(newest_failure.id) < int(deployed.id):
         newest_failure = None
-    queued = queued_view(current.conn, env)
+    queued = current.queued(env)
     return EnvCard(
         name=env,
         health_url=health_url,

@@ -379,7 +379,7 @@ def test_production_of_an_untested_sha_is_blocked(
     assert record["status"] == "blocked"
     assert "staging" in record["reason"] and staging_sha[:12] in record["reason"]
     assert jobs(redis_conn, "production") == []
-    assert DeploymentStore(redis_conn).queued_ids("production") == []
+    assert DeploymentStore(redis_conn).queued("production", limit=1000).ids == []
 
 
 def test_forced_production_deploy_is_queued(client: FlaskClient, redis_conn: redis.Redis, staging_sha: str) -> None:
@@ -549,7 +549,7 @@ def test_cancel_a_queued_deployment(client: FlaskClient, redis_conn: redis.Redis
     assert cancelled["finished_at"] is not None
     assert body(api(client, "GET", f"/api/deployments/{record['id']}"))["status"] == "cancelled"
     store = DeploymentStore(redis_conn)
-    assert store.queued_ids("staging") == []
+    assert store.queued("staging", limit=1000).ids == []
     entry = next(e for e in store.audit_entries() if e["action"] == "cancel")
     assert entry["actor"] == "api"
     assert entry["outcome"] == "cancelled"

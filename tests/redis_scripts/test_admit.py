@@ -64,7 +64,7 @@ def test_a_failed_round_trip_claims_nothing_so_a_redelivery_makes_the_deployment
     assert json.loads(redis_conn.get(keys.delivery("github", "d-1")) or "{}")["deployment_id"] == kept.deployment.id
     redis_conn.delete("rq:queue:deploy-staging")
     redelivered = admission.admit(push_request(sha, delivery_id="d-2"))
-    assert redelivered.created and store.queued_ids("staging")[-1] == redelivered.deployment.id
+    assert redelivered.created and store.queued("staging", limit=1000).ids[-1] == redelivered.deployment.id
 
 
 def test_a_newer_head_replaces_the_claim_and_the_older_sha_is_new_again(
@@ -121,7 +121,7 @@ def test_concurrent_pushes_each_make_one_deployment_and_duplicates_none(
     for n in range(8):
         ids = {r.deployment.id for req, r in zip(requests, results, strict=True) if req.delivery_id == f"copied-{n}"}
         assert len(ids) == 1
-    assert len(store.queued_ids("staging")) == 40
+    assert len(store.queued("staging", limit=1000).ids) == 40
 
 
 def test_the_job_hash_is_the_one_rq_itself_writes(admission: Admission, redis_conn: redis.Redis) -> None:
