@@ -8,10 +8,12 @@ if deployhook ships what that engine needs.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
 import testbed
+import yaml
 from test_manual_rollback import roll_back
 from test_start_first import release, start_first
 from testbed import Bed, Traffic, step_statuses
@@ -104,3 +106,59 @@ def test_production_on_its_own_server(bed: Bed, remote_cleanup: Any) -> None:
     finally:
         remote.start_sshd()
     assert bed.health("production")["version"] == first
+
+
+def with_project_files(bed: Bed, outside: str | None = None) -> str:
+    """A commit whose production compose file has the app read a tracked config directory and the env file,
+    and write ./logs (gitignored, the app's), as BrandishBot's does; `outside`: a bind source off the project."""
+    path = bed.remote.work_dir / "docker-compose.production.yml"
+    if not path.exists():
+        bed.commit()
+    model = yaml.safe_load(path.read_text())
+    app = model["services"]["app"]
+    app["env_file"] = [".env"]
+    app["volumes"] = ["./config:/etc/app:ro", "./logs:/var/log/app"] + (
+        [f"{outside}:/srv/outside:ro"] if outside else []
+    )
+    files = {
+        "docker-compose.production.yml": yaml.safe_dump(model, sort_keys=False),
+        "config/app.conf": f"release {uuid.uuid4()}\n",
+        ".gitignore": "logs/\n",
+    }
+    return bed.commit(files, "the app reads ./config and .env, writes ./logs")
+
+
+def test_the_project_directory_lands_on_the_server_and_what_the_app_wrote_stays(bed: Bed, remote_cleanup: Any) -> None:
+    remote = remote_cleanup
+    first = with_project_files(bed)
+    deployed(bed, "staging", first)
+    deployed(bed, "production", first)
+    worktree = bed.config.worktree("production")
+    app_conf = (bed.remote.work_dir / "config/app.conf").read_text()
+    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == app_conf
+    mode = remote.run_inside("stat", "-c", "%a %s", str(worktree / ".env")).stdout.split()
+    assert mode == ["600", str(len(bed.config.env_file.read_bytes()))]
+    remote.run_inside("sh", "-c", f"echo written-by-the-app > {worktree}/logs/app.log")
+
+    second = with_project_files(bed)
+    deployed(bed, "staging", second)
+    deployed(bed, "production", second)
+
+    new_conf = (bed.remote.work_dir / "config/app.conf").read_text()
+    assert new_conf != app_conf
+    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == new_conf
+    assert remote.run_inside("cat", str(worktree / "logs/app.log")).stdout == "written-by-the-app\n"
+    assert remote.run_inside("stat", "-c", "%a", str(worktree.parent)).stdout.strip() == "700"
+
+    # A bind source off the project is the server's own: deployhook ships none, and says what is missing there.
+    outside = bed.config.state_dir.parent / "presets"
+    outside.mkdir()  # here, not there
+    bed.set_config("production", host_paths=[str(outside)])
+    third = with_project_files(bed, outside=str(outside))
+    deployed(bed, "staging", third)
+    failed = bed.deploy("production", third)
+    assert failed.status == Status.FAILED
+    assert f"{remote.docker_host} lacks {outside}" in failed.reason, failed.reason
+    assert "create them there" in failed.reason
+    assert step_statuses(failed)["ship"] == "failed"
+    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == new_conf
