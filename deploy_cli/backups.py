@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -130,16 +131,24 @@ def backup_file(env: EnvironmentConfig, given: Path) -> Path:
 
 
 def _restore(config: DeployConfig, env: EnvironmentConfig, backup: Path) -> None:
-    from deploy_text.redaction import config_redactor
-    from workers.backup import database_credentials, dump_database, running_services, verify_backup
-    from workers.restore import restore_database
+    from docker_runtime.engines import engine_for
+    from workers.backup import verify_backup
 
-    assert env.database is not None
     try:
         verify_backup(backup)
     except BackupFailed as exc:
         raise BackupFailed(f"refusing to restore: {exc}") from None
-    project = deployed_project(config, env)
+    with engine_for(env) as engine:  # the environment's own engine: another server's too (pg_dump and psql there)
+        project = replace(deployed_project(config, env), engine_env=engine.docker_env())
+        _restore_into(config, env, project, backup)
+
+
+def _restore_into(config: DeployConfig, env: EnvironmentConfig, project: ComposeProject, backup: Path) -> None:
+    from deploy_text.redaction import config_redactor
+    from workers.backup import database_credentials, dump_database, running_services
+    from workers.restore import restore_database
+
+    assert env.database is not None
     if env.database.service not in running_services(project):
         raise NotDeployed(
             f"the database service {env.database.service!r} of {env.name} is not running (compose project "

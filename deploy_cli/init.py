@@ -24,7 +24,7 @@ import yaml
 
 from deploy_config import DeployError, defaults, load_config
 from deploy_config.interpolation import split_image
-from deploy_config.isolation import lint
+from deploy_config.isolation import lint, lint_notes
 from deploy_config.secrets import read_env_file
 from deploy_text.redaction import config_redactor
 from docker_runtime import commands
@@ -405,7 +405,10 @@ def deployable_files(repo_dir: Path, files: dict[str, str]) -> dict[str, str]:
 def _lint(config_file: Path, repo_dir: Path) -> None:
     """The isolation lint on the written config, as `config check` runs it: what is left to fix."""
     config = load_config(config_file)
-    results = lint(config, resolve_stacks(config, repo_dir, config_redactor(config)))
+    stacks = resolve_stacks(config, repo_dir, config_redactor(config))
+    results = lint(config, stacks)
+    for note in lint_notes(config, stacks):
+        click.echo(f"Note: {note}")
     failed = [result for result in results if not result.passed]
     if not failed:
         click.echo(f"Isolation lint passed: all {len(results)} rules hold.")

@@ -1,7 +1,9 @@
 """The isolation lint: the seed's isolation table, checked against Compose's resolved model.
 
 Each rule reads the config and every environment's resolved compose model and returns
-its violations, one precise sentence each. No rule talks to Docker.
+its violations, one precise sentence each. No rule talks to Docker. A rule comparing two
+environments compares them only where they share a Docker engine (isolation_engines.py);
+lint_notes() says which pairs it left apart, and what a remote engine's server must hold.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, NamedTuple
 
 from . import defaults
+from .isolation_engines import engine_groups, engine_notes, share_engine
 from .isolation_files import compose_files
 from .isolation_paths import (
     HostMount,
@@ -61,11 +64,20 @@ def _join(names: list[str]) -> str:
     return " and ".join(sorted(names))
 
 
-def _shared(owners: Mapping[Any, list[str]]) -> Iterator[tuple[Any, list[str]]]:
-    """Keys claimed by more than one environment."""
+def lint_notes(config: DeployConfig, stacks: Stacks) -> list[str]:
+    """What the lint leaves to the operator: the pairs of environments on different engines, which it does not
+    compare, and the host paths a remote environment's server must already have."""
+    values = env_file_values(config)
+    remote = [note for name in stacks if (note := _server_paths(config, name, stacks[name], values))]
+    return engine_notes(config, stacks) + remote
+
+
+def _shared(config: DeployConfig, owners: Mapping[Any, list[str]]) -> Iterator[tuple[Any, list[str]]]:
+    """Keys claimed by more than one environment on one engine: those on another engine cannot clash."""
     for key, envs in owners.items():
-        if len(set(envs)) > 1:
-            yield key, sorted(set(envs))
+        for group in engine_groups(config, envs):
+            if len(group) > 1:
+                yield key, group
 
 
 def check_project_names(config: DeployConfig, stacks: Stacks) -> list[str]:
@@ -80,7 +92,7 @@ def check_project_names(config: DeployConfig, stacks: Stacks) -> list[str]:
                 f"{project!r} (from the compose file's directory or its `name:`); set an explicit one, "
                 f"e.g. project: {project}-{name}"
             )
-    for project, envs in _shared(by_project):
+    for project, envs in _shared(config, by_project):
         violations.append(
             f"environments {_join(envs)} share the compose project {project!r}: `up --remove-orphans` "
             "or `down` in one would remove the other's containers; give each its own project"
@@ -124,7 +136,7 @@ def check_host_ports(config: DeployConfig, stacks: Stacks) -> list[str]:
         f"host port {a.port}/{a.protocol} is published by both {a.env} (service {a.service}) "
         f"and {b.env} (service {b.service}); give each environment its own port"
         for a, b in combinations(claims, 2)
-        if a.collides(b)
+        if a.collides(b) and share_engine(config, a.env, b.env)
     ]
 
 
@@ -152,7 +164,7 @@ def check_networks(config: DeployConfig, stacks: Stacks) -> list[str]:
                     f"{env}: service {service_name} uses network_mode: {service['network_mode']}, {problem}; "
                     "attach it to the environment's own network"
                 )
-    for network, envs in _shared(owners):
+    for network, envs in _shared(config, owners):
         violations.append(
             f"Docker network {network!r} is used by both {_join(envs)}: their containers could reach "
             "each other; give each environment its own network (no shared external network)"
@@ -174,11 +186,12 @@ def check_volumes(config: DeployConfig, stacks: Stacks) -> list[str]:
     violations = [
         f"Docker volume {volume!r} is used by both {_join(envs)}: their data would be shared; "
         "give each environment its own volume (the seed's pgdata-staging / pgdata-production)"
-        for volume, envs in _shared(named)
+        for volume, envs in _shared(config, named)
     ]
     mounts = sorted({(mount.env, mount.path, mount.writable) for mount in _all_mounts(config, stacks)})
     for (env, path, writable), (other, other_path, other_writable) in combinations(mounts, 2):
-        if env != other and (writable or other_writable) and overlap(path, other_path):
+        clash = env != other and share_engine(config, env, other)  # another engine's paths are another host's
+        if clash and (writable or other_writable) and overlap(path, other_path):
             writer = env if writable else other
             violations.append(
                 f"host path {str(path)!r} in {env} overlaps {str(other_path)!r} in {other}, and {writer} mounts it "
@@ -232,10 +245,21 @@ def _mounts_outside(
     values: Mapping[str, str] | None,
     protected: list[tuple[PurePosixPath, str]],
 ) -> list[str]:
-    view = ProjectView.of(config, env, stack)
+    return [problem for _, problem in _outside_mounts(config, env, stack, values, protected) if problem]
+
+
+def _outside_mounts(
+    config: DeployConfig,
+    env: EnvironmentConfig,
+    stack: ResolvedCompose,
+    values: Mapping[str, str] | None,
+    protected: list[tuple[PurePosixPath, str]],
+) -> Iterator[tuple[HostMount, str | None]]:
+    """The environment's mounts outside its project directory (and its own proxy runtime directory), each with
+    why it is refused, or None when host_paths allows it."""
+    view = ProjectView.for_mounts(config, env, stack)
     own = tuple(path for path in (own_runtime_dir(config, env),) if path is not None)
     listed = listed_paths(config, env, values)
-    violations = []
     for mount in host_mounts(config, env, stack):
         if view.contains(mount.path) or inside(mount.path, own):
             continue
@@ -243,18 +267,40 @@ def _mounts_outside(
         named = [mount.path] if view.contains(mount.source) else [mount.path, mount.source]
         reached = [what for path, what in protected if any(overlap(given, path) for given in named)]
         if reached:
-            violations.append(
+            problem: str | None = (
                 f"{env.name}: service {mount.service} mounts {mount.describe()}, which reaches {reached[0]}: "
                 "refused whatever host_paths says; mount another path"
             )
         elif not inside(mount.path, listed.paths):
             unresolved = f" (host_paths lists {'; '.join(listed.unresolved)})" if listed.unresolved else ""
-            violations.append(
+            problem = (
                 f"{env.name}: service {mount.service} mounts {mount.describe()}, outside {env.name}'s project "
                 f"directory ({view.directory}){unresolved}; list it in environments.{env.name}.host_paths (the "
                 f"path, or the env file's variable that holds it) if {env.name} is meant to reach it"
             )
-    return violations
+        else:
+            problem = None
+        yield mount, problem
+
+
+def _server_paths(config: DeployConfig, name: str, stack: ResolvedCompose, values: Mapping[str, str] | None) -> str:
+    """A remote environment's note of the host paths its server must have ("" for none, or a local engine).
+    Over ssh:// deployhook ships the project directory, so the allowed paths outside it; a tcp:// engine is
+    shipped nothing, so every path. Refused ones are the host-paths rule's to report."""
+    env = config.environments[name]
+    if not env.engine.remote:
+        return ""
+    outside = _outside_mounts(config, env, stack, values, protected_paths(config))
+    allowed = [mount for mount, problem in outside if problem is None]
+    shipped = f"deployhook ships only {name}'s project directory ({config.worktree(name)}) there"
+    if env.engine.kind == "tcp":
+        view = ProjectView.for_mounts(config, env, stack)
+        allowed += [mount for mount in host_mounts(config, env, stack) if view.contains(mount.path)]
+        shipped = "deployhook ships no files to a tcp:// engine (an ssh:// one is shipped the project directory)"
+    paths = sorted({str(mount.path) for mount in allowed})
+    if not paths:
+        return ""
+    return f"{name}: these host paths must exist on {env.engine.label}, as {shipped}: {', '.join(paths)}"
 
 
 def check_container_names(config: DeployConfig, stacks: Stacks) -> list[str]:
@@ -266,7 +312,7 @@ def check_container_names(config: DeployConfig, stacks: Stacks) -> list[str]:
     return [
         f"container_name {name!r} is fixed in both {_join(envs)}: the second `up` would replace the first's "
         "container; remove container_name and let Compose name containers per project"
-        for name, envs in _shared(owners)
+        for name, envs in _shared(config, owners)
     ]
 
 

@@ -5,14 +5,16 @@ What the isolation rules compare: every bind mount, and every named volume that 
 symlink committed in the repository is resolved as it will be in the environment's own project
 directory (state_dir/worktrees/<env>), read from the checkout being linted: `./data` may point at
 another environment's files or at deployhook's own. Paths outside the project directory are
-resolved as this host has them (/var/run is /run). Nothing here talks to Docker.
+resolved as this host has them (/var/run is /run), except a remote engine's bind sources: those
+are the server's, whose symlinks cannot be read from here, and are taken as written. Nothing here
+talks to Docker.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -64,14 +66,25 @@ class ProjectView:
     """state_dir/worktrees/<env>: where the environment's compose calls run."""
     checkout: Path | None
     """The checkout being linted, holding the commit's files (its symlinks among them)."""
+    here: bool = True
+    """Whether the paths are this host's, whose symlinks outside the project directory are followed; False for a
+    remote engine's bind sources (deployhook ships the project directory there, at the same path)."""
 
     @classmethod
     def of(cls, config: DeployConfig, env: EnvironmentConfig, stack: ResolvedCompose) -> ProjectView:
+        """Where Compose, which runs on this host, reads the environment's files."""
         return cls(_normal(config.worktree(env.name)), checkout_root(env, stack))
+
+    @classmethod
+    def for_mounts(cls, config: DeployConfig, env: EnvironmentConfig, stack: ResolvedCompose) -> ProjectView:
+        """Where the environment's engine finds its bind sources: on this host, or on the engine's server."""
+        return replace(cls.of(config, env, stack), here=not env.engine.remote)
 
     @property
     def roots(self) -> tuple[PurePosixPath, ...]:
-        """The project directory, as configured and as this host resolves it."""
+        """The project directory, as configured and as this host resolves it (a server's: as configured)."""
+        if not self.here:
+            return (self.directory,)
         return (self.directory, _normal(os.path.realpath(self.directory)))
 
     def contains(self, path: PurePosixPath) -> bool:
@@ -85,8 +98,11 @@ class ProjectView:
 
     def _link(self, path: PurePosixPath) -> str | None:
         """The target of the symlink at path (the checkout's inside the project directory), or None."""
+        committed = self.in_checkout(path)
+        if committed is None and not self.here:
+            return None  # the server's own: cannot be read from here
         try:
-            return os.readlink(self.in_checkout(path) or Path(path))
+            return os.readlink(committed or Path(path))
         except OSError:
             return None
 
@@ -162,7 +178,7 @@ def _bind_volume_read_only(volume: Mapping[str, Any]) -> bool:
 
 def host_mounts(config: DeployConfig, env: EnvironmentConfig, stack: ResolvedCompose) -> Iterator[HostMount]:
     """Every host path the stack's services mount: bind mounts and bind-type named volumes, symlinks resolved."""
-    view = ProjectView.of(config, env, stack)
+    view = ProjectView.for_mounts(config, env, stack)
     for service_name, service in stack.services.items():
         for mount in service.get("volumes") or []:
             if not isinstance(mount, Mapping):
@@ -243,5 +259,6 @@ def listed_paths(config: DeployConfig, env: EnvironmentConfig, values: Mapping[s
             )
             continue
         path = _normal(PurePosixPath(config.worktree(env.name)) / value)
-        paths += [path, _normal(os.path.realpath(path))]
+        # A server's path as written: this host's symlinks say nothing of it.
+        paths += [path, _normal(os.path.realpath(path))] if not env.engine.remote else [path]
     return ListedPaths(tuple(dict.fromkeys(paths)), tuple(unresolved))

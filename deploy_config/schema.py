@@ -313,6 +313,117 @@ class RolloutConfig(Model):
         return self.strategy == "start-first"
 
 
+_SSH_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+
+
+class EngineConfig(Model):
+    """The Docker engine an environment runs on: this host's (`local`), or another server's, over SSH
+    (`ssh://user@host[:port]`) or TCP with TLS (`tcp://host:2376` and the three TLS files)."""
+
+    url: str = defaults.LOCAL_ENGINE
+    identity_file: Path | None = None
+    """ssh: the private key to log in with (default: the worker user's SSH config and keys)."""
+    known_hosts: Path | None = None
+    """ssh: the known_hosts file holding the server's host key (default: the worker user's); an unknown or
+    changed host key fails the deployment, never a prompt."""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    """tcp: the CA that signed the engine's certificate, and deployhook's client certificate and key."""
+    connect_timeout: float = Field(default=defaults.ENGINE_CONNECT_TIMEOUT, gt=0, le=60)
+    """Seconds connecting to a remote engine may take before the deployment fails with the reason."""
+
+    _resolve_files = field_validator("identity_file", "known_hosts", "tls_ca", "tls_cert", "tls_key")(_resolve_path)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_url(cls, data: Any) -> Any:
+        return {"url": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _valid_url(self) -> EngineConfig:
+        kind, tls = self.kind, (self.tls_ca, self.tls_cert, self.tls_key)
+        if kind == "ssh":
+            parts = urlsplit(self.url)
+            if parts.path not in ("", "/") or parts.query or not _valid_host(parts.hostname) or not _valid_port(parts):
+                raise ValueError(f"not an SSH engine: {self.url!r}; expected ssh://USER@HOST[:PORT]")
+            if parts.username is None or not _SSH_USER.match(parts.username) or parts.password is not None:
+                raise ValueError(
+                    f"{self.url!r}: name the user to log in as, without a password: ssh://USER@HOST[:PORT]"
+                )
+            if any(tls):
+                raise ValueError("tls_ca, tls_cert and tls_key are for a tcp:// engine; an ssh:// engine uses SSH keys")
+        elif kind == "tcp":
+            parts = urlsplit(self.url)
+            if parts.path not in ("", "/") or not _valid_host(parts.hostname) or parts.port is None:
+                raise ValueError(f"not a TCP engine: {self.url!r}; expected tcp://HOST:PORT (Docker's TLS port: 2376)")
+            if not all(tls):
+                raise ValueError(
+                    f"{self.url!r}: a TCP engine needs TLS (an engine open on TCP runs anything anyone sends it): "
+                    "set tls_ca, tls_cert and tls_key"
+                )
+            if self.identity_file or self.known_hosts:
+                raise ValueError("identity_file and known_hosts are for an ssh:// engine")
+        elif self.url != defaults.LOCAL_ENGINE:
+            raise ValueError(f"not an engine: {self.url!r}; expected local, ssh://USER@HOST[:PORT] or tcp://HOST:2376")
+        elif any(tls) or self.identity_file or self.known_hosts:
+            raise ValueError("the local engine takes no keys or certificates; they are for ssh:// and tcp:// engines")
+        return self
+
+    @property
+    def kind(self) -> Literal["local", "ssh", "tcp"]:
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else ""
+        return "ssh" if scheme == "ssh" else "tcp" if scheme == "tcp" else "local"
+
+    @property
+    def remote(self) -> bool:
+        return self.kind != "local"
+
+    @property
+    def label(self) -> str:
+        """The engine, for messages: `local`, or its URL (which holds no secret: no password, no key)."""
+        return self.url if self.remote else defaults.LOCAL_ENGINE
+
+    def same_engine(self, other: EngineConfig) -> bool:
+        """Whether two environments may run on one engine, and so clash on host ports, host paths, networks,
+        volumes and names. Told by host alone, not by user, port or scheme: a server's SSH and TCP ports and
+        all its users reach its one daemon (rootless daemons, one per user, still share its ports and files),
+        and a loopback host is this one. Two names of one server are not recognised: give one name."""
+        return self._machine() == other._machine()
+
+    def _machine(self) -> str:
+        """The host the engine runs on, as far as its URL says: `local` for this host's."""
+        if not self.remote:
+            return defaults.LOCAL_ENGINE
+        host = (urlsplit(self.url).hostname or "").lower()
+        try:
+            address = ip_network(host)
+        except ValueError:
+            loopback = host == "localhost" or host.endswith(".localhost")  # RFC 6761: always this host
+            return defaults.LOCAL_ENGINE if loopback else host
+        return defaults.LOCAL_ENGINE if address.is_loopback or address.is_unspecified else str(address.network_address)
+
+
+def _valid_host(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        ip_network(host)
+        return True
+    except ValueError:
+        return _HOST.match(host) is not None
+
+
+def _valid_port(parts: Any) -> bool:
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return False
+    return True
+
+
 class EnvironmentConfig(Model):
     name: str
     """Filled in from the key under `environments:`."""
@@ -387,6 +498,8 @@ class EnvironmentConfig(Model):
     """Releases whose images are kept for this environment; older unused ones are removed."""
     rollout: RolloutConfig = RolloutConfig()
     """How the HTTP service is replaced: recreate (default) or start-first behind a proxy."""
+    engine: EngineConfig = EngineConfig()
+    """The Docker engine this environment runs on: local (this host's), or another server's (ssh:// or tcp://)."""
 
     @model_validator(mode="before")
     @classmethod

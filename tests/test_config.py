@@ -34,7 +34,7 @@ EXPECTED_ENV_FIELDS = (
     "database, backups, expected_limits, "
     "compose_env, host_paths, tag_variable, environment_services, cancel_running, promote_from, promotion_wait, "
     "deploy_timeout, rollout_timeout, backup_timeout, "
-    "smoke, pre_deploy, post_deploy, verify_failure, keep_releases, rollout"
+    "smoke, pre_deploy, post_deploy, verify_failure, keep_releases, rollout, engine"
 )
 
 

@@ -4,22 +4,11 @@ same path as any deploy; and a plain failure, before anything is touched, when c
 from __future__ import annotations
 
 import pytest
-import testbed
-from testbed import Bed, running_image_ids, step_statuses
+from testbed import Bed, roll_back, running_image_ids, step_statuses
 
 from deploy_state import Deployment, Status, Trigger
 
 pytestmark = pytest.mark.docker
-
-
-def roll_back(bed: Bed, env: str) -> Deployment:  # noqa: F811 - the imported fixture's name
-    """POST /api/environments/<env>/rollback, then run the queue; returns the rollback's record."""
-    response = bed.client.post(
-        f"/api/environments/{env}/rollback", headers={"Authorization": f"Bearer {testbed.API_TOKEN}"}
-    )
-    assert response.status_code == 202, response.get_json()
-    bed.work()
-    return bed.store.require(str(response.get_json()["id"]))
 
 
 def two_releases(bed: Bed) -> tuple[Deployment, Deployment]:  # noqa: F811

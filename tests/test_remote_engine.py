@@ -8,15 +8,14 @@ if deployhook ships what that engine needs.
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 from typing import Any
 
 import pytest
 import testbed
 import yaml
-from test_manual_rollback import roll_back
-from test_start_first import release, start_first
-from testbed import Bed, Traffic, step_statuses
+from testbed import Bed, Traffic, release, roll_back, start_first, step_statuses
 
 from deploy_state import Deployment, Status
 
@@ -60,11 +59,22 @@ def deployed(bed: Bed, env: str, sha: str) -> Deployment:
     return done
 
 
-def test_production_on_its_own_server(bed: Bed, remote_cleanup: Any) -> None:
+def remote_psql(bed: Bed, remote: Any, sql: str) -> str:
+    """psql in production's database container, on the server (straight to its engine, as an operator there)."""
+    db = f"{bed.config.environments['production'].project}-db-1"
+    user, name = testbed.SAMPLE_ENV["DB_USER"], testbed.SAMPLE_ENV["DB_NAME"]
+    return str(remote.docker("exec", db, "psql", "-U", user, "-d", name, "-tAc", sql, ssh=False).stdout.strip())
+
+
+def test_production_on_its_own_server(
+    bed: Bed, remote_cleanup: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     remote = remote_cleanup
+    monkeypatch.setenv("REDIS_URL", redis_url)  # `deployhook backups restore` locks and audits there
     first = bed.commit()
     deployed(bed, "staging", first)
     promoted = deployed(bed, "production", first)
+    remote_psql(bed, remote, "CREATE TABLE visits (id int); INSERT INTO visits SELECT generate_series(1, 42);")
 
     log = bed.log(promoted)
     assert "shipping it" in log and "shipped" in log, log
@@ -85,6 +95,15 @@ def test_production_on_its_own_server(bed: Bed, remote_cleanup: Any) -> None:
     assert (statuses["backup"], statuses["verify"], statuses["drain"]) == ("succeeded",) * 3
     assert again.backup and (bed.config.environments["production"].backups.dir / again.backup).is_file()
     assert bed.health("production")["version"] == second
+
+    # The backup taken there is restored there: pg_dump and psql run through the server's engine.
+    remote_psql(bed, remote, "DELETE FROM visits WHERE id > 2;")
+    restored = subprocess.run(
+        [str(testbed.DEPLOYHOOK), "backups", "restore", "production", again.backup, "--yes"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert (restored.returncode, restored.stderr) == (0, ""), restored.stdout
+    assert remote_psql(bed, remote, "SELECT count(*) FROM visits;") == "42"
 
     # A rollback puts the first release back, from the images the server kept.
     back = roll_back(bed, "production")

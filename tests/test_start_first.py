@@ -19,25 +19,11 @@ import docker
 import pytest
 import requests
 import testbed
-from testbed import TESTS, Bed, step_statuses
+from testbed import TESTS, Bed, release, start_first, step_statuses
 
 from deploy_config.proxy import BACKEND, CONTAINER_DIR, CONTAINER_SOCKET_DIR, runtime_dir, socket_path
 from deploy_state import Status, keys
 from docker_runtime.haproxy import HAProxy, ProxyError
-
-CHANGED = "app/entrypoint.sh"
-
-
-def start_first(**fields: Any) -> dict[str, Any]:
-    return {
-        "rollout": {
-            "strategy": "start-first",
-            "proxy_image": testbed.HAPROXY_IMAGE,
-            "drain_timeout": 5,
-            "singletons": ["discord", "db"],
-            **fields,
-        }
-    }
 
 
 @pytest.fixture(scope="session")
@@ -58,13 +44,6 @@ def _proxy_image(haproxy_image: str) -> None:
 def bed_overrides() -> dict[str, dict[str, Any]]:
     """Staging rolls out start-first (tests parametrize it with more); production stays as it is."""
     return {"staging": start_first()}
-
-
-def release(bed: Bed, label: str, extra: dict[str, str] | None = None) -> str:
-    """A commit that changes the app's image (and the bot's, whose build arg is the sha)."""
-    bed.commit()
-    original = (testbed.SAMPLE_APP / CHANGED).read_text()
-    return bed.commit({CHANGED: f"{original}# release {label}\n", **(extra or {})}, f"release {label}")
 
 
 def deployed_ok(bed: Bed, sha: str) -> None:

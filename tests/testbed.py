@@ -878,6 +878,38 @@ class Bed:
         return "\n".join(entry["line"] for entry in self.store.read_log(deployment.id))
 
 
+CHANGED = "app/entrypoint.sh"
+"""The sample app's file a release changes, so that its image changes."""
+
+
+def start_first(**fields: Any) -> dict[str, Any]:
+    """An environment's overrides for a start-first rollout behind the HAProxy test image."""
+    return {
+        "rollout": {
+            "strategy": "start-first",
+            "proxy_image": HAPROXY_IMAGE,
+            "drain_timeout": 5,
+            "singletons": ["discord", "db"],
+            **fields,
+        }
+    }
+
+
+def release(bed: Bed, label: str, extra: dict[str, str] | None = None) -> str:
+    """A commit that changes the app's image (and the bot's, whose build arg is the sha)."""
+    bed.commit()
+    original = (SAMPLE_APP / CHANGED).read_text()
+    return bed.commit({CHANGED: f"{original}# release {label}\n", **(extra or {})}, f"release {label}")
+
+
+def roll_back(bed: Bed, env: str) -> Deployment:
+    """POST /api/environments/<env>/rollback, then run the queue; returns the rollback's record."""
+    response = bed.client.post(f"/api/environments/{env}/rollback", headers={"Authorization": f"Bearer {API_TOKEN}"})
+    assert response.status_code == 202, response.get_json()
+    bed.work()
+    return bed.store.require(str(response.get_json()["id"]))
+
+
 def bed_config(tmp_path: Path, remote: GitRemote, env_file: Path, **overrides: Any) -> Path:
     data = sample_config(remote.url, env_file=env_file, state_dir=tmp_path / "state")
     environments: dict[str, dict[str, Any]] = data["environments"]  # type: ignore[assignment]
