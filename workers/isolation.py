@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from deploy_config.errors import DeployError
-from deploy_config.isolation import compose_reads_outside, lint
+from deploy_config.isolation import compose_reads_outside, lint, lint_notes
 from deploy_config.resolved import ResolvedCompose
 from deploy_text.formatting import short_sha
 from docker_runtime.compose import resolve_for_lint
@@ -56,3 +56,5 @@ def lint_checkout(ctx: DeploymentContext) -> None:
     results = lint(ctx.config, stacks)
     _refuse(sha, {r.rule.name: r.violations for r in results if not r.passed})
     ctx.log(f"isolation lint at {sha}: all {len(results)} rules hold ({', '.join(sorted(stacks))})")
+    for note in lint_notes(ctx.config, stacks):
+        ctx.log(f"isolation lint: {note}")

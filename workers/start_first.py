@@ -50,6 +50,7 @@ from .context import DeploymentContext
 from .healthcheck import Endpoints, confirmation, health_gate, probe
 from .rollback import degraded, describe_running, restore_hint
 from .rollout import compose, compose_up, point_current_tags
+from .ship import ship_proxy_files
 
 PROXY_START_TIMEOUT = 30.0
 """Seconds the proxy's runtime API may take to answer after `up`."""
@@ -135,6 +136,7 @@ def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
     runtime = prepare_runtime_dir(ctx.project.runtime_dir)
     if not (config_dir(runtime) / CONFIG_NAME).exists():
         write_haproxy_config(runtime, render_haproxy_config(ctx.env, release_port(ctx.env, ctx.resolved), []))
+    ship_proxy_files(ctx)  # a remote engine's proxy mounts them from its own server
     services = [defaults.PROXY_SERVICE]
     if not _proxy_containers(ctx) and any(_publishes(c) for c in _service_containers(ctx)):
         # Switching from recreate: the running container still holds the host port the proxy takes over.
@@ -145,7 +147,7 @@ def ensure_proxy(ctx: DeploymentContext) -> HAProxy:
         )
         services.append(ctx.env.rollout.service)
     compose(ctx, "up", "-d", "--no-deps", *services)
-    proxy = HAProxy(socket_path(ctx.config, ctx.env))
+    proxy = HAProxy(ctx.engine.socket_here(socket_path(ctx.config, ctx.env)))
     if not proxy.wait_until_answers(PROXY_START_TIMEOUT):
         raise RolloutFailed(
             f"the proxy of {ctx.env.name} did not answer on {proxy.socket_path} within {PROXY_START_TIMEOUT:g}s "
@@ -229,7 +231,11 @@ def container_endpoints(ctx: DeploymentContext, release: Release) -> Endpoints:
     """The health URL's and the version URL's paths at the new container's own address, on the environment's
     network: the release is gated there before it takes traffic."""
     assert release.new is not None
-    address = f"{_address(ctx, release.new)}:{release.port}"
+    own = _address(ctx, release.new)
+    host, port = ctx.engine.address_here(own, release.port)  # as the engine's host reaches it
+    address = f"{host}:{port}"
+    if ctx.engine.remote:
+        ctx.log(f"{release.new.name} is at {own}:{release.port} on {ctx.engine.address}; asked there as {address}")
     version_url = ctx.env.version_url
     return Endpoints(_at(address, ctx.env.health_url), _at(address, version_url) if version_url else None)
 
@@ -403,6 +409,7 @@ def _write_config(ctx: DeploymentContext, release: Release, servers: list[str]) 
     """haproxy.cfg names the servers that serve now, so that a restarted proxy serves them again."""
     assert ctx.project.runtime_dir is not None
     write_haproxy_config(ctx.project.runtime_dir, render_haproxy_config(ctx.env, release.port, servers))
+    ship_proxy_files(ctx)
 
 
 def _answers_through_proxy(ctx: DeploymentContext, sha: str) -> None:
