@@ -10,16 +10,20 @@ from urllib.parse import urlsplit, urlunsplit
 
 import click
 import yaml
+from redis import RedisError
 
-from deploy_config import DeployConfig, load_config
+from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.errors import ConfigError
-from deploy_config.isolation import RuleResult, lint
+from deploy_config.isolation import RuleResult, lint, lint_notes
 from deploy_config.secrets import read_env_file, split_credentials
-from deploy_text.redaction import MASK, config_redactor
+from deploy_state import DeploymentStore, EngineStatus
+from deploy_state.connection import quick_client, redis_url
+from deploy_text.redaction import MASK, config_redactor, display_url
 from deploy_text.terminal import terminal_text
 from docker_runtime.compose import resolve_stacks
 
 from .base import cli, config_option, output_redactor
+from .display import engine_text
 
 ENV_FILE_VARIABLES = ("user_env", "name_env")
 """Fields naming variables of the env file (the database's), not of deployhook's own environment."""
@@ -39,7 +43,7 @@ def config_group() -> None:
 )
 @click.pass_context
 def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -> None:
-    """Validate the config and lint the environments' isolation.
+    """Validate the config and lint the environments' isolation; show each environment's engine.
 
     Exits 0 when every rule holds, 1 when one is violated, 2 when the config is invalid.
     """
@@ -53,9 +57,18 @@ def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -
     click.echo(f"{config_file}: valid; environments: {', '.join(config.environments)}")
     for name, stack in stacks.items():
         click.echo(f"  {name:<12} project {stack.project:<24} {stack.file}")
+    click.echo("Engines:")
+    checks, unread = last_engine_checks(config)
+    for name, env in config.environments.items():
+        shown = env.engine.url if checks is None else engine_text(env.engine.url, checks[name], redact)
+        click.echo(f"  {name:<12} {shown}")
+    if unread:
+        click.echo(f"  ({unread})")
     click.echo("Isolation:")
     for result in results:
         _show_result(result, redact)
+    for note in lint_notes(config, stacks):
+        click.echo(f"Note: {terminal_text(redact(note))}")
     for warning in warnings:
         click.echo(f"Warning: {warning}")
     failed = [result for result in results if not result.passed]
@@ -66,6 +79,23 @@ def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -
         )
         ctx.exit(1)
     click.echo(f"Isolation lint passed: all {len(results)} rules hold.")
+
+
+def last_engine_checks(config: DeployConfig) -> tuple[dict[str, EngineStatus | None] | None, str]:
+    """Each environment's engine as the workers last found it; or None, and why, when Redis cannot be asked (the
+    check goes on without it: it lints files)."""
+    try:
+        url = redis_url(config)
+    except DeployError:
+        return None, "no Redis to read the workers' engine checks from: REDIS_URL, or a running `deployhook up`"
+    conn = quick_client(url)
+    try:
+        store = DeploymentStore(conn)
+        return {name: store.engine_status(name, env.engine.url) for name, env in config.environments.items()}, ""
+    except RedisError as exc:
+        return None, f"the workers' engine checks are not shown: Redis at {display_url(url)} does not answer ({exc})"
+    finally:
+        conn.close()
 
 
 def _show_result(result: RuleResult, redact: Callable[[str], str]) -> None:

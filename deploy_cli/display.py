@@ -8,11 +8,11 @@ they hold reaches the operator's terminal.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
-from deploy_state import Deployment
+from deploy_state import Deployment, EngineStatus
 from deploy_text.formatting import duration, short_sha
 from deploy_text.terminal import terminal_text
 
@@ -62,3 +62,22 @@ def summary(deployment: Deployment | dict[str, Any]) -> str:
     d = deployment if isinstance(deployment, dict) else deployment.to_dict()
     line = f"deployment {d['id']}: {d['environment']} {short_sha(str(d['sha']))} {d['status']}"
     return terminal_text(f"{line} ({d['reason']})" if d.get("reason") else line)
+
+
+def engine_text(
+    url: str, status: EngineStatus | None, redact: Callable[[str], str] = str, now: float | None = None
+) -> str:
+    """An environment's engine as its workers last found it, on one line:
+    `local (unix:///var/run/docker.sock): reachable, Docker 27.1.1, Compose 2.29.1 (checked 20s ago)`, or
+    `ssh://deploy@10.0.0.2: unreachable (checked 20s ago, last seen 3h04m ago): <why>`."""
+    if status is None:
+        return terminal_text(f"{url}: not checked yet (a worker checks it when it starts, then every minute)")
+    now = time.time() if now is None else now
+    checked = f"checked {duration(now - status.checked_at)} ago"
+    compose = f"Compose {status.compose_version or 'missing'}"
+    if status.reachable:
+        line = f"{status.address}: reachable, Docker {status.docker_version or '?'}, {compose} ({checked})"
+    else:
+        seen = f"last seen {duration(now - status.last_seen)} ago" if status.last_seen else "never seen"
+        line = f"{status.address}: unreachable ({checked}, {seen}; {compose}): {redact(status.error)}"
+    return terminal_text(line)

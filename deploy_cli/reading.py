@@ -22,7 +22,7 @@ from deploy_text.terminal import terminal_text
 from docker_runtime.health import probe_health
 
 from .base import cli, config_option, open_store, output_redactor, require_env
-from .display import summary, table, timestamp, took
+from .display import engine_text, summary, table, timestamp, took
 from .progress import LogDisplay, follow, read_new
 
 REASON_WIDTH = 60
@@ -41,7 +41,8 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
     """Show the environments and the recent deployments.
 
     Per environment: the sha deployed last, what its health URL answers (a short probe), the
-    running and queued deployments, whether it is degraded.
+    running and queued deployments, whether it is degraded; and its Docker engine as the workers
+    last found it.
     """
     config = load_config(config_file)
     envs = [require_env(config, env_name)] if env_name else list(config.environments.values())
@@ -49,6 +50,9 @@ def status(config_file: Path, env_name: str | None, limit: int) -> None:
     redact = output_redactor(config)
     for line in environment_table(store, envs, probe_all(envs)):
         click.echo(line)
+    for env in envs:
+        found = store.engine_status(env.name, env.engine.url)
+        click.echo(f"{env.name}: engine {engine_text(env.engine.url, found, redact)}")
     for env in envs:
         degraded = store.degraded(env.name)
         if degraded:

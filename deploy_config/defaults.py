@@ -132,3 +132,9 @@ DEFAULT_PROXY_MEMORY = "128M"
 
 PROXY_SERVICE = "proxy"
 """Name of the compose service deployhook adds in front of a start-first environment's HTTP service."""
+
+LOCAL_ENGINE = "local"
+"""environments.<env>.engine's default: the engine this host's Docker client reaches (DOCKER_HOST, else its socket)."""
+ENGINE_CONNECT_TIMEOUT = 15.0
+"""Seconds connecting to a remote engine may take: an unknown host key or a refused connection fails at once;
+an unreachable host fails within this, never a hang."""

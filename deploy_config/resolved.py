@@ -18,6 +18,8 @@ class ResolvedCompose:
     services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     networks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     volumes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    files: tuple[str, ...] = ()
+    """The files of top-level `secrets:` and `configs:`: Docker bind-mounts them from the engine's host."""
 
     @classmethod
     def from_json(cls, environment: str, file: Path, model: Mapping[str, Any]) -> ResolvedCompose:
@@ -28,6 +30,12 @@ class ResolvedCompose:
             services=model.get("services") or {},
             networks=model.get("networks") or {},
             volumes=model.get("volumes") or {},
+            files=tuple(
+                str(item["file"])
+                for section in ("secrets", "configs")
+                for item in (model.get(section) or {}).values()
+                if isinstance(item, Mapping) and item.get("file")
+            ),
         )
 
     def rebased(self, old: Path, new: Path) -> ResolvedCompose:

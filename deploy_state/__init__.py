@@ -5,6 +5,7 @@ Docker code. No Redis key string appears outside keys.py.
 """
 
 from . import outbox
+from .engines import EngineStatus
 from .locks import EnvironmentLock, LeaseKeeper, environment_lock
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus, Trigger
 from .queues import queue_for, queue_name
@@ -14,6 +15,7 @@ __all__ = [
     "FINAL_STATUSES",
     "Deployment",
     "DeploymentStore",
+    "EngineStatus",
     "EnvironmentLock",
     "LeaseKeeper",
     "Status",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from redis import Redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from deploy_config import DeployConfig, DeployError
@@ -55,3 +55,9 @@ def client(url: str) -> Redis:
 
 def connect(config: DeployConfig) -> Redis:
     return client(redis_url(config))
+
+
+def quick_client(url: str, timeout: float = 1.0) -> Redis:
+    """A connection that gives up at once (no retry, short timeouts): for a command that does without Redis
+    when there is none (`config check`), rather than waiting out the service's outage retries."""
+    return Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=Retry(NoBackoff(), 0))

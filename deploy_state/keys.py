@@ -116,6 +116,11 @@ def degraded(env: str) -> str:
     return f"{PREFIX}:env:{env}:degraded"
 
 
+def engine_status(env: str) -> str:
+    """Hash: env's Docker engine as a worker last found it (engines.py): address, versions, reachable, when."""
+    return f"{PREFIX}:env:{env}:engine"
+
+
 def log_bytes(env: str) -> str:
     """The bytes of log lines env's deployments hold in Redis (what status_page.log_max_total_bytes caps)."""
     return f"{PREFIX}:env:{env}:log-bytes"

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 
 from redis import Redis
 
+from deploy_text import formatting
+
 from .scripts.log_append import MARKER_FIELD, LogCap, append_line
 
 MAX_LINE_CHARS = 4000
@@ -32,9 +34,7 @@ def split(max_lines: int, max_bytes: int) -> LogCap:
 
 def cut(line: str) -> str:
     """The line, at most MAX_LINE_CHARS long."""
-    if len(line) <= MAX_LINE_CHARS:
-        return line
-    return f"{line[:MAX_LINE_CHARS]} [... {len(line) - MAX_LINE_CHARS} characters cut]"
+    return formatting.cut(line, MAX_LINE_CHARS)
 
 
 def append(conn: Redis, log_key: str, record_key: str, when: str, line: str, cap: LogCap) -> str:

@@ -13,8 +13,9 @@ from redis.client import Pipeline
 
 from deploy_config import DeployError
 from deploy_config.defaults import DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_LINES, DEFAULT_LOG_MAX_TOTAL_BYTES
+from deploy_text.formatting import cut
 
-from . import keys, listing, logcap, outbox, stats
+from . import engines, keys, listing, logcap, outbox, stats
 from .indexes import status_indexes
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus
 from .queued import SHOWN_QUEUED, QueuedView
@@ -255,6 +256,14 @@ class DeploymentStore:
         value = self.conn.get(keys.degraded(env))
         return None if value is None else text(value)
 
+    def record_engine_status(self, status: engines.EngineStatus) -> engines.EngineStatus:
+        """What a worker's check of an environment's engine found (engines.record: last_seen carried over)."""
+        return engines.record(self.conn, status)
+
+    def engine_status(self, env: str, url: str | None = None) -> engines.EngineStatus | None:
+        """env's engine as last checked; None before the first check, or (given url) when it checked another."""
+        return engines.read(self.conn, env, url)
+
     # --- cancellation --------------------------------------------------------------------
 
     def cancel_requested(self, deployment_id: str) -> str | None:
@@ -395,9 +404,7 @@ class DeploymentStore:
 def bounded_field(value: str) -> str:
     """An audit field at most AUDIT_FIELD_CHARS long: an entry quotes what a request said, and the trail is
     capped by entries (AUDIT_MAXLEN), so its bytes are capped only if each entry's are."""
-    if len(value) <= AUDIT_FIELD_CHARS:
-        return value
-    return f"{value[:AUDIT_FIELD_CHARS]} [... {len(value) - AUDIT_FIELD_CHARS} characters cut]"
+    return cut(value, AUDIT_FIELD_CHARS)
 
 
 def _decode(fields: Mapping[Any, Any]) -> dict[str, str]:

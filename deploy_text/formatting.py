@@ -1,4 +1,4 @@
-"""Short shas, times, durations and sizes, written one way in the CLI, the status page, logs and chat."""
+"""Short shas, cut text, times, durations and sizes, written one way in the CLI, the status page, logs and chat."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ SHORT_SHA = 12
 def short_sha(sha: str | None) -> str:
     """The first SHORT_SHA characters of a sha ('' for none)."""
     return (sha or "")[:SHORT_SHA]
+
+
+def cut(text: str, limit: int) -> str:
+    """The text, at most `limit` characters of it, then a note of how many were cut: bounded, and says so."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} [... {len(text) - limit} characters cut]"
 
 
 def utc_time(epoch: float | None) -> str:

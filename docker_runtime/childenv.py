@@ -28,17 +28,24 @@ NEVER_PREFIX = "DEPLOYHOOK_"
 """deployhook's own variables (its config path, its default secret names) never pass, whatever their name."""
 
 
+ENGINE_VARIABLES = frozenset({"DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_TLS"})
+"""Where the CLI connects: replaced as a whole by an environment's engine (engine), never mixed with ours."""
+
+
 def child_environment(
     extra: Mapping[str, str] | None = None,
     *,
     secret_names: Iterable[str] = (),
     parent: Mapping[str, str] | None = None,
+    engine: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The allow-listed part of `parent` (default: this process's environment), then `extra`.
 
     secret_names: the variables deploy.yml names as deployhook's secrets (webhook secret, tokens,
     chat webhook URLs); they never pass, even when an allowed name or family would let them.
     `extra` is what the caller sets on purpose (compose_env, ENVIRONMENT, TARGET_URL) and wins.
+    engine: the environment's engine's variables (Engine.docker_env()); when given, none of this process's own
+    DOCKER_HOST, DOCKER_CONTEXT or TLS settings pass, and nothing in `extra` overrides them.
     """
     parent = os.environ if parent is None else parent
     blocked = set(secret_names)
@@ -50,4 +57,7 @@ def child_environment(
         and name not in blocked
     }
     env.update(extra or {})
+    if engine:
+        env = {name: value for name, value in env.items() if name not in ENGINE_VARIABLES}
+        env.update(engine)
     return env

@@ -46,6 +46,10 @@ class ComposeProject:
     """Where relative paths resolve (--project-directory), when not the compose file's own directory."""
     variables: Mapping[str, str] = field(default_factory=dict)
     """Set for Compose's interpolation on every call: the image-tag variable at the current tag."""
+    engine_env: Mapping[str, str] = field(default_factory=dict)
+    """The environment's engine (Engine.docker_env()): DOCKER_HOST and the like; empty for this host's."""
+    engine_ids: tuple[int, int] | None = None
+    """The uid and gid deployhook acts as on the engine's host (Engine.user_ids()): the proxy's user follows."""
 
     @classmethod
     def for_environment(cls, config: DeployConfig, env: EnvironmentConfig, repo_dir: Path) -> ComposeProject:
@@ -78,7 +82,7 @@ class ComposeProject:
         the allow-listed part of ours (no COMPOSE_* that would override -p/-f, none of deployhook's
         secrets), then compose_env and ENVIRONMENT."""
         extra = {**self.environment.compose_env, **self.variables, "ENVIRONMENT": self.environment.name}
-        return child_environment(extra, secret_names=self.secret_names)
+        return child_environment(extra, secret_names=self.secret_names, engine=self.engine_env)
 
     def resolve(self, redact: Redact | None = None) -> ResolvedCompose:
         """The fully resolved compose model, as Compose itself computes it; nothing is written (resolve_release())."""
@@ -94,7 +98,7 @@ class ComposeProject:
         if self.override is None or self.runtime_dir is None:
             return self._resolve(redact), None
         base = replace(self, override=None, runtime_dir=None)._resolve(redact)
-        text = render_override(self.environment, base, self.runtime_dir)
+        text = render_override(self.environment, base, self.runtime_dir, self.engine_ids)
         with tempfile.TemporaryDirectory(prefix="deployhook-override-") as temp:  # 0700, removed after
             rendered = Path(temp) / self.override.name
             rendered.write_text(text)

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import requests
+
+from deploy_config.errors import DeployError
 
 from . import commands
 from .childenv import child_environment
 from .errors import CommandFailed
+
+if TYPE_CHECKING:
+    import docker
 
 COMPOSE_MISSING = (
     "Docker Compose v2 is not installed: `docker compose version` failed; install the docker-compose "
@@ -21,20 +28,27 @@ def docker_host() -> str:
     return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
 
-def docker_unreachable(timeout: float = 5.0) -> str | None:
-    """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None."""
+MakeClient = Callable[[float], "docker.DockerClient"]
+"""Makes a client of an engine with a timeout in seconds (Engine.client)."""
+
+
+def docker_unreachable(timeout: float = 5.0, client: MakeClient | None = None) -> str | None:
+    """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None.
+
+    client: makes a client of the engine to ask (Engine.client), this host's by default."""
     import docker.errors  # here, not at the top: the web app's setup banner asks, and create_app must not load the SDK
 
     try:
-        client = docker.from_env(timeout=int(timeout))
-    except docker.errors.DockerException as exc:
+        client_of = client or (lambda seconds: docker.from_env(timeout=int(seconds)))
+        made = client_of(timeout)
+    except (docker.errors.DockerException, DeployError) as exc:
         return str(exc)
     try:
-        client.ping()
+        made.ping()
     except (docker.errors.DockerException, requests.RequestException) as exc:
         return str(exc)
     finally:
-        client.close()
+        made.close()
     return None
 
 

@@ -57,7 +57,12 @@ class Engine:
     @property
     def address(self) -> str:
         """Where the engine is, for messages: `local (unix:///var/run/docker.sock)`, `ssh://deploy@prod`."""
-        return f"local ({os.environ.get('DOCKER_HOST', DEFAULT_SOCKET)})"
+        return f"local ({self.endpoint})"
+
+    @property
+    def endpoint(self) -> str:
+        """What the Docker client connects to: DOCKER_HOST's (or the socket) here, the URL of a remote engine."""
+        return os.environ.get("DOCKER_HOST", DEFAULT_SOCKET) if not self.remote else self.config.url
 
     def open(self) -> None:
         """Connect (a remote engine: log in, within connect_timeout); a no-op here."""
@@ -108,7 +113,7 @@ class Engine:
             finally:
                 client.close()
         except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineUnreachable(f"the Docker engine at {self.address} does not answer: {exc}") from None
+            raise EngineUnreachable(f"Docker is not reachable at {self.endpoint}: {exc}") from None
         return EngineInfo(
             address=self.address,
             docker_version=str(version.get("Version", "")),

@@ -26,6 +26,11 @@ class CommandFailed(DeployError):
         super().__init__(message)
 
 
+class EngineUnreachable(DeployError):
+    """An environment's Docker engine cannot be reached (a remote server down, its sshd stopped, a host key
+    unknown); the message says which engine and why."""
+
+
 def exit_reason(returncode: int | None) -> str:
     """'exit code N', naming the signal when one ended the command: a kill is not a bug in the command."""
     if returncode is not None and returncode < 0:

@@ -45,11 +45,13 @@ NOBODY = 65534
 """The uid and gid the proxy runs as when deployhook runs as root (Debian's nobody and nogroup)."""
 
 
-def proxy_user() -> tuple[int, int]:
+def proxy_user(ids: tuple[int, int] | None = None) -> tuple[int, int]:
     """The uid and gid the proxy runs as: never root. deployhook's own, so that the admin socket the proxy
-    creates (mode 0600) is deployhook's to use; nobody's when deployhook runs as root, which reaches any socket."""
-    uid = os.getuid()
-    return (uid, os.getgid()) if uid else (NOBODY, NOBODY)
+    creates (mode 0600) is deployhook's to use; nobody's when deployhook runs as root, which reaches any socket.
+
+    ids: the uid and gid deployhook acts as on the engine's host (a remote engine's SSH user), else this process's."""
+    uid, gid = ids if ids is not None else (os.getuid(), os.getgid())
+    return (uid, gid) if uid else (NOBODY, NOBODY)
 
 
 def release_port(env: EnvironmentConfig, model: ResolvedCompose) -> int:
@@ -86,8 +88,11 @@ def _service(env: EnvironmentConfig, base: ResolvedCompose) -> Mapping[str, Any]
     return service
 
 
-def render_override(env: EnvironmentConfig, base: ResolvedCompose, runtime_dir: Path) -> str:
-    """The compose override of a start-first environment, from its compose model without the override."""
+def render_override(
+    env: EnvironmentConfig, base: ResolvedCompose, runtime_dir: Path, engine_ids: tuple[int, int] | None = None
+) -> str:
+    """The compose override of a start-first environment, from its compose model without the override.
+    engine_ids: the uid and gid deployhook acts as on the engine's host (proxy_user())."""
     service = _service(env, base)
     port = release_port(env, base)
     ports = list(published_ports(service))
@@ -97,7 +102,7 @@ def render_override(env: EnvironmentConfig, base: ResolvedCompose, runtime_dir: 
             f"{base.file.name}; a start-first rollout moves the port it publishes to the proxy, so publish one"
         )
     networks = sorted(service.get("networks") or {"default": None})
-    uid, gid = proxy_user()
+    uid, gid = proxy_user(engine_ids)
     proxy: dict[str, Any] = {
         # A digest (haproxy@sha256:...) pins exactly one image; Compose passes it to Docker as written.
         "image": env.rollout.proxy_image,

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, g, request
 
 from deploy_config import DeployError
-from deploy_state import Deployment, Status, StatusConflict, Trigger
+from deploy_state import Deployment, EngineStatus, Status, StatusConflict, Trigger
 from deploy_state.admission import DeployRequest
 from deploy_text.formatting import short_sha
 from docker_runtime.gitrefs import resolve_ref
@@ -324,6 +324,15 @@ def environments() -> Reply:
                 "queued": queued.ids,
                 "queued_total": queued.total,
                 "last_succeeded": _shown(last) if last else None,
+                "engine": _engine(current.engine_status(env.name, env.engine.url), env.engine.url),
             }
         )
     return {"environments": body}, 200
+
+
+def _engine(status: EngineStatus | None, url: str) -> dict[str, Any]:
+    """An environment's engine: deploy.yml's url, and what a worker's last check of it found (None: none yet)."""
+    if status is None:
+        return {"url": url, "last_check": None}
+    found = {key: value for key, value in status.to_dict().items() if key not in ("environment", "url")}
+    return {"url": url, "last_check": {**found, "error": request_redactor()(status.error)}}

@@ -171,6 +171,37 @@ SCHEMAS: dict[str, Schema] = {
             },
             "queued_total": {"type": "integer", "minimum": 0, "description": "how many deployments are queued"},
             "last_succeeded": _nullable(_ref("Deployment")),
+            "engine": _ref("Engine"),
+        }
+    ),
+    "Engine": _object(
+        {
+            "url": {
+                "type": "string",
+                "description": "environments.<env>.engine: local, ssh://USER@HOST[:PORT], tcp://...",
+            },
+            "last_check": {
+                **_nullable(_ref("EngineCheck")),
+                "description": "what a worker found when it last checked the engine (at its start, then every "
+                "minute, and in each deployment's preflight); null before the first check",
+            },
+        }
+    ),
+    "EngineCheck": _object(
+        {
+            "address": {
+                "type": "string",
+                "description": "where the engine is, e.g. local (unix:///var/run/docker.sock)",
+            },
+            "docker_version": {"type": "string", "description": "the engine's Docker version; empty when unreachable"},
+            "compose_version": {
+                "type": "string",
+                "description": "the Compose plugin that drives it; empty when missing",
+            },
+            "reachable": {"type": "boolean"},
+            "error": {"type": "string", "description": "why it is unreachable; empty when it answered"},
+            "checked_at": TIME,
+            "last_seen": {**_nullable(TIME), "description": "when it last answered; null: never"},
         }
     ),
     "Environments": _object({"environments": {"type": "array", "items": _ref("Environment")}}),

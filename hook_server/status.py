@@ -14,7 +14,8 @@ from flask import Blueprint, Response, current_app, render_template, request
 from flask.typing import ResponseReturnValue
 from redis import RedisError
 
-from deploy_state import Deployment, DeploymentStore, Status, Step, StepStatus
+from deploy_config import EnvironmentConfig
+from deploy_state import Deployment, DeploymentStore, EngineStatus, Status, Step, StepStatus
 from deploy_state.queue_workers import worker_alive
 from deploy_state.queued import QueuedView
 from deploy_text import formatting
@@ -73,6 +74,10 @@ class EnvCard:
     live: overview.Live
     no_worker: bool = False
     """Deployments are queued but no live worker serves the environment's queue."""
+    engine_url: str = "local"
+    """environments.<env>.engine, as deploy.yml says."""
+    engine: EngineStatus | None = None
+    """The engine as a worker last found it (None: not checked yet); the page never asks the engine itself."""
 
 
 @bp.after_request
@@ -101,11 +106,12 @@ def page_error(status: int, message: str) -> ResponseReturnValue:
 def index() -> ResponseReturnValue:
     config, current = deploy_config(), store()
     live = overview.gather(config.environments)
-    cards = [_card(current, name, env.health_url, live[name]) for name, env in config.environments.items()]
+    cards = [_card(current, env, live[name]) for name, env in config.environments.items()]
     return render_template("index.html", cards=cards, now=time.time(), active="index")
 
 
-def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Live) -> EnvCard:
+def _card(current: DeploymentStore, env_config: EnvironmentConfig, live: overview.Live) -> EnvCard:
+    env = env_config.name
     deployed = current.last_succeeded(env)
     running_id = current.running(env)
     running = current.get(running_id) if running_id else None
@@ -119,7 +125,7 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
     queued = current.queued(env)
     return EnvCard(
         name=env,
-        health_url=health_url,
+        health_url=env_config.health_url,
         deployed=deployed,
         running=running,
         step=step,
@@ -128,6 +134,8 @@ def _card(current: DeploymentStore, env: str, health_url: str, live: overview.Li
         degraded=current.degraded(env),
         live=live,
         no_worker=bool(queued.total) and not worker_alive(current.conn, env),
+        engine_url=env_config.engine.url,
+        engine=current.engine_status(env, env_config.engine.url),
     )
 
 

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from deploy_config import ConfigError, DeployConfig, load_config
-from deploy_state import Deployment, DeploymentStore, Status
+from deploy_state import Deployment, DeploymentStore, EngineStatus, Status
 from hook_server import create_app
 
 API_TOKEN = testbed.API_TOKEN
@@ -733,6 +733,30 @@ def test_environments_overview(client: FlaskClient, redis_conn: redis.Redis, dep
         "queued": [],
         "queued_total": 0,
         "last_succeeded": None,
+        "engine": {"url": "local", "last_check": None},
+    }
+
+
+def test_environments_say_how_the_workers_last_found_each_engine(client: FlaskClient, redis_conn: redis.Redis) -> None:
+    store = DeploymentStore(redis_conn)
+    address = "local (unix:///var/run/docker.sock)"
+    store.record_engine_status(EngineStatus("staging", "local", address, "27.1.1", "2.29.1", True, "", 1000.0))
+    why = f"does not answer; it was given {testbed.API_TOKEN}"
+    store.record_engine_status(EngineStatus("staging", "local", address, "", "2.29.1", False, why, 1060.0))
+
+    staging = body(api(client, "GET", "/api/environments"))["environments"][0]
+
+    assert staging["engine"] == {
+        "url": "local",
+        "last_check": {
+            "address": address,
+            "docker_version": "",
+            "compose_version": "2.29.1",
+            "reachable": False,
+            "error": "does not answer; it was given ********",
+            "checked_at": 1060.0,
+            "last_seen": 1000.0,
+        },
     }
 
 

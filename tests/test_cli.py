@@ -42,7 +42,7 @@ from deploy_cli.display import clock
 from deploy_cli.progress import PlainDisplay, TtyDisplay, fit, frame, no_worker_hint
 from deploy_cli.webhook import PUSHER
 from deploy_config import DeployConfig, load_config, parse_config
-from deploy_state import Deployment, DeploymentStore, Status, Step, keys, queue_for
+from deploy_state import Deployment, DeploymentStore, EngineStatus, Status, Step, keys, queue_for
 from deploy_state.queues import SERIALIZER
 from deploy_text.formatting import duration, short_sha, size
 from docker_runtime import commands
@@ -503,7 +503,15 @@ def test_status_shows_environments_health_and_recent_deployments(
 ) -> None:  # fmt: skip
     succeeded, failed, blocked, queued = history
     assert [d.status for d in history] == ["succeeded", "failed", "blocked", "queued"]
-    DeploymentStore(redis_conn).mark_degraded("production", "rollback failed: app did not start")
+    store = DeploymentStore(redis_conn)
+    store.mark_degraded("production", "rollback failed: app did not start")
+    # Engines as the workers found them, checked hours ago (so the line reads the same for minutes).
+    now, local = time.time(), "local (unix:///var/run/docker.sock)"
+    at = {"staging": now - (2 * 3600 + 4 * 60 + 30), "seen": now - (5 * 3600 + 30), "down": now - (3 * 3600 + 30)}
+    store.record_engine_status(EngineStatus("staging", "local", local, "27.1.1", "2.29.1", True, "", at["staging"]))
+    store.record_engine_status(EngineStatus("production", "local", local, "27.1.1", "2.29.1", True, "", at["seen"]))
+    why = f"the Docker engine does not answer\x1b[2J (told {testbed.API_TOKEN})"
+    store.record_engine_status(EngineStatus("production", "local", local, "", "2.29.1", False, why, at["down"]))
     staging_health = deploy_config.environments["staging"].health_url
     with health_endpoint(staging_health, {"status": "ok", "version": SHA_A, "environment": "staging"}):
         result = invoke(runner, ["status", "--config", str(config_file)], env={"REDIS_URL": redis_url})
@@ -521,6 +529,9 @@ def test_status_shows_environments_health_and_recent_deployments(
         "ENVIRONMENT  DEPLOYED           HEALTH           RUNNING  QUEUED  DEGRADED",
         f"staging      aaaaaaaaaaaa (#{succeeded.id})  ok aaaaaaaaaaaa  -        {queued.id}       no",
         "production   -                  unreachable      -        -       yes",
+        f"staging: engine {local}: reachable, Docker 27.1.1, Compose 2.29.1 (checked 2h04m ago)",
+        f"production: engine {local}: unreachable (checked 3h00m ago, last seen 5h00m ago; Compose 2.29.1): "
+        "the Docker engine does not answer\\x1b[2J (told ********)",
         # Issue 15: a queued deployment with no live worker says so (nothing serves deploy-staging here).
         "staging: 1 queued, but no worker serves queue deploy-staging; they wait until one starts "
         "(`deployhook up`, or `deployhook worker --env staging`)",
@@ -543,7 +554,10 @@ def test_status_of_one_environment(
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
     assert lines[1] == "production   -         unreachable  -        -       no"
-    assert [line.split()[0] for line in lines[4:]] == ["ID", history[2].id]
+    assert lines[2] == (
+        "production: engine local: not checked yet (a worker checks it when it starts, then every minute)"
+    )
+    assert [line.split()[0] for line in lines[5:]] == ["ID", history[2].id]
 
 
 def test_status_without_redis_exits_1(runner: CliRunner, config_file: Path, deploy_config: DeployConfig) -> None:
@@ -845,7 +859,9 @@ def test_status_and_logs_as_processes(service: Service, staging_worker: WorkerPr
     lines = status.stdout.splitlines()
     assert lines[0].split() == ["ENVIRONMENT", "DEPLOYED", "HEALTH", "RUNNING", "QUEUED", "DEGRADED"]
     assert lines[1].split() == ["staging", staging_head[:12], "(#1)", "unreachable", "-", "-", "no"]
-    assert lines[5].split()[:5] == ["1", "staging", "succeeded", staging_head[:12], "manual"]
+    # The staging worker checked its engine when it started (the local one: the test bed's Docker, if any).
+    assert lines[2].startswith("staging: engine local (") and "(checked " in lines[2], lines[2]
+    assert lines[6].split()[:5] == ["1", "staging", "succeeded", staging_head[:12], "manual"]
 
 
 def test_promote_queues_stagings_release_for_production_and_status_says_no_worker_serves_it(

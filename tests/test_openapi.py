@@ -31,7 +31,7 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig, defaults
 from deploy_config.schema import StatusPageConfig
-from deploy_state import Deployment, DeploymentStore, Status
+from deploy_state import Deployment, DeploymentStore, EngineStatus, Status
 from hook_server import create_app
 from hook_server.openapi import document
 
@@ -133,8 +133,8 @@ def new_sha() -> str:
 
 
 def _seed(world: World, remote: testbed.GitRemote) -> None:
-    """Staging: two succeeded deployments (one with steps, checks, images, a log) and a queued one.
-    Production: a blocked one, and one running in a degraded environment."""
+    """Staging: two succeeded deployments (one with steps, checks, images, a log) and a queued one, an engine that
+    never answered. Production: a blocked one, and one running in a degraded environment, an engine never checked."""
     store = DeploymentStore(world.conn)
     remote.push_commit("staging", {"app.txt": "v1\n"}, "First staging commit")
     first = testbed.admitted(store, "staging", new_sha(), pusher="alice", trigger="manual", source="api")
@@ -159,6 +159,9 @@ def _seed(world: World, remote: testbed.GitRemote) -> None:
     assert blocked.status == Status.BLOCKED
     live = store.set_status(testbed.admitted(store, "production", new_sha(), force=True), Status.RUNNING)
     store.mark_degraded("production", "rollback failed: health check timed out")
+    # Staging's engine never answered (last_seen null); production's was never checked (last_check null).
+    never = EngineStatus("staging", "local", "local", "", "2.29.1", False, "the engine does not answer", 1000.0)
+    store.record_engine_status(never)
     world.ids = {"first": first.id, "second": second.id, "queued": queued.id, "blocked": blocked.id, "live": live.id}
 
 
@@ -655,6 +658,12 @@ def test_the_deployment_schema_is_exactly_the_record() -> None:
     assert schema["additionalProperties"] is False
     accepted = CONTRACT.doc["components"]["schemas"]["AcceptedDeployment"]
     assert sorted(accepted["properties"]) == sorted([*names, "status_url"])
+
+
+def test_the_engine_check_schema_is_exactly_the_status_but_what_the_environment_says() -> None:
+    schema = CONTRACT.doc["components"]["schemas"]["EngineCheck"]
+    names = sorted(f.name for f in fields(EngineStatus) if f.name not in ("environment", "url"))
+    assert sorted(schema["properties"]) == names and sorted(schema["required"]) == names
 
 
 def test_a_field_the_document_does_not_know_fails_validation(world: World) -> None:

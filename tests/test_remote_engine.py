@@ -139,7 +139,10 @@ def with_project_files(bed: Bed, outside: str | None = None) -> str:
     app["volumes"] = ["./config:/etc/app:ro", "./logs:/var/log/app"] + (
         [f"{outside}:/srv/outside:ro"] if outside else []
     )
+    app["secrets"] = ["token"]
+    model["secrets"] = {"token": {"file": "./secrets/token.txt"}}  # Docker bind-mounts it from the server
     files = {
+        "secrets/token.txt": "a token the app reads\n",
         "docker-compose.production.yml": yaml.safe_dump(model, sort_keys=False),
         "config/app.conf": f"release {uuid.uuid4()}\n",
         ".gitignore": "logs/\n",
@@ -157,6 +160,7 @@ def test_the_project_directory_lands_on_the_server_and_what_the_app_wrote_stays(
     assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == app_conf
     mode = remote.run_inside("stat", "-c", "%a %s", str(worktree / ".env")).stdout.split()
     assert mode == ["600", str(len(bed.config.env_file.read_bytes()))]
+    assert remote.run_inside("cat", str(worktree / "secrets/token.txt")).stdout == "a token the app reads\n"
     remote.run_inside("sh", "-c", f"echo written-by-the-app > {worktree}/logs/app.log")
 
     second = with_project_files(bed)

@@ -27,7 +27,7 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig
 from deploy_config.schema import StatusPageConfig
-from deploy_state import Deployment, DeploymentStore, Status, keys, logcap
+from deploy_state import Deployment, DeploymentStore, EngineStatus, Status, keys, logcap
 from hook_server import create_app, livelog
 from workers.jobs import run_deployment
 
@@ -187,6 +187,42 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     assert "Last failure" in production_card and f"#{failed.id}</a>" in production_card
     assert "health check failed; rolled back" in production_card
     assert "Docker is unreachable" in production_card
+
+
+def engine_check(env: str, reachable: bool, at: float, error: str = "", url: str = "local") -> EngineStatus:
+    """What a worker's check of env's engine found (workers/engine_status.py records it so)."""
+    address = "local (unix:///var/run/docker.sock)" if url == "local" else url
+    return EngineStatus(env, url, address, "27.1.1" if reachable else "", "2.29.1", reachable, error, at)
+
+
+def test_environment_cards_show_each_engine_as_the_workers_last_found_it(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    password = testbed.SAMPLE_ENV["DB_PASSWORD"]
+    now = time.time()
+    store.record_engine_status(engine_check("staging", True, now - 3 * 3600))
+    store.record_engine_status(engine_check("production", True, now - 2 * 3600))
+    why = f"cannot reach the Docker engine: {XSS} password {password}"
+    store.record_engine_status(engine_check("production", False, now - 120, error=why))
+
+    staging_card, production_card = page(client, "/").split('id="env-production"')
+
+    assert "<dt>Engine</dt>" in staging_card
+    assert '<span class="engine-reachable">reachable</span> · Docker 27.1.1' in staging_card
+    assert "· Compose 2.29.1" in staging_card and "local (unix:///var/run/docker.sock)" in staging_card
+    assert "last seen <time" in staging_card and ">3 h ago</time>" in staging_card
+    assert "unreachable" not in staging_card
+    assert "unreachable: cannot reach the Docker engine: &lt;script&gt;alert(1)&lt;/script&gt; password ********" in (
+        production_card
+    )
+    assert XSS not in production_card and password not in production_card
+    assert ">2 h ago</time>" in production_card and "· checked <time" in production_card
+    assert ">2 min ago</time>" in production_card and "· Compose 2.29.1" in production_card
+
+    # A check of another engine than deploy.yml's (production ran on a server then) says nothing of this one.
+    store.record_engine_status(engine_check("production", False, now, "no route", url="ssh://deploy@10.0.0.2"))
+    production_card = page(client, "/").split('id="env-production"')[1]
+    assert "not checked yet" in production_card and "no route" not in production_card
 
 
 def test_a_failure_older_than_the_last_success_is_not_shown(client: FlaskClient, store: DeploymentStore) -> None:

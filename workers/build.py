@@ -34,6 +34,7 @@ from workers.errors import BuildFailed, ReleaseGone
 
 from .context import DeploymentContext
 from .rollout import record_rollback_target
+from .ship import ship_release_image
 
 BUILD_SERVICE_PREFIX = "deployhook-build-"
 """The generated build file's service for an image deploy.yml builds from a context, not a compose service."""
@@ -50,6 +51,11 @@ def build(ctx: DeploymentContext) -> dict[str, str]:
     for image in ctx.env.images:
         ref = f"{image.name}:{release}"
         existing = _local_image(ctx, ref)
+        if existing is None and ctx.engine.remote:
+            shipped = ship_release_image(ctx, ref)  # built where staging builds: shipped, not built again
+            if shipped is not None:
+                images[image.name] = shipped
+                continue
         if existing is not None:
             ctx.log(f"{ref} already built ({existing[:19]}); reusing it")
             images[image.name] = existing

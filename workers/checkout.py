@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
 import git
@@ -37,7 +38,8 @@ def checkout(ctx: DeploymentContext) -> Path:
         check_push_order(ctx, mirror)
         worktree = _checked_out(ctx, mirror, ctx.config.worktree(ctx.env.name), sha)
     ctx.worktree = worktree
-    ctx.compose = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
+    project = ComposeProject.for_environment(ctx.config, ctx.env, worktree)
+    ctx.compose = replace(project, engine_env=ctx.engine.docker_env(), engine_ids=ctx.engine.user_ids())
     commit = mirror.commit(sha)
     ctx.log(f"checked out {short_sha(sha)} ({str(commit.summary)!r} by {commit.author.name}) in {worktree}")
     if not ctx.deployment.message:

@@ -19,7 +19,7 @@ from deploy_config.resolved import ResolvedCompose
 from deploy_state import Deployment, DeploymentStore, Step, StepStatus, logcap
 from deploy_text.redaction import Redactor
 from docker_runtime.compose import ComposeProject
-from docker_runtime.engine import docker_host
+from docker_runtime.engines import Engine, engine_for
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class DeploymentContext:
     compose: ComposeProject | None = None
     resolved: ResolvedCompose | None = None
     _docker: docker.DockerClient | None = field(default=None, repr=False)
+    _engine: Engine | None = field(default=None, repr=False)
     deadline: float | None = None
     """time.monotonic() by which the deployment must be done (deploy_timeout from the job's start)."""
     lock_lost: threading.Event = field(default_factory=threading.Event)
@@ -68,10 +69,17 @@ class DeploymentContext:
     """Asks Redis whether the lock is still held (LeaseKeeper.confirm), before each step up to the rollout."""
 
     @property
+    def engine(self) -> Engine:
+        """The environment's Docker engine (environments.<env>.engine); preflight connects to it."""
+        if self._engine is None:
+            self._engine = engine_for(self.env)
+        return self._engine
+
+    @property
     def docker(self) -> docker.DockerClient:
-        """A client of the Docker engine, made on first use (preflight checks that it answers)."""
+        """A client of the environment's engine, made on first use (preflight checks that it answers)."""
         if self._docker is None:
-            self._docker = docker.from_env()
+            self._docker = self.engine.client()
         return self._docker
 
     @property
@@ -83,6 +91,8 @@ class DeploymentContext:
         if self._docker is not None:
             self._docker.close()
             self._docker = None
+        if self._engine is not None:
+            self._engine.close()
 
     def save(self, **fields: Any) -> None:
         """Record fields on the deployment, in Redis and on the local copy."""
@@ -142,7 +152,7 @@ class DeploymentContext:
             # The engine went away mid-step: say so plainly, and let the pipeline roll back.
             error = DeployError(
                 f"the Docker engine failed during {name}: {exc}; check that dockerd is running and reachable "
-                f"at {docker_host()}"
+                f"at {self.engine.address}"
             )
             self.store.finish_step(self.deployment, step, StepStatus.FAILED, self.redact(str(error)))
             self.log(f"--> {name} failed: {error}")

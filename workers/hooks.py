@@ -25,7 +25,7 @@ def hook_environment(ctx: DeploymentContext) -> dict[str, str]:
     }
     if ctx.env.name == "staging":
         extra["STAGING_URL"] = ctx.env.base_url  # the seed's `STAGING_URL=... make test-staging`
-    return child_environment(extra, secret_names=secret_env_names(ctx.config))
+    return child_environment(extra, secret_names=secret_env_names(ctx.config), engine=ctx.engine.docker_env())
 
 
 def run_hook(ctx: DeploymentContext, name: str, hook: CommandHook) -> None:

@@ -13,7 +13,7 @@ from rq.timeouts import JobTimeoutException
 
 from deploy_config.errors import DeployError
 from deploy_state import Status, StepStatus
-from docker_runtime.engine import docker_host, docker_unreachable
+from docker_runtime.engine import docker_unreachable
 from workers.errors import PreflightFailed
 
 from .backup import backup
@@ -27,6 +27,7 @@ from .preflight import preflight
 from .release_notes import release_notes
 from .rollback import rollback
 from .rollout import rollout
+from .ship import ship_project
 from .start_first import run_start_first
 from .verify import verify
 
@@ -36,14 +37,14 @@ def run(ctx: DeploymentContext) -> Status:
     try:
         return _run(ctx)
     except DeployError as exc:
-        engine = None if _names_the_engine(exc) else docker_unreachable()
+        engine = None if _names_the_engine(exc) else docker_unreachable(client=ctx.engine.client)
         if engine is None:
             raise
         # A stopped dockerd kills what it runs: a build then "fails" with 137, compose with its own
         # words. The cause to act on is the engine, so say that first.
         step = next((s.name for s in reversed(ctx.deployment.steps) if s.status == StepStatus.FAILED), "the deployment")
         raise DeployError(
-            f"the Docker engine stopped answering during {step} ({docker_host()}: {engine}); start it "
+            f"the Docker engine stopped answering during {step} ({ctx.engine.address}: {engine}); start it "
             f"(systemctl start docker), check `docker info`, then deploy again (deployhook deploy {ctx.env.name}); "
             f"what failed: {exc}"
         ) from exc
@@ -64,6 +65,9 @@ def _run(ctx: DeploymentContext) -> Status:
     release_notes(ctx)  # not a step: best-effort, for the chat message
     with ctx.step("build"):
         build(ctx)
+    if ctx.engine.remote:
+        with ctx.step("ship"):
+            ship_project(ctx)
     if ctx.env.pre_deploy is not None:
         with ctx.step("pre_deploy"):
             run_hook(ctx, "pre_deploy", ctx.env.pre_deploy)

@@ -6,19 +6,22 @@ import os
 import shutil
 from pathlib import Path
 
-import docker
+from redis import RedisError
 
-from docker_runtime.engine import COMPOSE_MISSING, compose_version, docker_host
+from docker_runtime.engine import COMPOSE_MISSING, compose_version
+from docker_runtime.engines import EngineInfo
+from docker_runtime.errors import EngineUnreachable
 from docker_runtime.private import private_dir
 from workers.errors import PreflightFailed
 
 from .context import DeploymentContext
+from .engine_status import record_engine
 
 
 def preflight(ctx: DeploymentContext) -> None:
     """Docker answers, Compose v2 is there, the env file is readable, and the disks have room."""
-    _docker_answers(ctx)
     version = compose_version()
+    _docker_answers(ctx, version)
     if version is None:
         raise PreflightFailed(COMPOSE_MISSING)
     ctx.log(f"docker compose {version}")
@@ -31,18 +34,44 @@ def preflight(ctx: DeploymentContext) -> None:
     backups = private_dir(ctx.env.backups.dir)
     _free_space(ctx, backups, "the backup directory")
     root = Path(str(ctx.docker.info().get("DockerRootDir", "")))
-    if root.is_dir():
+    if not ctx.engine.remote and root.is_dir():  # a remote engine's data root is on its own server's disks
         _free_space(ctx, root, "Docker's data root")
 
 
-def _docker_answers(ctx: DeploymentContext) -> None:
+def _docker_answers(ctx: DeploymentContext, compose: str | None) -> None:
+    """Connect to the environment's engine (a remote one: log in, bounded by engine.connect_timeout); it answers.
+    What it said (or why it did not) is recorded for the page, as the workers' own checks are."""
     try:
-        ctx.docker.ping()
-    except docker.errors.DockerException as exc:
-        raise PreflightFailed(
-            f"Docker is not reachable at {docker_host()}: {exc}; start the engine (systemctl start docker) or set "
-            "DOCKER_HOST, and check that this worker's user may use it"
-        ) from None
+        ctx.engine.open()
+        info = ctx.engine.describe()
+    except EngineUnreachable as exc:
+        _record(ctx, None, str(exc), compose)
+        raise PreflightFailed(_advice(ctx, str(exc))) from None
+    _record(ctx, info, "", compose)
+    if ctx.engine.remote:
+        ctx.log(f"engine {ctx.engine.address} answers: Docker {info.docker_version} ({info.os})")
+
+
+def _advice(ctx: DeploymentContext, reason: str) -> str:
+    if ctx.engine.remote:
+        return (
+            reason
+            if reason.startswith("cannot reach")
+            else (
+                f"{reason}; check that dockerd runs on that server and that the SSH user may use it (the docker group)"
+            )
+        )
+    return (
+        f"{reason}; start the engine (systemctl start docker) or set DOCKER_HOST, and check that this worker's "
+        "user may use it"
+    )
+
+
+def _record(ctx: DeploymentContext, info: EngineInfo | None, error: str, compose: str | None) -> None:
+    try:
+        record_engine(ctx.store, ctx.env.name, ctx.engine, info, error, compose)
+    except RedisError as exc:  # the page's view of the engine: never worth failing a deployment over
+        ctx.log(f"could not record the engine's status: {exc}")
 
 
 def _free_space(ctx: DeploymentContext, path: Path, what: str) -> None:

@@ -19,11 +19,12 @@ from rq.registry import FailedJobRegistry
 from rq.worker import BaseWorker
 
 from deploy_config import DeployConfig, DeployError, load_config
-from deploy_state import queue_for, queue_name
+from deploy_state import DeploymentStore, queue_for, queue_name
 from deploy_state.admission import DEPLOY_JOB, job_template
 from deploy_state.queue_workers import QueueClaim, QueueTaken
 from deploy_state.queues import SERIALIZER
 
+from .engine_status import EngineWatch
 from .jobs import fail_killed_horse, recover_lost_deployments
 
 log = logging.getLogger(__name__)
@@ -276,4 +277,12 @@ def _serve(
     log.info("worker serving %s", ", ".join(q.name for q in queues))
     worker = DeployWorker(queues, jobs=jobs, config_file=config_file, connection=connection, serializer=SERIALIZER)
     worker.config = config
-    worker.work(burst=burst, logging_level="INFO")
+    # A burst worker only drains the queues (each deployment's preflight records its engine all the same).
+    watch = None if burst else EngineWatch(DeploymentStore(connection), config, config_file, environments)
+    if watch is not None:
+        watch.start()
+    try:
+        worker.work(burst=burst, logging_level="INFO")
+    finally:
+        if watch is not None:
+            watch.stop()
