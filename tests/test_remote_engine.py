@@ -126,6 +126,29 @@ def test_production_on_its_own_server(
         remote.start_sshd()
     assert bed.health("production")["version"] == first
 
+    # Two `deployhook worker` processes on this host: staging deploys here while production deploys there.
+    fifth = deployed(bed, "staging", release(bed, "five")).sha
+    sixth = release(bed, "six")
+    bed.push("production", fifth)
+    bed.push("staging", sixth)
+    ids = {"production": bed.deliver("production", fifth), "staging": bed.deliver("staging", sixth)}
+    workers = [
+        subprocess.Popen(
+            [str(testbed.DEPLOYHOOK), "worker", "--burst", "--env", env, "--config", str(bed.config_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        for env in ids
+    ]
+    for worker in workers:
+        _, errors = worker.communicate(timeout=300)
+        assert worker.returncode == 0, errors.decode()
+    prod, staging = (bed.store.require(ids[env]) for env in ("production", "staging"))
+    assert (prod.status, staging.status) == (Status.SUCCEEDED, Status.SUCCEEDED), (prod.reason, staging.reason)
+    assert prod.started_at and prod.finished_at and staging.started_at and staging.finished_at
+    assert prod.started_at < staging.finished_at and staging.started_at < prod.finished_at, "one ran after the other"
+    assert bed.health("production")["version"] == fifth
+
 
 def with_project_files(bed: Bed, outside: str | None = None) -> str:
     """A commit whose production compose file has the app read a tracked config directory and the env file,
