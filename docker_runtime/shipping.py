@@ -24,6 +24,7 @@ from .childenv import child_environment
 from .commands import CHUNK_SIZE
 from .engines import Engine
 from .errors import CommandFailed
+from .layers import shared_prefix, without_layers
 
 Owner = tuple[int, int]
 
@@ -34,40 +35,82 @@ class Shipped:
 
     bytes: int
     seconds: float
+    layers: int = 0
+    """The image's layers."""
+    layers_there: int = 0
+    """Of those, the ones the engine had already: their files were left out."""
 
     def describe(self) -> str:
-        return f"{self.bytes / 1024**2:.1f} MiB in {self.seconds:.1f}s"
+        text = f"{self.bytes / 1024**2:.1f} MiB in {self.seconds:.1f}s"
+        if self.layers:
+            text += f"; {self.layers - self.layers_there} of {self.layers} layers sent, the others were there"
+        return text
+
+
+class LoadRefused(DeployError):
+    """The target engine's `docker load` failed on the stream."""
 
 
 def ship_image(ref: str, source: Engine, target: Engine, on_line: Callable[[str], None], timeout: float) -> Shipped:
-    """Stream image `ref` (name:tag, so the tag comes along) from source's engine into target's; the id is kept."""
+    """Stream image `ref` (name:tag, so the tag comes along) from source's engine into target's; the id is kept.
+    Only the layers the target lacks are sent, unless its image store wants them all (then the whole image)."""
     began = time.monotonic()
+    layers, there = layers_there(ref, source, target)
+    try:
+        sent = _stream(ref, source, target, on_line, timeout, there)
+    except LoadRefused as exc:
+        if not there:
+            raise
+        on_line(f"{target.address} wants every layer of {ref} ({exc}); sending it whole")
+        sent, there = _stream(ref, source, target, on_line, timeout, set()), set()
+    return Shipped(sent, time.monotonic() - began, len(layers), len(there))
+
+
+def layers_there(ref: str, source: Engine, target: Engine) -> tuple[list[str], set[str]]:
+    """The image's layers (diff ids, base first), and those of them the target engine has already."""
+    client = source.client(timeout=30)
+    try:
+        layers = [str(layer) for layer in client.images.get(ref).attrs["RootFS"]["Layers"]]
+    finally:
+        client.close()
+    client = target.client(timeout=60)
+    try:
+        theirs = [image.attrs.get("RootFS", {}).get("Layers") or [] for image in client.images.list()]
+    finally:
+        client.close()
+    return layers, shared_prefix(layers, theirs)
+
+
+def _stream(
+    ref: str, source: Engine, target: Engine, on_line: Callable[[str], None], timeout: float, skip: set[str]
+) -> int:
+    """`docker save` on source, the layers in skip left out, into `docker load` on target; the bytes sent."""
     counted = [0]
     save = ["docker", "image", "save", ref]
     with subprocess.Popen(
         save, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_environment(engine=source.docker_env())
     ) as saving:
+        assert saving.stdout is not None
         try:
-            chunks = _counted(saving, counted)
+            chunks = _counted(saving, without_layers(saving.stdout, skip), counted)
             commands.stream_from(
                 ["docker", "image", "load"], chunks, on_line,
                 env=child_environment(engine=target.docker_env()), timeout=timeout,
             )  # fmt: skip
         except CommandFailed as exc:
             saving.kill()
-            raise DeployError(f"loading {ref} into {target.address} failed: {exc}") from None
+            raise LoadRefused(f"loading {ref} into {target.address} failed: {exc}") from None
         finally:
             if saving.poll() is None:
                 saving.kill()
         error = saving.stderr.read().decode(errors="replace").strip() if saving.stderr else ""
     if saving.returncode != 0:
         raise DeployError(f"`docker image save {ref}` on {source.address} failed: {error or saving.returncode}")
-    return Shipped(counted[0], time.monotonic() - began)
+    return counted[0]
 
 
-def _counted(proc: subprocess.Popen[bytes], counted: list[int]) -> Iterator[bytes]:
-    assert proc.stdout is not None
-    for chunk in iter(lambda: proc.stdout.read(CHUNK_SIZE), b""):  # type: ignore[union-attr]
+def _counted(proc: subprocess.Popen[bytes], chunks: Iterable[bytes], counted: list[int]) -> Iterator[bytes]:
+    for chunk in chunks:
         counted[0] += len(chunk)
         yield chunk
     if proc.wait() != 0:

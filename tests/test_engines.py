@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -10,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testbed
 from pydantic import ValidationError
 
 from deploy_config.schema import EngineConfig
 from docker_runtime.childenv import child_environment
 from docker_runtime.engines import Engine, SSHEngine, engine_for
 from docker_runtime.errors import EngineUnreachable
+from docker_runtime.layers import shared_prefix
+from docker_runtime.shipping import ship_image
 
 # --- the config -------------------------------------------------------------------------------------------
 
@@ -154,3 +158,50 @@ def test_an_unreachable_server_fails_within_connect_timeout(remote_engine: Any) 
         waited = time.monotonic() - began
     assert "timed out" in str(unreachable.value) or "no answer within 4s" in str(unreachable.value)
     assert waited < 4 + 1  # bounded by connect_timeout (4 s here; 15 s by default), never ssh's own 64 s
+
+
+# --- shipping an image: only the layers the engine lacks ---------------------------------------------------
+
+
+def test_the_layers_an_engine_has_are_the_longest_prefix_one_of_its_images_shares() -> None:
+    mine = ["sha256:base", "sha256:deps", "sha256:app-2"]
+    assert shared_prefix(mine, [["sha256:base", "sha256:deps", "sha256:app-1"], ["sha256:base"]]) == set(mine[:2])
+    assert shared_prefix(mine, [["sha256:deps", "sha256:app-2"]]) == set()  # the same layer on another parent
+    assert shared_prefix(mine, []) == set()
+
+
+def build_release(client: Any, context: Path, tag: str, note: str) -> str:
+    """An image of two layers: the static busybox (shared by every release), then a file of its own."""
+    context.mkdir(exist_ok=True)
+    shutil.copy(testbed.static_busybox(), context / "busybox")
+    (context / "note").write_text(note)
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY busybox /bin/busybox\nCOPY note /note\n")
+    return str(client.images.build(path=str(context), tag=tag, rm=True)[0].id)
+
+
+@pytest.mark.docker
+def test_a_release_ships_only_the_layers_the_server_lacks(
+    remote_engine: Any, docker_client: Any, tmp_path: Path
+) -> None:
+    name = testbed.unique_name("dhship")
+    first = build_release(docker_client, tmp_path / "one", f"{name}:one", "release one\n")
+    second = build_release(docker_client, tmp_path / "two", f"{name}:two", "release two\n")
+    lines: list[str] = []
+    try:
+        with Engine(EngineConfig()) as here, ssh_engine(remote_engine) as there:
+            whole = ship_image(f"{name}:one", here, there, lines.append, timeout=120)
+            delta = ship_image(f"{name}:two", here, there, lines.append, timeout=120)
+        landed = remote_engine.docker(
+            "image", "inspect", "--format", "{{.Id}}", f"{name}:one", f"{name}:two", ssh=False
+        )
+        assert landed.stdout.split() == [first, second]
+        note = remote_engine.docker("run", "--rm", f"{name}:two", "/bin/busybox", "cat", "/note", ssh=False)
+        assert note.stdout == "release two\n"
+    finally:
+        remote_engine.docker("image", "rm", f"{name}:one", f"{name}:two", check=False, ssh=False)
+        for tag in ("one", "two"):
+            docker_client.images.remove(f"{name}:{tag}", force=True)
+    assert (whole.layers, whole.layers_there, delta.layers, delta.layers_there) == (2, 0, 2, 1)
+    busybox = testbed.static_busybox().stat().st_size
+    assert whole.bytes > busybox > 50 * delta.bytes, (whole.describe(), delta.describe())
+    assert "1 of 2 layers sent" in delta.describe()
