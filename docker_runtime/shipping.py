@@ -125,6 +125,8 @@ class Entry:
     path: Path
     source: Path | None
     owner: Owner
+    mode: int = 0o755
+    """An empty directory's mode (Docker's for a bind source it creates); a copy keeps its own."""
 
 
 def ship_files(engine: Engine, entries: Iterable[Entry], root: Path, timeout: float | None = None) -> Shipped:
@@ -146,7 +148,7 @@ def _write_tar(archive: IO[bytes], entries: Iterable[Entry]) -> None:
             name = str(entry.path).lstrip("/")
             if entry.source is None:
                 info = tarfile.TarInfo(name)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, int(time.time())
+                info.type, info.mode, info.mtime = tarfile.DIRTYPE, entry.mode, int(time.time())
                 tar.addfile(_owned(info, entry.owner))
                 continue
             tar.add(str(entry.source), arcname=name, filter=partial(_owned, owner=entry.owner))

@@ -97,7 +97,8 @@ def ship_proxy_files(ctx: DeploymentContext) -> None:
         return
     runtime = runtime_dir(ctx.config, ctx.env)
     owner = proxy_owner(ctx)
-    entries = [Entry(runtime, None, owner)] + [Entry(part, part, owner) for part in sorted(runtime.iterdir())]
+    parts = [Entry(part, part, owner) for part in sorted(runtime.iterdir())]
+    entries = [Entry(runtime, None, owner, mode=0o700), *parts]
     ship_files(ctx.engine, entries, runtime.parent)
 
 
