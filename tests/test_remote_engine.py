@@ -71,10 +71,20 @@ def test_production_on_its_own_server(
 ) -> None:
     remote = remote_cleanup
     monkeypatch.setenv("REDIS_URL", redis_url)  # `deployhook backups restore` locks and audits there
-    first = bed.commit()
+    first = with_project_files(bed)
     deployed(bed, "staging", first)
     promoted = deployed(bed, "production", first)
     remote_psql(bed, remote, "CREATE TABLE visits (id int); INSERT INTO visits SELECT generate_series(1, 42);")
+
+    # What the compose file reads is on the server, at the same path: Compose resolves it here.
+    worktree = bed.config.worktree("production")
+    app_conf = (bed.remote.work_dir / "config/app.conf").read_text()
+    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == app_conf
+    mode = remote.run_inside("stat", "-c", "%a %s", str(worktree / ".env")).stdout.split()
+    assert mode == ["600", str(len(bed.config.env_file.read_bytes()))]
+    assert remote.run_inside("cat", str(worktree / "secrets/token.txt")).stdout == "a token the app reads\n"
+    assert remote.run_inside("stat", "-c", "%a", str(worktree.parent)).stdout.strip() == "700"
+    remote.run_inside("sh", "-c", f"echo written-by-the-app > {worktree}/logs/app.log")
 
     log = bed.log(promoted)
     assert "shipping it" in log and "shipped" in log, log
@@ -85,16 +95,19 @@ def test_production_on_its_own_server(
     assert testbed.image_id(bed, f"{testbed.APP_IMAGE}:{first}") == promoted.images[testbed.APP_IMAGE]
 
     # The next release, promoted while clients hit the server's address every 10 ms: nothing dropped.
-    second = release(bed, "two")
+    second = release(bed, "two", {"config/app.conf": "release two\n"})
     deployed(bed, "staging", second)
     with Traffic(bed.config.environments["production"].base_url) as traffic:
         again = deployed(bed, "production", second)
     assert traffic.failed == 0, traffic.failures[:5]
+    assert "layers sent, the others were there" in bed.log(again)  # the base layers went with the first release
     assert traffic.answers["fresh"] > 20
     statuses = step_statuses(again)
     assert (statuses["backup"], statuses["verify"], statuses["drain"]) == ("succeeded",) * 3
     assert again.backup and (bed.config.environments["production"].backups.dir / again.backup).is_file()
     assert bed.health("production")["version"] == second
+    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == "release two\n"
+    assert remote.run_inside("cat", str(worktree / "logs/app.log")).stdout == "written-by-the-app\n"
 
     # The backup taken there is restored there: pg_dump and psql run through the server's engine.
     remote_psql(bed, remote, "DELETE FROM visits WHERE id > 2;")
@@ -149,6 +162,19 @@ def test_production_on_its_own_server(
     assert prod.started_at < staging.finished_at and staging.started_at < prod.finished_at, "one ran after the other"
     assert bed.health("production")["version"] == fifth
 
+    # A bind source off the project is the server's own: deployhook ships none, and says what is missing there.
+    outside = bed.config.state_dir.parent / "presets"
+    outside.mkdir()  # here, not there
+    bed.set_config("production", host_paths=[str(outside)])
+    third = with_project_files(bed, outside=str(outside))
+    deployed(bed, "staging", third)
+    failed = bed.deploy("production", third)
+    assert failed.status == Status.FAILED
+    assert f"{remote.docker_host} lacks {outside}" in failed.reason, failed.reason
+    assert "create them there" in failed.reason
+    assert step_statuses(failed)["ship"] == "failed"
+    assert remote.run_inside("cat", str(worktree / "secrets/token.txt")).stdout == "a token the app reads\n"
+
 
 def with_project_files(bed: Bed, outside: str | None = None) -> str:
     """A commit whose production compose file has the app read a tracked config directory and the env file,
@@ -171,40 +197,3 @@ def with_project_files(bed: Bed, outside: str | None = None) -> str:
         ".gitignore": "logs/\n",
     }
     return bed.commit(files, "the app reads ./config and .env, writes ./logs")
-
-
-def test_the_project_directory_lands_on_the_server_and_what_the_app_wrote_stays(bed: Bed, remote_cleanup: Any) -> None:
-    remote = remote_cleanup
-    first = with_project_files(bed)
-    deployed(bed, "staging", first)
-    deployed(bed, "production", first)
-    worktree = bed.config.worktree("production")
-    app_conf = (bed.remote.work_dir / "config/app.conf").read_text()
-    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == app_conf
-    mode = remote.run_inside("stat", "-c", "%a %s", str(worktree / ".env")).stdout.split()
-    assert mode == ["600", str(len(bed.config.env_file.read_bytes()))]
-    assert remote.run_inside("cat", str(worktree / "secrets/token.txt")).stdout == "a token the app reads\n"
-    remote.run_inside("sh", "-c", f"echo written-by-the-app > {worktree}/logs/app.log")
-
-    second = with_project_files(bed)
-    deployed(bed, "staging", second)
-    deployed(bed, "production", second)
-
-    new_conf = (bed.remote.work_dir / "config/app.conf").read_text()
-    assert new_conf != app_conf
-    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == new_conf
-    assert remote.run_inside("cat", str(worktree / "logs/app.log")).stdout == "written-by-the-app\n"
-    assert remote.run_inside("stat", "-c", "%a", str(worktree.parent)).stdout.strip() == "700"
-
-    # A bind source off the project is the server's own: deployhook ships none, and says what is missing there.
-    outside = bed.config.state_dir.parent / "presets"
-    outside.mkdir()  # here, not there
-    bed.set_config("production", host_paths=[str(outside)])
-    third = with_project_files(bed, outside=str(outside))
-    deployed(bed, "staging", third)
-    failed = bed.deploy("production", third)
-    assert failed.status == Status.FAILED
-    assert f"{remote.docker_host} lacks {outside}" in failed.reason, failed.reason
-    assert "create them there" in failed.reason
-    assert step_statuses(failed)["ship"] == "failed"
-    assert remote.run_inside("cat", str(worktree / "config/app.conf")).stdout == new_conf
