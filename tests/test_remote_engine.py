@@ -86,6 +86,11 @@ def test_production_on_its_own_server(
     assert remote.run_inside("stat", "-c", "%a", str(worktree.parent)).stdout.strip() == "700"
     remote.run_inside("sh", "-c", f"echo written-by-the-app > {worktree}/logs/app.log")
 
+    # The page shows both engines, as the deployments' preflights found them.
+    page = bed.client.get("/").get_data(as_text=True)
+    assert remote.docker_host in page and "local (" in page
+    assert page.count('class="engine-reachable"') == 2
+
     log = bed.log(promoted)
     assert "shipping it" in log and "shipped" in log, log
     assert step_statuses(promoted)["ship"] == "succeeded"
