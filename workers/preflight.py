@@ -53,18 +53,16 @@ def _docker_answers(ctx: DeploymentContext, compose: str | None) -> None:
 
 
 def _advice(ctx: DeploymentContext, reason: str) -> str:
-    if ctx.engine.remote:
-        return (
-            reason
-            if reason.startswith("cannot reach")
-            else (
-                f"{reason}; check that dockerd runs on that server and that the SSH user may use it (the docker group)"
-            )
-        )
-    return (
-        f"{reason}; start the engine (systemctl start docker) or set DOCKER_HOST, and check that this worker's "
-        "user may use it"
-    )
+    """The reason, and what to check on the engine's kind of connection (ssh's own reasons say it already)."""
+    kind = ctx.env.engine.kind
+    if kind == "ssh" and reason.startswith("cannot reach"):
+        return reason
+    advice = {
+        "ssh": "check that dockerd runs on that server and that the SSH user may use it (the docker group)",
+        "tcp": "check that dockerd listens there with --tlsverify, and that tls_ca, tls_cert and tls_key are its CA's",
+        "local": "start the engine (systemctl start docker) or set DOCKER_HOST, and check that this worker may use it",
+    }[kind]
+    return f"{reason}; {advice}"
 
 
 def _record(ctx: DeploymentContext, info: EngineInfo | None, error: str, compose: str | None) -> None:
