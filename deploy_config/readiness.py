@@ -1,7 +1,8 @@
 """What a service lacks in its configuration that would fail it later: said once when it starts, and on the page.
 
 Only what can be checked without running anything: the secrets' variables and the env file.
-The Docker engine and Compose are checked by docker_runtime.engine.engine_warnings().
+The Docker engine and Compose are checked by docker_runtime.engine.engine_warnings() when a service
+starts; the page's banner reads what the workers found of them instead (hook_server/readiness.py).
 """
 
 from __future__ import annotations

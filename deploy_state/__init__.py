@@ -5,6 +5,7 @@ Docker code. No Redis key string appears outside keys.py.
 """
 
 from . import outbox
+from .containers import ContainersStatus, ContainerState
 from .engines import EngineStatus
 from .locks import EnvironmentLock, LeaseKeeper, environment_lock
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus, Trigger
@@ -13,6 +14,8 @@ from .store import DeploymentStore, StatusConflict
 
 __all__ = [
     "FINAL_STATUSES",
+    "ContainerState",
+    "ContainersStatus",
     "Deployment",
     "DeploymentStore",
     "EngineStatus",

@@ -121,6 +121,11 @@ def engine_status(env: str) -> str:
     return f"{PREFIX}:env:{env}:engine"
 
 
+def containers(env: str) -> str:
+    """Hash: env's containers as a worker last listed them (containers.py): their states and limits, when."""
+    return f"{PREFIX}:env:{env}:containers"
+
+
 def log_bytes(env: str) -> str:
     """The bytes of log lines env's deployments hold in Redis (what status_page.log_max_total_bytes caps)."""
     return f"{PREFIX}:env:{env}:log-bytes"

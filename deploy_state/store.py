@@ -15,7 +15,7 @@ from deploy_config import DeployError
 from deploy_config.defaults import DEFAULT_LOG_MAX_BYTES, DEFAULT_LOG_MAX_LINES, DEFAULT_LOG_MAX_TOTAL_BYTES
 from deploy_text.formatting import cut
 
-from . import engines, keys, listing, logcap, outbox, stats
+from . import containers, engines, keys, listing, logcap, outbox, stats
 from .indexes import status_indexes
 from .models import FINAL_STATUSES, Deployment, Status, Step, StepStatus
 from .queued import SHOWN_QUEUED, QueuedView
@@ -263,6 +263,14 @@ class DeploymentStore:
     def engine_status(self, env: str, url: str | None = None) -> engines.EngineStatus | None:
         """env's engine as last checked; None before the first check, or (given url) when it checked another."""
         return engines.read(self.conn, env, url)
+
+    def record_container_status(self, found: containers.ContainersStatus) -> containers.ContainersStatus | None:
+        """What a worker's listing of an environment's containers found; None when a later listing was kept."""
+        return containers.record(self.conn, found)
+
+    def container_status(self, env: str, url: str | None = None) -> containers.ContainersStatus | None:
+        """env's containers as last listed; None before the first listing, or (given url) when on another engine."""
+        return containers.read(self.conn, env, url)
 
     # --- cancellation --------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ def docker_unreachable(timeout: float = 5.0, client: MakeClient | None = None) -
     """Why the Docker engine does not answer a ping now (a fresh client, a short timeout), or None.
 
     client: makes a client of the engine to ask (Engine.client), this host's by default."""
-    import docker.errors  # here, not at the top: the web app's setup banner asks, and create_app must not load the SDK
+    import docker.errors  # here, not at the top: `up`'s startup checks and the workers import this module first
 
     try:
         client_of = client or (lambda seconds: docker.from_env(timeout=int(seconds)))

@@ -105,7 +105,7 @@ def page_error(status: int, message: str) -> ResponseReturnValue:
 @bp.get("/")
 def index() -> ResponseReturnValue:
     config, current = deploy_config(), store()
-    live = overview.gather(config.environments)
+    live = overview.gather(current, config.environments)
     cards = [_card(current, env, live[name]) for name, env in config.environments.items()]
     return render_template("index.html", cards=cards, now=time.time(), active="index")
 

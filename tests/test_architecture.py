@@ -16,10 +16,15 @@ import os
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import redis
+import testbed
+
+from deploy_state import ContainersStatus, ContainerState, DeploymentStore, EngineStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -51,13 +56,22 @@ ALLOWED: dict[str, set[str]] = {
     "deploy_cli": OURS - {"deploy_cli"},
 }
 
-#: Third-party modules a package must not import: state makes no HTTP calls, config runs nothing, the web app
-#: leaves Docker and git to docker_runtime.
+#: Modules a package must not import: state makes no HTTP calls, config runs nothing, the web app leaves Docker and
+#: git to docker_runtime and reads each environment's engine and containers from Redis, as the workers found them
+#: (it never lists containers nor asks an engine itself).
 FORBIDDEN: dict[str, set[str]] = {
     "deploy_state": {"requests", "urllib3", "http", "urllib.request", "docker", "git", "subprocess", "flask"},
     "deploy_config": {"requests", "urllib3", "urllib.request", "redis", "rq", "docker", "git", "subprocess", "flask"},
     "deploy_text": {"requests", "redis", "rq", "docker", "git", "subprocess", "flask"},
-    "hook_server": {"docker", "git", "subprocess"},
+    "hook_server": {
+        "docker",
+        "git",
+        "subprocess",
+        "docker_runtime.containers",
+        "docker_runtime.engine",
+        "docker_runtime.engines",
+        "docker_runtime.ssh",
+    },
 }
 
 
@@ -313,3 +327,32 @@ def test_the_web_app_loads_neither_the_docker_sdk_nor_gitpython(config_file: Pat
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"the web app loaded the Docker SDK or GitPython: {loaded[:5]}"
+
+
+def test_the_status_page_and_the_api_show_engines_and_containers_without_the_docker_sdk(
+    config_file: Path, redis_url: str, redis_conn: redis.Redis, secrets: testbed.Secrets
+) -> None:
+    """The page and GET /api/environments, rendered in a fresh interpreter on a real Redis holding what a worker
+    found: the engine and the containers come from there, and neither view loads the Docker SDK to show them."""
+    store = DeploymentStore(redis_conn)
+    store.record_engine_status(EngineStatus("staging", "local", "local (unix:///x.sock)", "27.1.1", "", True, "", 1.0))
+    app = ContainerState("app", "proj-app-1", "running (healthy)", 512 * 1024**2, 0.5)
+    store.record_container_status(ContainersStatus("staging", "local", time.time(), [app]))
+    code = (
+        "import json, sys\n"
+        "import hook_server\n"
+        f"client = hook_server.create_app({{'REDIS_URL': {redis_url!r}}}).test_client()\n"
+        "page, api = client.get('/'), client.get('/api/environments')\n"
+        "assert page.status_code == 200 and api.status_code == 200, (page.status_code, api.status_code)\n"
+        "html = page.get_data(as_text=True)\n"
+        "assert 'proj-app-1' in html and 'running (healthy)' in html, 'the containers are not on the page'\n"
+        "assert 'Docker Compose v2 is not installed where the workers of staging run' in html, 'no banner'\n"
+        "assert api.json['environments'][0]['engine']['last_check']['docker_version'] == '27.1.1'\n"
+        "heavy = [n for n in sys.modules if n in ('docker', 'git') or n.startswith(('docker.', 'git.'))]\n"
+        "print(json.dumps(sorted(heavy)))\n"
+    )
+    env = {**os.environ, "DEPLOYHOOK_CONFIG": str(config_file)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"showing the page or the API loaded the Docker SDK or GitPython: {loaded[:5]}"

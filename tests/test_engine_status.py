@@ -1,6 +1,7 @@
-"""Each environment's Docker engine as the workers find it: recorded in Redis (deploy_state/engines.py), gathered by
-workers/engine_status.py (when a worker starts, then every minute, in a thread of its own), over a real Redis, the
-real Docker engine and a real ssh client pointed at addresses where no sshd answers."""
+"""Each environment's Docker engine and containers as the workers find them: recorded in Redis
+(deploy_state/engines.py, deploy_state/containers.py), gathered by workers/engine_status.py (when a worker starts,
+then every minute, in a thread of its own), over a real Redis, the real Docker engine and a real ssh client pointed
+at addresses where no sshd answers."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ import yaml
 from deploy_cli import main
 from deploy_config import DeployConfig, EnvironmentConfig, load_config
 from deploy_config.schema import EngineConfig
-from deploy_state import DeploymentStore, EngineStatus
+from deploy_state import ContainersStatus, ContainerState, DeploymentStore, EngineStatus, keys
+from deploy_state.containers import MAX_CONTAINERS
 from deploy_state.engines import ERROR_CHARS
-from workers.engine_status import EngineWatch, gather
+from docker_runtime.containers import PROJECT_LABEL, SERVICE_LABEL
+from docker_runtime.engines import engine_for
+from workers.engine_status import EngineWatch, gather, record_containers
 
 
 @pytest.fixture
@@ -100,6 +104,45 @@ def test_texts_are_bounded(store: DeploymentStore) -> None:
     assert store.engine_status("staging") == stored
 
 
+def listing(env: str = "staging", count: int = 1, at: float = 1000.0, **fields: object) -> ContainersStatus:
+    items = [ContainerState(f"s{i:03}", f"proj-s{i:03}-1", "running", 64 * 1024**2, 0.5) for i in range(count)]
+    values: dict[str, object] = {"environment": env, "url": "local", "gathered_at": at, "items": items, **fields}
+    return ContainersStatus(**values)  # type: ignore[arg-type]
+
+
+def test_containers_read_back_as_listed_and_none_before_the_first(store: DeploymentStore) -> None:
+    assert store.container_status("staging") is None
+    stored = store.record_container_status(listing(count=2))
+    assert stored == listing(count=2)
+    assert store.container_status("staging", url="local") == stored
+    assert store.container_status("staging", url="ssh://deploy@10.0.0.2") is None  # listed on another engine
+    assert store.container_status("production") is None
+    # The next listing replaces the last one whole, an error with no containers too.
+    failed = store.record_container_status(listing(count=0, at=1060.0, error="Docker is unreachable at local: x"))
+    assert store.container_status("staging") == failed and failed is not None and failed.items == []
+
+
+def test_a_listing_begun_before_the_one_recorded_is_dropped(store: DeploymentStore) -> None:
+    """The worker's round began, a deployment ended and recorded its own listing, then the round records: the
+    deployment's is the newer news of the two, and stays."""
+    after_deploy = store.record_container_status(listing(count=3, at=1010.0))
+    assert store.record_container_status(listing(count=1, at=1000.0)) is None
+    assert store.container_status("staging") == after_deploy
+    # One of another engine (deploy.yml moved staging) is recorded whatever its time.
+    assert store.record_container_status(listing(count=1, at=900.0, url="ssh://deploy@10.0.0.2")) is not None
+
+
+def test_containers_are_bounded_in_count_and_text(store: DeploymentStore) -> None:
+    long = ContainerState("s" * 5000, "n" * 5000, "r" * 5000, None, None)
+    stored = store.record_container_status(
+        listing(count=MAX_CONTAINERS + 10, more=5, error="e" * 5000, items=[long] * (MAX_CONTAINERS + 10))
+    )
+    assert stored is not None and len(stored.items) == MAX_CONTAINERS and stored.more == 15
+    assert all(len(text) < 300 for c in stored.items for text in (c.service, c.name, c.state))
+    assert stored.error == "e" * 300 + f" [... {5000 - 300} characters cut]"
+    assert store.container_status("staging") == stored
+
+
 # --- gathering ---------------------------------------------------------------------------------------------------
 
 
@@ -142,6 +185,70 @@ def test_the_local_engine_answers_with_its_versions(
     assert status.address.startswith("local (")
     assert status.last_seen == status.checked_at
     assert store.engine_status("staging", url="local") == status
+    # The round lists the environment's containers on the engine too: none in this project.
+    listed = store.container_status("staging", url="local")
+    assert listed is not None and (listed.items, listed.error) == ([], "")
+    assert status.checked_at - 10 < listed.gathered_at <= status.checked_at
+
+
+@pytest.fixture
+def project_containers(
+    deploy_config: DeployConfig, docker_client: docker.DockerClient, postgres_image: str
+) -> Iterator[list[str]]:
+    """Two containers of staging's compose project, as Compose labels them: db running with limits, app created and
+    never started; yields their names."""
+    project = deploy_config.environments["staging"].project
+    made = []
+    try:
+        for service, start in (("db", True), ("app", False)):
+            labels = {PROJECT_LABEL: str(project), SERVICE_LABEL: service}
+            name = f"{project}-{service}-1"
+            options = {"mem_limit": "64m", "nano_cpus": 500_000_000} if start else {}
+            container = docker_client.containers.create(
+                postgres_image, entrypoint=["sleep", "300"], labels=labels, name=name, **options
+            )
+            made.append(container)
+            if start:
+                container.start()
+        yield [str(c.name) for c in made]
+    finally:
+        for container in made:
+            container.remove(force=True)
+
+
+def test_a_worker_records_the_containers_of_each_environment_from_its_engine(
+    store: DeploymentStore, deploy_config: DeployConfig, project_containers: list[str]
+) -> None:
+    staging = deploy_config.environments["staging"]
+    with engine_for(staging) as engine:
+        found = record_containers(store, staging, engine)
+    assert found is not None and found.error == "" and found.more == 0
+    assert [(c.service, c.name) for c in found.items] == [("app", project_containers[1]), ("db", project_containers[0])]
+    app, db = found.items
+    assert (app.state, app.memory, app.cpus) == ("created", None, None)
+    assert (db.state, db.memory, db.cpus) == ("running", 64 * 1024**2, 0.5)
+    assert store.container_status("staging", url="local") == found
+    assert store.container_status("production") is None  # another project: nothing of it was listed
+
+    # The worker's round (gather) records them as well.
+    store.conn.delete(keys.containers("staging"))
+    gather(store, staging, compose="2.29.1")
+    again = store.container_status("staging", url="local")
+    assert again is not None and [c.name for c in again.items] == [c.name for c in found.items]
+
+
+def test_containers_the_engine_cannot_list_are_recorded_with_why(
+    store: DeploymentStore, deploy_config: DeployConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nowhere = f"tcp://127.0.0.1:{testbed.free_port()}"
+    monkeypatch.setenv("DOCKER_HOST", nowhere)
+    staging = deploy_config.environments["staging"]
+    started = time.monotonic()
+    found = record_containers(store, staging, engine_for(staging))
+    assert time.monotonic() - started < 5
+    assert found is not None and found.items == []
+    assert found.error.startswith(f"Docker is unreachable at local ({nowhere}): "), found.error
+    assert store.container_status("staging") == found
 
 
 # --- the worker's thread -----------------------------------------------------------------------------------------
@@ -188,6 +295,7 @@ def test_a_worker_records_its_environments_engine_when_it_starts(
         testbed.wait_for(lambda: store.engine_status("staging"), timeout=5, what="the worker's engine check")
     found = store.engine_status("staging", url="local")
     assert found is not None and found.reachable, found
+    assert store.container_status("staging", url="local") is not None  # listed before the engine was recorded
     assert store.engine_status("production") is None  # served by another worker
 
 

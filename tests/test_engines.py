@@ -170,12 +170,14 @@ def test_the_layers_an_engine_has_are_the_longest_prefix_one_of_its_images_share
     assert shared_prefix(mine, []) == set()
 
 
-def build_release(client: Any, context: Path, tag: str, note: str) -> str:
-    """An image of two layers: the static busybox (shared by every release), then a file of its own."""
-    context.mkdir(exist_ok=True)
-    shutil.copy(testbed.static_busybox(), context / "busybox")
+def build_release(client: Any, context: Path, tag: str, base: str, note: str) -> str:
+    """An image of two layers: a base (the static busybox and `base`, shared by the releases of one test, new to
+    the server), then a file of the release's own."""
+    (context / "base" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(testbed.static_busybox(), context / "base" / "bin" / "busybox")
+    (context / "base" / "base-id").write_text(base)
     (context / "note").write_text(note)
-    (context / "Dockerfile").write_text("FROM scratch\nCOPY busybox /bin/busybox\nCOPY note /note\n")
+    (context / "Dockerfile").write_text("FROM scratch\nCOPY base/ /\nCOPY note /note\n")
     return str(client.images.build(path=str(context), tag=tag, rm=True)[0].id)
 
 
@@ -184,8 +186,8 @@ def test_a_release_ships_only_the_layers_the_server_lacks(
     remote_engine: Any, docker_client: Any, tmp_path: Path
 ) -> None:
     name = testbed.unique_name("dhship")
-    first = build_release(docker_client, tmp_path / "one", f"{name}:one", "release one\n")
-    second = build_release(docker_client, tmp_path / "two", f"{name}:two", "release two\n")
+    first = build_release(docker_client, tmp_path / "one", f"{name}:one", name, "release one\n")
+    second = build_release(docker_client, tmp_path / "two", f"{name}:two", name, "release two\n")
     lines: list[str] = []
     try:
         with Engine(EngineConfig()) as here, ssh_engine(remote_engine) as there:

@@ -84,6 +84,12 @@ def _restore(bed: Bed, env: str, backup: Path, database: str) -> None:
 def test_failed_build_touches_nothing(bed: Bed) -> None:
     good = bed.commit()
     assert bed.deploy("staging", good).status == Status.SUCCEEDED
+    # Its end recorded the containers as it left them, for the page (the bed's worker runs no periodic round).
+    listed = bed.store.container_status("staging", url="local")
+    assert listed is not None and listed.error == "", listed
+    assert {c.service for c in listed.items} == {"app", "db", "discord"}
+    assert all(c.state.startswith("running") for c in listed.items), listed.items
+    assert next(c.memory for c in listed.items if c.service == "app") == 512 * 1024**2
     dockerfile = (bed.remote.work_dir / "Dockerfile").read_text()
     bad = bed.commit({"Dockerfile": dockerfile + BROKEN_BUILD}, "break the build")
     before = running_image_ids(bed, "staging")
@@ -96,6 +102,10 @@ def test_failed_build_touches_nothing(bed: Bed) -> None:
     assert bed.health("staging")["version"] == good
     assert running_image_ids(bed, "staging") == before
     assert image_id(bed, f"{testbed.APP_IMAGE}:latest-staging") == before["app"]
+    # The failed one listed them again: the same containers, as of its end.
+    again = bed.store.container_status("staging", url="local")
+    assert again is not None and again.gathered_at > listed.gathered_at
+    assert [c.name for c in again.items] == [c.name for c in listed.items]
 
 
 @pytest.mark.parametrize("bed_overrides", [{"staging": {"health_timeout": 5}}])

@@ -3,14 +3,11 @@ machine reached over SSH, and that leaves nothing behind."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,35 +19,19 @@ import requests
 import testbed
 from remote_bed import RemoteEngine
 
-BUSYBOX_IMAGE = "deployhook-test/remote-busybox:1"
 # One bed for the module, after the parallel tests: a second engine per xdist worker would cost each
 # of them seconds of CPU on a 2-core machine.
 pytestmark = pytest.mark.exclusive
 
-PAGE = "served by the remote engine\n"
+PAGE = testbed.REMOTE_BUSYBOX_PAGE
 FAIL_WITHIN = 15.0
 """How fast a client must give up on an unreachable server: the bound the product must meet later."""
 
 
 @pytest.fixture(scope="module")
 def busybox_image(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A busybox image built on the host engine, as the test images are (FROM scratch, Debian's static
-    busybox), serving PAGE from /www; built once, reused by tag."""
-    lock_path = Path(tempfile.gettempdir()) / "deployhook-test-remote-busybox-image.lock"
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            docker_client.images.get(BUSYBOX_IMAGE)
-        except docker.errors.ImageNotFound:
-            context = tmp_path_factory.mktemp("remote-busybox")
-            shutil.copy(testbed.static_busybox(), context / "busybox")
-            (context / "index.html").write_text(PAGE)
-            (context / "Dockerfile").write_text(
-                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n"
-                'ENTRYPOINT ["/bin/busybox"]\n'
-            )
-            docker_client.images.build(path=str(context), tag=BUSYBOX_IMAGE, rm=True)
-    return BUSYBOX_IMAGE
+    """A busybox image built on the host engine serving PAGE from /www (testbed.ensure_remote_busybox_image)."""
+    return testbed.ensure_remote_busybox_image(docker_client, tmp_path_factory.mktemp("remote-busybox"))
 
 
 @pytest.fixture(scope="module")
@@ -138,13 +119,14 @@ def test_compose_over_ssh_runs_a_service_whose_published_port_the_host_reaches(
 
 
 def test_the_state_dir_is_empty_remotely_and_what_ssh_ships_lands_where_the_engine_looks(
-    remote_engine: RemoteEngine, remote_busybox: str, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+    remote_engine: RemoteEngine, remote_busybox: str, tmp_path: Path
 ) -> None:
     state = tmp_path / "state"
     state.mkdir()
     (state / "deploy.yml").write_text("on the host only\n")
     assert remote_engine.run_inside("ls", "-A", str(state), check=False).returncode != 0  # not there at all
-    assert remote_engine.run_inside("ls", "-A", str(tmp_path_factory.getbasetemp())).stdout == ""
+    # The whole basetemp is hidden there: of this host's test files, only what a test shipped is seen.
+    assert remote_engine.run_inside("ls", "-A", str(tmp_path), check=False).returncode != 0
 
     remote_engine.ssh(f"mkdir -p {state} && echo shipped > {state}/release.txt")
     mount = f"{state}:/state:ro"

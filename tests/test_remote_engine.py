@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import testbed
 import yaml
-from testbed import Bed, Traffic, release, roll_back, start_first, step_statuses
+from testbed import Bed, Traffic, deployed, release, remote_psql, roll_back, start_first, step_statuses
 
-from deploy_state import Deployment, Status
+from deploy_state import Status
 
 pytestmark = pytest.mark.docker
 
@@ -50,20 +50,11 @@ def remote_cleanup(bed: Bed, remote_engine: Any) -> Any:
     yield remote_engine
     project = bed.config.environments["production"].project
     remote_engine.docker("compose", "-p", str(project), "down", "--volumes", "--timeout", "1", check=False, ssh=False)
-    remote_engine.docker("image", "prune", "--all", "--force", "--filter", "label!=keep", check=False, ssh=False)
-
-
-def deployed(bed: Bed, env: str, sha: str) -> Deployment:
-    done = bed.deploy(env, sha)
-    assert done.status == Status.SUCCEEDED, f"{done.reason}\n{bed.log(done)}"
-    return done
-
-
-def remote_psql(bed: Bed, remote: Any, sql: str) -> str:
-    """psql in production's database container, on the server (straight to its engine, as an operator there)."""
-    db = f"{bed.config.environments['production'].project}-db-1"
-    user, name = testbed.SAMPLE_ENV["DB_USER"], testbed.SAMPLE_ENV["DB_NAME"]
-    return str(remote.docker("exec", db, "psql", "-U", user, "-d", name, "-tAc", sql, ssh=False).stdout.strip())
+    # The images deployhook shipped, not those the bed was given (a registry's: PostgreSQL, HAProxy).
+    listed = remote_engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False, ssh=False).stdout
+    shipped = [ref for ref in listed.split() if ref.split(":")[0] in (testbed.APP_IMAGE, testbed.DISCORD_IMAGE)]
+    if shipped:
+        remote_engine.docker("image", "rm", "--force", *shipped, check=False, ssh=False)
 
 
 def test_production_on_its_own_server(
@@ -90,6 +81,15 @@ def test_production_on_its_own_server(
     page = bed.client.get("/").get_data(as_text=True)
     assert remote.docker_host in page and "local (" in page
     assert page.count('class="engine-reachable"') == 2
+    # And production's containers as the deployment's end listed them on the server's engine: none is here.
+    production = bed.config.environments["production"]
+    listed = bed.store.container_status("production", url=production.engine.url)
+    assert listed is not None and listed.error == "", listed
+    assert {"app", "db"} <= {c.service for c in listed.items}, listed.items
+    assert all(c.state.startswith("running") for c in listed.items), listed.items
+    assert all(f'<td title="{c.name}">' in page.split('id="env-production"')[1] for c in listed.items)
+    here = bed.docker.containers.list(all=True, filters={"label": f"com.docker.compose.project={production.project}"})
+    assert here == []
 
     log = bed.log(promoted)
     assert "shipping it" in log and "shipped" in log, log

@@ -88,10 +88,18 @@ def test_up_warns_once_at_start_about_each_missing_piece_and_the_page_shows_them
     with stderr.open("wb") as err:
         proc = subprocess.Popen([DEPLOYHOOK, "up", "--config", str(config_file), "--bind", f"127.0.0.1:{port}"],
                                 env={**env, "DOCKER_HOST": dead_docker}, stderr=err)  # fmt: skip
+    pages: list[str] = []
+
+    def engine_in_banner() -> bool:
+        """The page's banner says what `up`'s workers found of the engine once their first check is recorded."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            pages.append(response.read().decode())
+        return "the Docker engine of staging" in pages[-1]
+
     try:
         testbed.wait_for(lambda: healthz(port)[0] == 200, timeout=30, what="deployhook up to answer /healthz")
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-            page = response.read().decode()
+        testbed.wait_for(engine_in_banner, timeout=30, interval=0.5, what="the workers' engine check on the page")
+        page = pages[-1]
     finally:
         assert stop_up(proc) == 0
     warnings = [line for line in stderr.read_text().splitlines() if line.startswith("Warning: ")]
@@ -101,10 +109,12 @@ def test_up_warns_once_at_start_about_each_missing_piece_and_the_page_shows_them
     assert f"env file {env_file} is missing or not readable" in warnings[2]
     assert warnings[3].startswith(f"Warning: Docker is not reachable at {dead_docker}: ")
     assert "start the engine (systemctl start docker)" in warnings[3]
-    # Said once: `up`'s workers do not repeat them. The page says the same in its banner.
+    # Said once: `up`'s workers do not repeat them. The page says the same in its banner, the engine's for each
+    # environment as the workers found it (the web process asks no engine).
     assert 'class="banner banner-error setup-warnings"' in page
     for text in ("DEPLOYHOOK_WEBHOOK_SECRET is not set", "DEPLOYHOOK_API_TOKEN is not set",
-                 f"env file {env_file} is missing", f"Docker is not reachable at {dead_docker}"):  # fmt: skip
+                 f"env file {env_file} is missing", f"the Docker engine of staging at local ({dead_docker}) is "
+                 f"unreachable: Docker is not reachable at {dead_docker}"):  # fmt: skip
         assert text in page
 
 

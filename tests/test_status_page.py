@@ -27,7 +27,17 @@ from werkzeug.test import TestResponse
 
 from deploy_config import DeployConfig
 from deploy_config.schema import StatusPageConfig
-from deploy_state import Deployment, DeploymentStore, EngineStatus, Status, keys, logcap
+from deploy_state import (
+    ContainersStatus,
+    ContainerState,
+    Deployment,
+    DeploymentStore,
+    EngineStatus,
+    Status,
+    keys,
+    logcap,
+)
+from deploy_state.containers import MAX_CONTAINERS
 from hook_server import create_app, livelog
 from workers.jobs import run_deployment
 
@@ -150,9 +160,10 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     health_url, version = healthy_app_url
     staging = deploy_config.environments["staging"].model_copy(update={"health_url": health_url})
     config = deploy_config.model_copy(update={"environments": {**deploy_config.environments, "staging": staging}})
-    # Docker "unreachable": a port nothing listens on. The card says so; the page still answers.
+    # The page never asks Docker: an engine nobody could reach changes nothing. What a worker last found shows.
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{testbed.free_port()}")
     client = app_with(config, redis_url).test_client()
+    store.record_container_status(listed("production", error="Docker is unreachable at local (...): refused"))
 
     old = record(store, "staging", sha=version, message="first release\n\nwith a body", pusher="bob")
     deployed = record(store, "staging", sha=version, message="Add the inventory command", pusher="alice",
@@ -176,7 +187,7 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     assert "Add the inventory command" in staging_card and "alice" in staging_card
     assert "healthy" in staging_card and f"serving <code>{version[:12]}</code>" in staging_card
     assert "Last failure" not in staging_card and "Degraded" not in staging_card
-    assert "Docker is unreachable" in staging_card  # best-effort: said on the card, never a 500
+    assert "not checked yet: no worker has listed them" in staging_card  # nothing recorded yet: never a 500
 
     assert "env-production" in production_card and "failing" in production_card and "no answer" in production_card
     assert "Degraded." in production_card and "the previous images are gone" in production_card
@@ -186,13 +197,15 @@ def test_environment_cards_show_deployed_running_queued_failure_health_and_degra
     assert "No worker serves" not in staging_card  # nothing queued there
     assert "Last failure" in production_card and f"#{failed.id}</a>" in production_card
     assert "health check failed; rolled back" in production_card
-    assert "Docker is unreachable" in production_card
+    assert "Docker is unreachable at local (...): refused" in production_card and "as of <time" in production_card
 
 
-def engine_check(env: str, reachable: bool, at: float, error: str = "", url: str = "local") -> EngineStatus:
+def engine_check(
+    env: str, reachable: bool, at: float, error: str = "", url: str = "local", compose_version: str = "2.29.1"
+) -> EngineStatus:
     """What a worker's check of env's engine found (workers/engine_status.py records it so)."""
     address = "local (unix:///var/run/docker.sock)" if url == "local" else url
-    return EngineStatus(env, url, address, "27.1.1" if reachable else "", "2.29.1", reachable, error, at)
+    return EngineStatus(env, url, address, "27.1.1" if reachable else "", compose_version, reachable, error, at)
 
 
 def test_environment_cards_show_each_engine_as_the_workers_last_found_it(
@@ -205,7 +218,8 @@ def test_environment_cards_show_each_engine_as_the_workers_last_found_it(
     why = f"cannot reach the Docker engine: {XSS} password {password}"
     store.record_engine_status(engine_check("production", False, now - 120, error=why))
 
-    staging_card, production_card = page(client, "/").split('id="env-production"')
+    banner, cards = page(client, "/").split('<div class="cards">')
+    staging_card, production_card = cards.split('id="env-production"')
 
     assert "<dt>Engine</dt>" in staging_card
     assert '<span class="engine-reachable">reachable</span> · Docker 27.1.1' in staging_card
@@ -218,11 +232,67 @@ def test_environment_cards_show_each_engine_as_the_workers_last_found_it(
     assert XSS not in production_card and password not in production_card
     assert ">2 h ago</time>" in production_card and "· checked <time" in production_card
     assert ">2 min ago</time>" in production_card and "· Compose 2.29.1" in production_card
+    # The setup banner says it too, from the same record (the web process asks no engine).
+    assert (
+        "<li>the Docker engine of production at local (unix:///var/run/docker.sock) is unreachable: "
+        "cannot reach the Docker engine: &lt;script&gt;alert(1)&lt;/script&gt; password ******** "
+        "(checked 2 min ago, last seen 2 h ago); every deployment to production fails until it answers"
+    ) in banner
+    assert "staging" not in banner.split("setup-warnings")[1] and XSS not in banner and password not in banner
 
     # A check of another engine than deploy.yml's (production ran on a server then) says nothing of this one.
     store.record_engine_status(engine_check("production", False, now, "no route", url="ssh://deploy@10.0.0.2"))
     production_card = page(client, "/").split('id="env-production"')[1]
     assert "not checked yet" in production_card and "no route" not in production_card
+
+
+def test_the_setup_banner_says_what_the_workers_found_of_each_engine_and_nothing_before(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    assert "setup-warnings" not in page(client, "/")  # nothing checked yet: nothing to warn of
+    store.record_engine_status(engine_check("staging", True, time.time() - 300, compose_version=""))
+    store.record_engine_status(engine_check("production", True, time.time()))
+    banner = page(client, "/deployments").split('class="banner banner-error setup-warnings"')[1].split("</div>")[0]
+    assert banner.count("<li>") == 1
+    assert (
+        "<li>Docker Compose v2 is not installed where the workers of staging run (`docker compose version` failed "
+        "when they checked, 5 min ago); every deployment to staging fails until it is: install the docker-compose "
+        "plugin"
+    ) in banner
+
+
+def listed(
+    env: str, *items: ContainerState, at: float | None = None, url: str = "local", error: str = ""
+) -> ContainersStatus:
+    """What a worker's listing of env's containers found (workers/engine_status.py records it so)."""
+    return ContainersStatus(env, url, time.time() if at is None else at, list(items), error)
+
+
+def test_environment_cards_show_the_containers_as_the_workers_last_listed_them(
+    client: FlaskClient, store: DeploymentStore
+) -> None:
+    now = time.time()
+    app = ContainerState("app", "proj-app-1", "running (healthy)", 512 * 1024**2, 0.5)
+    db = ContainerState("db", "proj-db-1", "exited", None, None)
+    store.record_container_status(listed("staging", app, db, at=now - 120))
+    many = [ContainerState(f"w{i:02}", f"proj-w{i:02}-1", "running", None, 2.0) for i in range(MAX_CONTAINERS + 7)]
+    store.record_container_status(listed("production", *many, at=now - 3 * 3600))
+
+    staging_card, production_card = page(client, "/").split('id="env-production"')
+
+    assert '<td title="proj-app-1">app</td>' in staging_card and '"state state-up">running (healthy)<' in staging_card
+    assert "<td>512 MiB</td>" in staging_card and "<td>0.5 CPU</td>" in staging_card
+    assert '<td title="proj-db-1">db</td>' in staging_card and '"state state-down">exited<' in staging_card
+    assert "<td>no limit</td>" in staging_card
+    assert "as of <time" in staging_card and ">2 min ago</time>" in staging_card
+    # Bounded as recorded: the first MAX_CONTAINERS, and a count of the others.
+    assert production_card.count('<td title="proj-w') == MAX_CONTAINERS and "and 7 more" in production_card
+    assert "<td>2 CPUs</td>" in production_card and ">3 h ago</time>" in production_card
+
+    # A listing on another engine than deploy.yml's (production ran on a server then) says nothing of this one.
+    store.record_container_status(listed("production", app, url="ssh://deploy@10.0.0.2"))
+    production_card = page(client, "/").split('id="env-production"')[1]
+    assert "not checked yet: no worker has listed them" in production_card and "proj-app-1" not in production_card
 
 
 def test_a_failure_older_than_the_last_success_is_not_shown(client: FlaskClient, store: DeploymentStore) -> None:

@@ -42,7 +42,7 @@ from rq import SimpleWorker, Worker
 
 from deploy_config import DeployConfig
 from deploy_config.loading import parse_config
-from deploy_state import Deployment, DeploymentStore, Trigger, keys, queue_for
+from deploy_state import Deployment, DeploymentStore, Status, Trigger, keys, queue_for
 from deploy_state.admission import DEPLOY_JOB, Admission, DeployRequest
 from deploy_state.queues import SERIALIZER
 from docker_runtime import commands
@@ -908,6 +908,43 @@ def roll_back(bed: Bed, env: str) -> Deployment:
     assert response.status_code == 202, response.get_json()
     bed.work()
     return bed.store.require(str(response.get_json()["id"]))
+
+
+def deployed(bed: Bed, env: str, sha: str) -> Deployment:
+    """bed.deploy(), which must succeed (its log in the message when it does not)."""
+    done = bed.deploy(env, sha)
+    assert done.status == Status.SUCCEEDED, f"{done.reason}\n{bed.log(done)}"
+    return done
+
+
+def remote_psql(bed: Bed, remote: Any, sql: str) -> str:
+    """psql in production's database container on the remote bed (straight to its engine, as an operator there)."""
+    db = f"{bed.config.environments['production'].project}-db-1"
+    user, name = SAMPLE_ENV["DB_USER"], SAMPLE_ENV["DB_NAME"]
+    return str(remote.docker("exec", db, "psql", "-U", user, "-d", name, "-tAc", sql, ssh=False).stdout.strip())
+
+
+REMOTE_BUSYBOX_IMAGE = "deployhook-test/remote-busybox:1"
+REMOTE_BUSYBOX_PAGE = "served by the remote engine\n"
+
+
+def ensure_remote_busybox_image(client: docker.DockerClient, scratch: Path) -> str:
+    """A busybox image built on the host engine, as the test images are (FROM scratch, Debian's static busybox),
+    serving REMOTE_BUSYBOX_PAGE from /www; built once (scratch: a directory for its context), reused by tag."""
+    lock_path = Path(tempfile.gettempdir()) / "deployhook-test-remote-busybox-image.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            client.images.get(REMOTE_BUSYBOX_IMAGE)
+        except docker.errors.ImageNotFound:
+            shutil.copy(static_busybox(), scratch / "busybox")
+            (scratch / "index.html").write_text(REMOTE_BUSYBOX_PAGE)
+            (scratch / "Dockerfile").write_text(
+                "FROM scratch\nCOPY busybox /bin/busybox\nCOPY index.html /www/index.html\n"
+                'ENTRYPOINT ["/bin/busybox"]\n'
+            )
+            client.images.build(path=str(scratch), tag=REMOTE_BUSYBOX_IMAGE, rm=True)
+    return REMOTE_BUSYBOX_IMAGE
 
 
 def bed_config(tmp_path: Path, remote: GitRemote, env_file: Path, **overrides: Any) -> Path:

@@ -83,6 +83,11 @@ class DeploymentContext:
         return self._docker
 
     @property
+    def reached_engine(self) -> bool:
+        """Whether the deployment made a client of its engine: preflight does once the engine answered."""
+        return self._docker is not None
+
+    @property
     def project(self) -> ComposeProject:
         assert self.compose is not None, "checkout sets the compose project"
         return self.compose

@@ -1,11 +1,14 @@
-"""Each environment's Docker engine, checked by the workers and recorded for the page, the API and the CLI.
+"""Each environment's Docker engine and containers, checked by the workers and recorded for the page, the API and
+the CLI.
 
 A worker checks the engines of the environments it serves when it starts, then every
 ENGINE_CHECK_INTERVAL, in a daemon thread of its own (EngineWatch): an engine that is down or hangs
 costs that thread its bounded wait (engine.connect_timeout to log in, DESCRIBE_TIMEOUT for Docker
 to answer), never the worker a job. RQ forks its work horse from the worker's main thread, and a
 fork copies only the thread that makes it: the horse runs no checks. Each deployment's preflight
-records what it found as well (record_engine).
+records what it found as well (record_engine). An engine that answers has its environment's
+containers listed too (record_containers), as each deployment's end does, so that the page shows
+them as the deployment left them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from redis import RedisError
 
 from deploy_config import DeployConfig, DeployError, EnvironmentConfig, load_config
-from deploy_state import DeploymentStore, EngineStatus
+from deploy_state import ContainersStatus, ContainerState, DeploymentStore, EngineStatus
+from deploy_state.containers import MAX_CONTAINERS
+from docker_runtime.containers import list_containers
 from docker_runtime.engine import compose_version
 from docker_runtime.engines import Engine, EngineInfo, engine_for
 
@@ -33,6 +38,9 @@ DESCRIBE_TIMEOUT = 5.0
 
 COMPOSE_TIMEOUT = 10.0
 """Seconds `docker compose version` may take (the local plugin: it answers at once or is missing)."""
+
+CONTAINERS_TIMEOUT = 5.0
+"""Seconds each Docker call listing an environment's containers may take (one list, one inspect per container)."""
 
 STOP_WAIT = 30.0
 """Seconds a stopping worker waits for a check under way: enough for a login bounded by connect_timeout (at most
@@ -75,11 +83,23 @@ def gather(store: DeploymentStore, env: EnvironmentConfig, compose: str | None =
     try:
         engine.open()
         info = engine.describe(DESCRIBE_TIMEOUT)
+        # An engine that does not answer keeps the last listing: the page says how old it is.
+        record_containers(store, env, engine)
     except (DeployError, OSError) as exc:  # OSError: no ssh client here, a certificate file gone
         error = str(exc)
     finally:
         engine.close()
     return record_engine(store, env.name, engine, info, error, compose or compose_version(COMPOSE_TIMEOUT))
+
+
+def record_containers(store: DeploymentStore, env: EnvironmentConfig, engine: Engine) -> ContainersStatus | None:
+    """List env's containers on its engine (connected) and record them for the page; None when a listing begun
+    later was recorded first. Docker's failures are recorded as the listing's error, Redis's are raised."""
+    began = time.time()
+    found = list_containers(engine, env.project, timeout=CONTAINERS_TIMEOUT, limit=MAX_CONTAINERS)
+    items = [ContainerState(c.service, c.name, c.state, c.memory, c.cpus) for c in found.items]
+    status = ContainersStatus(env.name, engine.config.url, began, items, found.error, found.more)
+    return store.record_container_status(status)
 
 
 class EngineWatch:

@@ -28,6 +28,7 @@ from deploy_state import (
 from deploy_text.formatting import short_sha
 from deploy_text.redaction import config_redactor
 
+from .engine_status import record_containers
 from .promotion import await_promotion
 
 if TYPE_CHECKING:
@@ -127,9 +128,26 @@ def _run(
         log.exception("deployment %s failed with an unexpected error", deployment.id)
         status = _fail(store, context, f"internal error: {exc!r}; the worker's log has the traceback")
     finally:
+        _record_containers(context)
         context.close()
     log.info("deployment %s: %s", deployment.id, status)
     return status
+
+
+def _record_containers(context: DeploymentContext) -> None:
+    """The environment's containers as the deployment left them, for the page at once (the worker's next round
+    is up to a minute away): best-effort, through the engine still open, never failing the deployment."""
+    if not context.reached_engine:
+        return  # it never reached the engine: nothing changed there, and a dead one would cost its timeout again
+    try:
+        record_containers(context.store, context.env, context.engine)
+    except Exception:
+        log.warning(
+            "deployment %s: recording the containers of %s for the page failed",
+            context.deployment.id,
+            context.env.name,
+            exc_info=True,
+        )
 
 
 def _trim_logs(store: DeploymentStore, env: str, config: DeployConfig) -> None:

@@ -277,7 +277,7 @@ def _serve(
     log.info("worker serving %s", ", ".join(q.name for q in queues))
     worker = DeployWorker(queues, jobs=jobs, config_file=config_file, connection=connection, serializer=SERIALIZER)
     worker.config = config
-    # A burst worker only drains the queues (each deployment's preflight records its engine all the same).
+    # A burst worker only drains the queues (each deployment records its engine and containers all the same).
     watch = None if burst else EngineWatch(DeploymentStore(connection), config, config_file, environments)
     if watch is not None:
         watch.start()
