@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -250,6 +251,7 @@ class TLSEngine(Engine):
 
     def client(self, timeout: float | None = None) -> docker.DockerClient:
         import docker
+        from docker.constants import MINIMUM_DOCKER_API_VERSION
 
         self.open()
         assert self._certs is not None
@@ -259,7 +261,42 @@ class TLSEngine(Engine):
             verify=True,
         )
         url = self.config.url.replace("tcp://", "https://", 1)
-        return docker.DockerClient(base_url=url, tls=tls, timeout=_seconds(timeout))
+
+        # requests checks the engine's certificate against REQUESTS_CA_BUNDLE or CURL_CA_BUNDLE, when either is
+        # set (as many distributions do), instead of the session's own CA (psf/requests#3829): tls_ca would be
+        # ignored. So these sessions never read the environment (no proxies either: Compose's children get
+        # none), and the API version is asked with that already off, as the SDK's version="auto" asks it.
+        def connected(version: str) -> docker.DockerClient:
+            client = docker.DockerClient(base_url=url, tls=tls, timeout=_seconds(timeout), version=version)
+            client.api.trust_env = False
+            return client
+
+        probe = connected(MINIMUM_DOCKER_API_VERSION)  # a fixed version: the constructor sends nothing
+        try:
+            version = str(probe.api.version(api_version=False)["ApiVersion"])
+        finally:
+            probe.close()
+        return connected(version)
+
+    def describe(self, timeout: float = 5.0) -> EngineInfo:
+        """As Engine's; a failed TLS handshake also says which of the files to look at."""
+        import requests
+
+        try:
+            return super().describe(timeout)
+        except EngineUnreachable as exc:
+            # Engine.describe raises `from None`, which hides the SDK's error but keeps it as the context.
+            if not isinstance(exc.__context__, requests.exceptions.SSLError):
+                raise
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                hint = f"the engine's certificate is not signed by tls_ca ({self.config.tls_ca}) or does not name "
+                hint += f"{urlsplit(self.config.url).hostname}"
+            else:
+                hint = (
+                    f"the engine refused tls_cert ({self.config.tls_cert}), which the CA of its --tlscacert must "
+                    "have signed, or it does not speak TLS on that port"
+                )
+            raise EngineUnreachable(f"{exc}; {hint}") from None
 
     def socket_here(self, path: Path) -> Path:
         raise DeployError(f"{self.address}: a tcp:// engine cannot reach its host's sockets; start-first needs ssh://")
@@ -271,9 +308,21 @@ class TLSEngine(Engine):
         return []  # its host's filesystem is out of reach: Docker says so when a bind source is missing
 
     def unpack(self, chunks: Iterable[bytes], root: Path) -> None:
+        # The ship step sends an archive even when the app needs no file there: only one with files is refused.
+        with tempfile.TemporaryFile() as archive:
+            for chunk in chunks:
+                archive.write(chunk)
+            if archive.tell() == 0:
+                return
+            archive.seek(0)
+            with tarfile.open(fileobj=archive, mode="r:") as tar:
+                paths = [f"/{name}" for name in tar.getnames()]
+        if not paths:
+            return
+        listed = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
         raise DeployError(
-            f"{self.address}: a tcp:// engine cannot receive the project's files; use ssh:// for an app whose "
-            "compose file bind-mounts files of the project or has an env file"
+            f"{self.address}: a tcp:// engine cannot receive the project's files ({listed}); use ssh:// for an app "
+            "whose compose file bind-mounts files of the project or has an env file"
         )
 
 

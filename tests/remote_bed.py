@@ -14,7 +14,10 @@ Pieces, all on this host, all stopped by PID and deleted at the end:
   `docker run -p` publishes on `address` and the host reaches it there;
 * sshd in the same namespaces, on `address` port 22, with a generated host key, the test's own key in
   authorized_keys, and `SetEnv DOCKER_HOST=unix://<socket>`: whatever a client ships over SSH lands
-  where that engine looks, and a `docker system dial-stdio` there reaches that engine.
+  where that engine looks, and a `docker system dial-stdio` there reaches that engine;
+* the same dockerd also on `tcp_url` (tcp://<address>:2376) with --tlsverify: a throwaway CA, a server
+  certificate for IP:<address> and a client certificate (`tls_ca`, `tls_cert`, `tls_key`), made with openssl
+  in the bed's directory (keys 0600). ECDSA P-256: the three cost about 20 ms, so every bed has them.
 
 Clients: the Docker CLI, Compose and the docker SDK (use_ssh_client=True) all run the `ssh` first on
 PATH. OpenSSH reads ~/.ssh/config from the passwd entry's home directory, not $HOME, so pointing HOME
@@ -35,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -61,6 +65,10 @@ ENGINE_POOLS = "base=10.215.0.0/16,size=24"
 """The remote engine's docker0 and Compose networks. They live in the namespace, so they cannot clash with
 the host engine's, but distinct ranges keep `ip addr`, logs and error messages unambiguous."""
 SSH_PORT = 22
+TLS_PORT = 2376
+"""Docker's TLS port, where the bed's dockerd also listens (tcp_url)."""
+TLS_DAYS = 2
+"""Validity of the bed's certificates: a bed lives minutes, and a clock a little off must not matter."""
 WAIT = 60.0
 """Upper bound for any single wait here: only a broken bed waits this long."""
 
@@ -108,7 +116,7 @@ def unavailable_reason() -> str | None:
     """Why the bed cannot run here, or None."""
     if os.geteuid() != 0:
         return "the remote-engine test bed needs root (network namespaces, a second dockerd)"
-    for tool in ("ip", "nsenter", "unshare", "findmnt", "dockerd", "docker", "ssh", "ssh-keygen"):
+    for tool in ("ip", "nsenter", "unshare", "findmnt", "dockerd", "docker", "ssh", "ssh-keygen", "openssl"):
         if shutil.which(tool) is None:
             return f"`{tool}` is missing (bash .ci/provision installs what the remote-engine test bed needs)"
     if _sshd() is None:
@@ -117,7 +125,8 @@ def unavailable_reason() -> str | None:
 
 
 class RemoteEngine:
-    """A second Docker engine in a network namespace, reached as `docker_host` (ssh://root@<address>).
+    """A second Docker engine in a network namespace, reached as `docker_host` (ssh://root@<address>), and as
+    `tcp_url` (tcp://<address>:2376) with TLS: `tls_ca`, `tls_cert` and `tls_key` are a client's files.
 
     Use as a context manager (or start() and stop()). hide: paths that must look empty on the remote side
     (deployhook's state directory); images: local images to load into it once it runs; network: the pool
@@ -146,6 +155,10 @@ class RemoteEngine:
         self.bin_dir = self.dir / "bin"
         self.ssh_dir = self.dir / "ssh"
         self.ssh_config = self.ssh_dir / "config"
+        self.tls_dir = self.dir / "tls"
+        self.tls_ca = self.tls_dir / "ca.pem"
+        self.tls_cert = self.tls_dir / "cert.pem"
+        self.tls_key = self.tls_dir / "key.pem"
         self.host_address = ""
         self.address = ""
         self.timings: dict[str, float] = {}
@@ -160,6 +173,11 @@ class RemoteEngine:
     @property
     def docker_host(self) -> str:
         return f"ssh://root@{self.address}"
+
+    @property
+    def tcp_url(self) -> str:
+        """The engine on TCP with TLS verification, for a client holding tls_ca, tls_cert and tls_key."""
+        return f"tcp://{self.address}:{TLS_PORT}"
 
     def path(self, base: str | None = None) -> str:
         """PATH with the bed's ssh wrappers first (base: the PATH to extend, this process's by default)."""
@@ -215,6 +233,7 @@ class RemoteEngine:
                 self._make_network()
             with _phase(self.timings, "keys"):
                 self._write_ssh_files()
+                self._write_tls_files()
             with _phase(self.timings, "namespaces"):
                 self._start_holder()
                 self._record()
@@ -237,13 +256,19 @@ class RemoteEngine:
         self._procs.clear()
 
     def start_engine(self) -> None:
-        """Start (or start again) dockerd in the bed's namespaces; its data-root survives a restart."""
+        """Start (or start again) dockerd in the bed's namespaces, on its socket and on tcp_url with TLS; its
+        data-root survives a restart."""
         args = [
             "dockerd",
             f"--data-root={self.data_root}",
             f"--exec-root={self.exec_root}",
             f"--pidfile={self.dir / 'docker.pid'}",
             f"--host=unix://{self.socket}",
+            f"--host={self.tcp_url}",
+            "--tlsverify",
+            f"--tlscacert={self.tls_ca}",
+            f"--tlscert={self.tls_dir / 'server.pem'}",
+            f"--tlskey={self.tls_dir / 'server-key.pem'}",
             f"--bip={ENGINE_BRIDGE}",
             f"--default-address-pool={ENGINE_POOLS}",
             # Containers in a cgroup named after the bed: the teardown finds them there, whatever happened
@@ -253,6 +278,9 @@ class RemoteEngine:
         ]
         self._spawn("dockerd", args)
         _wait(lambda: _pings(self.socket), self._alive_check("dockerd"), f"dockerd of {self.name} to answer")
+        # One real TLS client round trip: the server certificate's SAN, the client certificate, the listener.
+        client = self._client_tls()
+        _wait(lambda: _pings_tls(self.address, client), self._alive_check("dockerd"), f"{self.tcp_url} to answer")
 
     def stop_engine(self) -> None:
         """SIGTERM dockerd as `systemctl stop docker` would (it stops the containers first) and wait for it."""
@@ -387,6 +415,17 @@ class RemoteEngine:
             wrapper = self.bin_dir / tool
             wrapper.write_text(f'#!/bin/sh\nexec {real} -F {self.ssh_config} "$@"\n')
             wrapper.chmod(0o755)
+
+    def _write_tls_files(self) -> None:
+        """A throwaway CA, the server's certificate (IP:<address>) and a client's, for dockerd's --tlsverify."""
+        ca = make_ca(self.tls_dir, f"{self.name} CA")
+        issue(ca, "server", self.address, self.tls_dir / "server.pem", self.tls_dir / "server-key.pem")
+        issue(ca, "client", f"{self.name} client", self.tls_cert, self.tls_key)
+
+    def _client_tls(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.tls_ca))
+        context.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        return context
 
     def _start_holder(self) -> None:
         unshare = ["unshare", "--mount", "--uts", "--propagation", "private"]
@@ -652,6 +691,61 @@ def _saved_image(image: str, env: Mapping[str, str]) -> Path:
     return saved
 
 
+# --- certificates -----------------------------------------------------------------------------------------
+
+_OPENSSL_CONFIG = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+"""
+"""The certificates' extensions, as Docker's guide to protecting the daemon socket has them (a server's
+subjectAltName is added per certificate)."""
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A throwaway CA in directory: ca.pem and its key, ca-key.pem (0600)."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ca, key = directory / "ca.pem", directory / "ca-key.pem"
+    _openssl("ca", name, ca, key)
+    return ca, key
+
+
+def issue(ca: tuple[Path, Path], kind: str, name: str, cert: Path, key: Path) -> None:
+    """A certificate signed by ca (make_ca's pair) and its key (0600): for a `server`, whose name is its IP address
+    (the subjectAltName clients check), or a `client`."""
+    argv = ["-CA", str(ca[0]), "-CAkey", str(ca[1])]
+    if kind == "server":
+        argv += ["-addext", f"subjectAltName=IP:{name}"]
+    _openssl(kind, name, cert, key, *argv)
+
+
+def _openssl(extensions: str, name: str, cert: Path, key: Path, *argv: str) -> None:
+    config = key.parent / "openssl.cnf"
+    if not config.exists():
+        config.write_text(_OPENSSL_CONFIG)
+    subject = "/CN=" + re.sub(r"[^A-Za-z0-9 ._-]", "_", name)
+    command = [
+        "openssl", "req", "-x509", "-config", str(config), "-extensions", extensions, "-subj", subject,
+        "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-noenc", "-days", str(TLS_DAYS),
+        "-keyout", str(key), "-out", str(cert), *argv,
+    ]  # fmt: skip
+    _run(command)
+    key.chmod(0o600)
+
+
 # --- helpers ----------------------------------------------------------------------------------------------
 
 
@@ -692,6 +786,21 @@ def _pings(path: Path) -> bool:
             answer = b""
             while chunk := sock.recv(4096):
                 answer += chunk
+    except OSError:
+        return False
+    return answer.startswith(b"HTTP/1.") and answer.endswith(b"OK")
+
+
+def _pings_tls(address: str, context: ssl.SSLContext) -> bool:
+    try:
+        with socket.create_connection((address, TLS_PORT), timeout=2) as raw:
+            with context.wrap_socket(raw, server_hostname=address) as sock:
+                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(4096):
+                    answer += chunk
+    except ssl.SSLError as exc:
+        raise RemoteBedError(f"TLS to dockerd at {address}:{TLS_PORT} failed: {exc}") from None
     except OSError:
         return False
     return answer.startswith(b"HTTP/1.") and answer.endswith(b"OK")
