@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backup.py
 	$(BIN)/python bench/build_cache.py
 	$(BIN)/python bench/remote_promotion.py
+	$(BIN)/python bench/registry_shipping.py
 	$(BIN)/python bench/listing.py
 	$(BIN)/python bench/footprint.py --deploy
 

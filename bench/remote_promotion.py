@@ -15,15 +15,18 @@ first promotion is reported apart (nothing to switch from, so not probed). Then 
 remote: a new release (a commit that changes the app's image) deployed to staging, then
 
 1. promoted: the production branch pushed to that sha. Remotely, both release images are shipped
-   (`docker save | docker load`, no registry: the engine lacks that <name>:<sha>);
+   (`docker save | docker load`, no registry: the engine lacks that <name>:<sha>), each with the files of the
+   layers the engine already has (from the previous release) left out of the stream;
 2. promoted again, unchanged: `POST /api/environments/production/promote`, the same sha. The engine has
    the release's images by then: nothing is shipped (0 bytes), only the project's files.
 
 During both, a 10 ms prober (tests/testbed.py's Traffic: a new connection each time, and a keep-alive one) on
 production's address: this host's port, or the server's address. A promotion's seconds are its record's
 started_at to finished_at; its steps' seconds are the records' too; what was shipped comes from its log
-(workers/ship.py's "shipped <ref> to <engine>: X MiB in Ys", timed to the ms by the log's own stamps from its
-"shipping it" line) and, exactly, from `docker image save <ref>` counted again on this host (the same stream).
+(workers/ship.py's "shipped <ref> to <engine>: X MiB in Ys; K of N layers sent, the others were there", timed to
+the ms by the log's own stamps from its "shipping it" line) and, exactly, from `docker image save <ref>` counted
+again on this host through docker_runtime.layers.without_layers with the same layers left out (the same stream),
+and whole (what the stream was before layers were left out).
 
 Run with `.venv/bin/python bench/remote_promotion.py [--rounds N]` (root: network namespaces, a second dockerd,
 sshd). Prints tables and writes bench/results/remote_promotion.json. Not a test: nothing here asserts on speed.
@@ -34,6 +37,7 @@ this run's image tags.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -70,6 +74,7 @@ from common import (
 
 from deploy_config import load_config
 from deploy_state import Deployment, Status
+from docker_runtime.layers import without_layers
 from hook_server import create_app
 
 if TYPE_CHECKING:
@@ -94,7 +99,10 @@ START_FIRST = {
 }
 """Production's rollout in both installations: tests/testbed.py's start_first(), as the end-to-end test."""
 SHIPPING = re.compile(r"^(?P<ref>\S+) \((?P<id>[^)]*)\) is on .+, not on .+: shipping it$")
-SHIPPED = re.compile(r"^shipped (?P<ref>\S+) to \S+: (?P<mib>[\d.]+) MiB in (?P<s>[\d.]+)s$")
+SHIPPED = re.compile(
+    r"^shipped (?P<ref>\S+) to \S+: (?P<mib>[\d.]+) MiB in (?P<s>[\d.]+)s"
+    r"(?:; (?P<sent>\d+) of (?P<layers>\d+) layers sent, the others were there)?$"
+)
 FILES = re.compile(r"^shipped to \S+: .* \((?P<mib>[\d.]+) MiB in (?P<s>[\d.]+)s\)$")
 REUSED = re.compile(r"^(?P<ref>\S+) already built \([^)]*\); reusing it$")
 """workers/ship.py's and workers/build.py's log lines: an image about to ship, shipped, the project's files
@@ -187,12 +195,19 @@ def promote_again(bed: testbed.Bed) -> Deployment:
     return bed.store.require(str(response.get_json()["id"]))
 
 
-def saved_bytes(ref: str) -> int:
-    """Bytes of `docker image save <ref>` on this host: what workers/ship.py streams to the remote engine."""
+def image_layers(ref: str) -> list[str]:
+    """The image's layers (RootFS diff ids, base first) on this host's engine."""
+    inspect = ["docker", "image", "inspect", "--format", "{{json .RootFS.Layers}}", ref]
+    return list(json.loads(subprocess.run(inspect, capture_output=True, text=True, check=True, timeout=60).stdout))
+
+
+def saved_bytes(ref: str, skip: set[str]) -> int:
+    """Bytes of `docker image save <ref>` on this host with the files of the layers in skip left out, as
+    docker_runtime/shipping.py streams it to the remote engine (skip empty: the whole `docker save`)."""
     total = 0
     with subprocess.Popen(["docker", "image", "save", ref], stdout=subprocess.PIPE) as saving:
         assert saving.stdout is not None
-        for chunk in iter(lambda: saving.stdout.read(1 << 16), b""):  # type: ignore[union-attr]
+        for chunk in without_layers(saving.stdout, skip):
             total += len(chunk)
     if saving.returncode != 0:
         raise RuntimeError(f"`docker image save {ref}` exited with {saving.returncode}")
@@ -206,8 +221,9 @@ def image_size(ref: str) -> int:
 
 
 def shipments(bed: testbed.Bed, deployment: Deployment) -> Record:
-    """What the promotion shipped, from its log: images (MiB and s as logged, s again from the log's stamps,
-    bytes exactly), the project's files, and the images the engine already had."""
+    """What the promotion shipped, from its log: images (MiB, s and layers sent as logged, s again from the log's
+    stamps, bytes exactly, and the whole `docker save` they were cut from), the project's files, and the images
+    the engine already had."""
     entries = bed.store.read_log(deployment.id)
     began: dict[str, float] = {}
     images: list[Record] = []
@@ -218,10 +234,13 @@ def shipments(bed: testbed.Bed, deployment: Deployment) -> Record:
         if found := SHIPPING.match(line):
             began[found["ref"]] = at
         elif found := SHIPPED.match(line):
-            ref = found["ref"]
+            ref, layers = found["ref"], image_layers(found["ref"])
+            there = len(layers) - int(found["sent"]) if found["sent"] else 0
             images.append({
                 "ref": ref, "logged_mib": float(found["mib"]), "logged_s": float(found["s"]),
-                "stamped_s": at - began.get(ref, at), "bytes": saved_bytes(ref), "image_size": image_size(ref),
+                "stamped_s": at - began.get(ref, at), "layers": len(layers), "layers_there": there,
+                "bytes": saved_bytes(ref, set(layers[:there])), "whole_bytes": saved_bytes(ref, set()),
+                "image_size": image_size(ref),
             })  # fmt: skip
         elif found := FILES.match(line):
             files.append({"logged_mib": float(found["mib"]), "logged_s": float(found["s"])})
@@ -230,6 +249,9 @@ def shipments(bed: testbed.Bed, deployment: Deployment) -> Record:
     return {
         "images_shipped": len(images),
         "image_bytes": sum(image["bytes"] for image in images),
+        "whole_bytes": sum(image["whole_bytes"] for image in images),
+        "layers": sum(image["layers"] for image in images),
+        "layers_sent": sum(image["layers"] - image["layers_there"] for image in images),
         "image_size": sum(image["image_size"] for image in images),
         "image_mib_logged": sum(image["logged_mib"] for image in images),
         "image_s": sum(image["stamped_s"] for image in images),
@@ -276,8 +298,9 @@ def first_deploys(installs: Sequence[Installation], sha: str) -> dict[str, Recor
     for inst in installs:
         succeeded(inst.bed, inst.bed.deploy("staging", sha))
         _, first[inst.where] = measured(inst, partial(inst.bed.deploy, PRODUCTION, sha), probe=False)
-        print(f"  {inst.where:<6} first promotion {first[inst.where]['promotion_s']:6.2f} s, "
-              f"{first[inst.where]['images_shipped']} image(s) shipped", flush=True)  # fmt: skip
+        record = first[inst.where]
+        print(f"  {inst.where:<6} first promotion {record['promotion_s']:6.2f} s, {record['images_shipped']} image(s) "
+              f"shipped, {record['layers_sent']} of {record['layers']} layers sent", flush=True)  # fmt: skip
     return first
 
 
@@ -292,14 +315,16 @@ def one_round(installs: Sequence[Installation], git: testbed.GitRemote, number: 
         for kind in KINDS:
             record = results[kind][inst.where]
             print(f"  round {number}/{rounds} {inst.where:<6} {kind:<11} {record['promotion_s']:6.2f} s, "
-                  f"{record['image_bytes'] / 1024**2:5.2f} MiB shipped, {record['probes']} probes, "
+                  f"{record['image_bytes'] / 1024:7,.0f} KiB shipped ({record['layers_sent']} of {record['layers']} "
+                  f"layers), {record['probes']} probes, "
                   f"{record['failed']} failed", flush=True)  # fmt: skip
     return results
 
 
 # --- report --------------------------------------------------------------------------------
 
-SUMMARISED = ("promotion_s", "image_bytes", "image_s", "images_shipped", "images_reused", "probes", "failed")
+SUMMARISED = ("promotion_s", "image_bytes", "whole_bytes", "layers", "layers_sent", "image_s", "images_shipped",
+              "images_reused", "probes", "failed")  # fmt: skip
 
 
 def aggregate(rounds: Sequence[dict[str, dict[str, Record]]]) -> dict[str, Any]:
@@ -325,21 +350,27 @@ def _span(stat: dict[str, float], fmt: str, scale: float = 1.0) -> str:
     return f"{mid:{fmt}}" if low == high else f"{mid:{fmt}} ({low:{fmt}}–{high:{fmt}})"
 
 
+def _layers(stats: dict[str, Any]) -> str:
+    return f"{stats['layers_sent']['median']:.0f} of {stats['layers']['median']:.0f}"
+
+
 def promotions_table(agg: dict[str, Any], first: dict[str, Record]) -> str:
-    headers = ["promotion", "production on", "promotion s", "images shipped", "MiB shipped", "ship s",
-               "probes", "failed", "remote/local s"]  # fmt: skip
+    headers = ["promotion", "production on", "promotion s", "images shipped", "layers sent", "KiB shipped",
+               "KiB whole save", "ship s", "probes", "failed", "remote/local s"]  # fmt: skip
     rows = []
     for kind in KINDS:
         for where in VARIANTS:
             stats = agg[kind][where]
             ratio = _span(agg[kind]["ratio_remote_local"], ".2f") if where == "remote" else ""
             rows.append([kind, where, _span(stats["promotion_s"], ".2f"), _span(stats["images_shipped"], ".0f"),
-                         _span(stats["image_bytes"], ".2f", 1024**2), _span(stats["image_s"], ".2f"),
+                         _layers(stats), _span(stats["image_bytes"], ",.0f", 1024),
+                         _span(stats["whole_bytes"], ",.0f", 1024), _span(stats["image_s"], ".2f"),
                          _span(stats["probes"], ".0f"), _span(stats["failed"], ".0f"), ratio])  # fmt: skip
     for where in VARIANTS:
         record = first[where]
         rows.append(["first (empty server)", where, f"{record['promotion_s']:.2f}", str(record["images_shipped"]),
-                     f"{record['image_bytes'] / 1024**2:.2f}", f"{record['image_s']:.2f}", "—", "—", ""])  # fmt: skip
+                     f"{record['layers_sent']} of {record['layers']}", f"{record['image_bytes'] / 1024:,.0f}",
+                     f"{record['whole_bytes'] / 1024:,.0f}", f"{record['image_s']:.2f}", "—", "—", ""])  # fmt: skip
     return table(headers, rows)
 
 
@@ -427,8 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     agg = aggregate(rounds)
     goals = targets(rounds)
     print("\n" + promotions_table(agg, first))
-    print(f"\nmedian (min–max) of {args.rounds} rounds; MiB shipped counted exactly (`docker image save`), "
-          "ship s from the log's stamps\n")  # fmt: skip
+    print(
+        f"\nmedian (min–max) of {args.rounds} rounds; KiB shipped counted exactly (`docker image save` with "
+        "the layers the engine had left out), KiB whole save with none left out; ship s from the log's stamps\n"
+    )
     print(steps_table(agg))
     print_targets(goals)
     parameters = {"rounds": args.rounds, "interval_ms": INTERVAL * 1000, "production": START_FIRST,
