@@ -11,6 +11,7 @@ engine, and nothing loads an SSH library: or over TCP with TLS, for the SDK and 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tarfile
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     import docker
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+SOCKET_PATH_MAX = 100
+"""Bytes of a unix socket's path that every end accepts (the kernel's limit is 107, ssh's a little less)."""
 DEFAULT_SDK_TIMEOUT = 60
 """Seconds a docker SDK call may take, as the SDK's own default."""
 UNPACK_TIMEOUT = 600.0
@@ -175,7 +178,28 @@ class SSHEngine(Engine):
 
     def socket_here(self, path: Path) -> Path:
         self._require_socket()
-        return self.tunnel.forward_socket(str(path))
+        return self.tunnel.forward_socket(self._short_path(path))
+
+    def _short_path(self, path: Path) -> str:
+        """A path to the socket short enough for a unix socket address (107 bytes, which ssh checks on both
+        ends): the path itself, else a link to it in a private directory of the SSH user's home there."""
+        if len(str(path).encode()) <= SOCKET_PATH_MAX:
+            return str(path)
+        name = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+        script = (
+            'umask 077 && mkdir -p "$HOME/.deployhook/sockets" && ln -sfn "$1" "$HOME/.deployhook/sockets/$2" '
+            '&& printf %s "$HOME/.deployhook/sockets/$2"'
+        )
+        try:
+            link = self.tunnel.run(["sh", "-c", script, "sh", str(path), name])
+        except CommandFailed as exc:
+            raise EngineUnreachable(f"{self.address}: cannot link {path} to a shorter path there: {exc}") from None
+        if len(link.encode()) > SOCKET_PATH_MAX:
+            raise DeployError(
+                f"{self.address}: {path} is too long for a unix socket, and so is {link} (the SSH user's home); "
+                "give deployhook a shorter state_dir"
+            )
+        return link
 
     def address_here(self, host: str, port: int) -> tuple[str, int]:
         self._require_socket()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import socket
 import subprocess
@@ -207,3 +208,29 @@ def test_a_release_ships_only_the_layers_the_server_lacks(
     busybox = testbed.static_busybox().stat().st_size
     assert whole.bytes > busybox > 50 * delta.bytes, (whole.describe(), delta.describe())
     assert "1 of 2 layers sent" in delta.describe()
+
+
+@pytest.mark.docker
+def test_a_socket_whose_path_is_too_long_for_ssh_is_reached_through_a_short_link(
+    remote_engine: Any, tmp_path: Path
+) -> None:
+    """The proxy's admin socket under a deep state_dir (a test's, under xdist) is longer than a unix socket
+    address may be: the server gets a link to it in the SSH user's home, and that is forwarded."""
+    deep = tmp_path / ("d" * 60) / "proxy" / "production" / "run" / "admin"
+    path = deep / "admin.sock"
+    assert len(str(path)) > 107
+    code = (
+        "import os, socket, sys; os.makedirs(os.path.dirname(sys.argv[1]), exist_ok=True); "
+        "os.chdir(os.path.dirname(sys.argv[1])); s = socket.socket(socket.AF_UNIX); s.bind('admin.sock'); "
+        "s.listen(); c, _ = s.accept(); c.sendall(b'through the link'); c.close()"
+    )
+    remote_engine.ssh(f"(nohup timeout 60 python3 -c {shlex.quote(code)} {path} >/dev/null 2>&1 &)")
+    with ssh_engine(remote_engine) as engine:
+        testbed.wait_for(lambda: not engine.missing([str(path)]), timeout=20, what="the server's socket")
+        local = engine.socket_here(path)
+        with socket.socket(socket.AF_UNIX) as conn:
+            conn.settimeout(10)
+            conn.connect(str(local))
+            assert conn.recv(64) == b"through the link"
+    links = remote_engine.ssh("ls -l $HOME/.deployhook/sockets").stdout
+    assert str(path) in links
