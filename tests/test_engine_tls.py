@@ -15,10 +15,11 @@ import remote_bed
 import requests
 import testbed
 from testbed import REMOTE_BUSYBOX_PAGE as PAGE
-from testbed import Bed, deployed, release, remote_psql, step_statuses
+from testbed import Bed, deployed, remote_psql, step_statuses
 
 from deploy_config.errors import DeployError
 from deploy_config.schema import EnvironmentConfig
+from deploy_state import Status
 from docker_runtime.childenv import child_environment
 from docker_runtime.engines import Engine, TLSEngine, engine_for
 from docker_runtime.errors import EngineUnreachable
@@ -212,11 +213,14 @@ def test_releases_promoted_to_a_tcp_engine(bed: Bed, production_cleanup: Any) ->
     assert not bed.docker.containers.list(all=True, filters={"label": label})  # nothing of it on this host
     remote_psql(bed, remote, "CREATE TABLE visits (id int); INSERT INTO visits SELECT generate_series(1, 42);")
 
-    # The next release: pg_dump through that engine first, then the app recreated there.
-    second = release(bed, "two")
-    deployed(bed, "staging", second)
-    again = deployed(bed, "production", second)
+    # Promoted again (`deployhook promote`): pg_dump through that engine first, then the stack brought up there.
+    headers = {"Authorization": f"Bearer {testbed.API_TOKEN}"}
+    response = bed.client.post("/api/environments/production/promote", json={}, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    bed.work()
+    again = bed.store.require(str(response.get_json()["id"]))
+    assert again.status == Status.SUCCEEDED, f"{again.reason}\n{bed.log(again)}"
     assert step_statuses(again)["backup"] == "succeeded"
     assert again.backup and (bed.config.environments["production"].backups.dir / again.backup).is_file()
-    assert bed.health("production")["version"] == second
+    assert bed.health("production")["version"] == first
     assert remote_psql(bed, remote, "SELECT count(*) FROM visits;") == "42"
