@@ -103,13 +103,22 @@ def process_tree(sid: int) -> list[psutil.Process]:
 
 
 def signal_tree(sid: int, sig: signal.Signals) -> list[str]:
-    """Send sig to the worker's whole process tree at once; returns what was signalled."""
+    """Send sig to the worker's whole process tree at once, as a service manager signals a control group;
+    returns what was signalled.
+
+    Every process is stopped (SIGSTOP) before any is signalled, and continued after: signalled one by one, a
+    process signalled late could act on the death of one signalled early (a work horse recording its step as
+    failed because its pg_dump died first: pids wrap, so a child's may come first)."""
     tree = process_tree(sid)
     names = []
     for proc in tree:
         with suppress(psutil.NoSuchProcess):
             names.append(" ".join(proc.cmdline())[:120])
-            proc.send_signal(sig)
+            proc.send_signal(signal.SIGSTOP)
+    for each in (sig, signal.SIGCONT):
+        for proc in tree:
+            with suppress(psutil.NoSuchProcess):
+                proc.send_signal(each)
     return names
 
 
