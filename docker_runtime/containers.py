@@ -1,19 +1,23 @@
 """Listing a compose project's containers: the one place that asks Docker which containers a project has.
 
 The workers list each environment's containers through its own engine (workers/engine_status.py) and
-record them in Redis for the status page, which never asks Docker itself. The Docker SDK is imported
-where it is called, so a worker waiting for a job does without it.
+record them in Redis for the status page, which never asks Docker itself. They list them with the Docker
+CLI, not the SDK: a worker waiting for a job then holds no Docker client at all (the footprint's idle
+figure), and what a listing costs is a process that ends.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import requests
-
 from deploy_config.errors import DeployError
+
+from . import commands
+from .childenv import child_environment
+from .errors import CommandFailed
 
 if TYPE_CHECKING:
     import docker
@@ -64,40 +68,38 @@ def list_containers(
     be listed; the first `limit` of them by service and name, the others counted in `more`."""
     if not project:
         return Containers(error="no compose project set for this environment")
-    import docker.errors
-
     try:
-        client = engine.client(timeout)
-    except (docker.errors.DockerException, DeployError, OSError) as exc:
-        return Containers(error=f"Docker is unreachable at {engine.address}: {_first_line(exc)}")
-    try:
-        return _listed(client, project, limit)
-    except (docker.errors.DockerException, requests.RequestException) as exc:
-        return Containers(error=f"Docker is unreachable at {engine.address}: {_first_line(exc)}")
-    finally:
-        client.close()
-
-
-def _listed(client: docker.DockerClient, project: str, limit: int | None) -> Containers:
-    """Inspect (for the limits) only the containers kept: a project of hundreds costs one call, not hundreds."""
-    import docker.errors
-
-    summaries = client.api.containers(all=True, filters={"label": f"{PROJECT_LABEL}={project}"})
-    summaries.sort(key=_summary_order)
-    kept = summaries if limit is None else summaries[:limit]
-    items = []
-    for summary in kept:
+        env = child_environment(engine=engine.docker_env())
         try:
-            items.append(_container(client.api.inspect_container(summary["Id"])))
-        except docker.errors.NotFound:
-            continue  # removed since it was listed (a rollout recreates containers)
-    return Containers(sorted(items, key=lambda c: (c.service, c.name)), more=len(summaries) - len(kept))
+            return _listed(env, project, timeout, limit)
+        except CommandFailed:
+            return _listed(env, project, timeout, limit)  # one removed between listing and inspecting: again
+    except (CommandFailed, DeployError, OSError, ValueError) as exc:
+        return Containers(error=f"Docker is unreachable at {engine.address}: {_first_line(exc)}")
 
 
-def _summary_order(summary: Mapping[str, Any]) -> tuple[str, str]:
-    labels = summary.get("Labels") or {}
-    names = summary.get("Names") or [""]
-    return str(labels.get(SERVICE_LABEL, "")), str(names[0]).lstrip("/")
+def _listed(env: Mapping[str, str], project: str, timeout: float, limit: int | None) -> Containers:
+    """Inspect (for the limits) only the containers kept: a project of hundreds costs one call, not hundreds."""
+    template = '{{.ID}}\t{{.Label "' + SERVICE_LABEL + '"}}\t{{.Names}}'
+    listing = [
+        "docker",
+        "ps",
+        "--all",
+        "--no-trunc",
+        "--filter",
+        f"label={PROJECT_LABEL}={project}",
+        "--format",
+        template,
+    ]
+    rows = [line.split("\t") for line in commands.run(listing, env=env, timeout=timeout).stdout.splitlines() if line]
+    rows.sort(key=lambda row: (row[1], row[2]) if len(row) == 3 else ("", ""))
+    kept = rows if limit is None else rows[:limit]
+    if not kept:
+        return Containers(more=len(rows))
+    inspect = ["docker", "inspect", "--type", "container", *(row[0] for row in kept)]
+    found = json.loads(commands.run(inspect, env=env, timeout=timeout).stdout)
+    items = [_container(attrs) for attrs in found]
+    return Containers(sorted(items, key=lambda c: (c.service, c.name)), more=len(rows) - len(kept))
 
 
 def _container(attrs: Mapping[str, Any]) -> Container:
@@ -116,5 +118,6 @@ def _container(attrs: Mapping[str, Any]) -> Container:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
+    """The error worth showing: a failed command's last output line (the CLI's own words), else the first."""
+    lines = (exc.output if isinstance(exc, CommandFailed) else str(exc)).strip().splitlines()
+    return (lines[-1] if isinstance(exc, CommandFailed) and lines else lines[0] if lines else str(exc))[:200]

@@ -12,6 +12,7 @@ engine, and nothing loads an SSH library: or over TCP with TLS, for the SDK and 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -25,6 +26,8 @@ from urllib.parse import urlsplit
 from deploy_config.errors import DeployError
 from deploy_config.schema import EngineConfig, EnvironmentConfig
 
+from . import commands
+from .childenv import child_environment
 from .errors import CommandFailed, EngineUnreachable
 from .ssh import SSHTunnel
 
@@ -106,23 +109,23 @@ class Engine:
         return [path for path in paths if not os.path.lexists(path)]
 
     def describe(self, timeout: float = 5.0) -> EngineInfo:
-        """The engine's version; raises EngineUnreachable when it does not answer."""
-        import docker.errors
-        import requests
-
+        """The engine's version, asked with the Docker CLI (a worker's minute checks then load no Docker client);
+        raises EngineUnreachable when it does not answer."""
+        args = ["docker", "version", "--format", "{{json .Server}}"]
         try:
-            client = self.client(timeout)
-            try:
-                version = client.version()
-            finally:
-                client.close()
-        except (docker.errors.DockerException, requests.RequestException) as exc:
-            raise EngineUnreachable(f"Docker is not reachable at {self.endpoint}: {exc}") from None
+            answer = commands.run(args, env=child_environment(engine=self.docker_env()), timeout=timeout).stdout
+            server = json.loads(answer) or {}
+        except CommandFailed as exc:
+            raise EngineUnreachable(f"Docker is not reachable at {self.endpoint}: {_cli_error(exc)}") from None
+        except ValueError:
+            raise EngineUnreachable(
+                f"Docker at {self.endpoint} answered `docker version` with {answer[:200]!r}"
+            ) from None
         return EngineInfo(
             address=self.address,
-            docker_version=str(version.get("Version", "")),
-            api_version=str(version.get("ApiVersion", "")),
-            os=f"{version.get('Os', '')}/{version.get('Arch', '')}".strip("/"),
+            docker_version=str(server.get("Version", "")),
+            api_version=str(server.get("ApiVersion", "")),
+            os=f"{server.get('Os', '')}/{server.get('Arch', '')}".strip("/"),
         )
 
     def __enter__(self) -> Engine:
@@ -304,23 +307,21 @@ class TLSEngine(Engine):
 
     def describe(self, timeout: float = 5.0) -> EngineInfo:
         """As Engine's; a failed TLS handshake also says which of the files to look at."""
-        import requests
-
         try:
             return super().describe(timeout)
         except EngineUnreachable as exc:
-            # Engine.describe raises `from None`, which hides the SDK's error but keeps it as the context.
-            if not isinstance(exc.__context__, requests.exceptions.SSLError):
-                raise
-            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+            text = str(exc)
+            if "x509" in text or "certificate is valid for" in text:
                 hint = f"the engine's certificate is not signed by tls_ca ({self.config.tls_ca}) or does not name "
                 hint += f"{urlsplit(self.config.url).hostname}"
-            else:
+            elif "tls:" in text or "remote error" in text:
                 hint = (
                     f"the engine refused tls_cert ({self.config.tls_cert}), which the CA of its --tlscacert must "
                     "have signed, or it does not speak TLS on that port"
                 )
-            raise EngineUnreachable(f"{exc}; {hint}") from None
+            else:
+                raise
+            raise EngineUnreachable(f"{text}; {hint}") from None
 
     def socket_here(self, path: Path) -> Path:
         raise DeployError(f"{self.address}: a tcp:// engine cannot reach its host's sockets; start-first needs ssh://")
@@ -359,6 +360,12 @@ def engine_for(env: EnvironmentConfig) -> Engine:
 def same_engine(a: EngineConfig, b: EngineConfig) -> bool:
     """Whether two environments may run on one engine (EngineConfig.same_engine: the config layer decides)."""
     return a.same_engine(b)
+
+
+def _cli_error(exc: CommandFailed) -> str:
+    """The Docker CLI's own words for a failure: its last output line (`error during connect: ...`)."""
+    lines = [line for line in exc.output.strip().splitlines() if line.strip() and line.strip() != "null"]
+    return lines[-1][:300] if lines else exc.reason
 
 
 def _seconds(timeout: float | None) -> int:

@@ -118,7 +118,7 @@ def test_a_certificate_of_another_ca_fails_saying_so(remote_engine: Any, tmp_pat
         with pytest.raises(EngineUnreachable) as wrong_ca:
             engine.describe()
     assert remote_engine.tcp_url in str(wrong_ca.value)
-    assert "CERTIFICATE_VERIFY_FAILED" in str(wrong_ca.value), wrong_ca.value
+    assert "x509" in str(wrong_ca.value), wrong_ca.value
     assert f"is not signed by tls_ca ({other[0]})" in str(wrong_ca.value)
     print(f"with another CA: {wrong_ca.value}")
     # Our certificate, signed by a CA the engine does not trust.
