@@ -15,7 +15,7 @@ import remote_bed
 import requests
 import testbed
 from testbed import REMOTE_BUSYBOX_PAGE as PAGE
-from testbed import Bed, deployed, remote_psql, step_statuses
+from testbed import Bed, deployed, promote, remote_psql, step_statuses
 
 from deploy_config.errors import DeployError
 from deploy_config.schema import EnvironmentConfig
@@ -214,11 +214,7 @@ def test_releases_promoted_to_a_tcp_engine(bed: Bed, production_cleanup: Any) ->
     remote_psql(bed, remote, "CREATE TABLE visits (id int); INSERT INTO visits SELECT generate_series(1, 42);")
 
     # Promoted again (`deployhook promote`): pg_dump through that engine first, then the stack brought up there.
-    headers = {"Authorization": f"Bearer {testbed.API_TOKEN}"}
-    response = bed.client.post("/api/environments/production/promote", json={}, headers=headers)
-    assert response.status_code == 202, response.get_json()
-    bed.work()
-    again = bed.store.require(str(response.get_json()["id"]))
+    again = promote(bed)
     assert again.status == Status.SUCCEEDED, f"{again.reason}\n{bed.log(again)}"
     assert step_statuses(again)["backup"] == "succeeded"
     assert again.backup and (bed.config.environments["production"].backups.dir / again.backup).is_file()

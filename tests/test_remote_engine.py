@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import testbed
 import yaml
-from testbed import Bed, Traffic, deployed, release, remote_psql, roll_back, start_first, step_statuses
+from testbed import Bed, Traffic, deployed, promote, release, remote_psql, roll_back, start_first, step_statuses
 
 from deploy_state import Status
 
@@ -99,11 +99,12 @@ def test_production_on_its_own_server(
     assert bed.health("production")["version"] == first
     assert testbed.image_id(bed, f"{testbed.APP_IMAGE}:{first}") == promoted.images[testbed.APP_IMAGE]
 
-    # The next release, promoted while clients hit the server's address every 10 ms: nothing dropped.
+    # The next release, promoted (`deployhook promote`) while clients hit the server's address every 10 ms.
     second = release(bed, "two", {"config/app.conf": "release two\n"})
     deployed(bed, "staging", second)
     with Traffic(bed.config.environments["production"].base_url) as traffic:
-        again = deployed(bed, "production", second)
+        again = promote(bed)
+    assert again.status == Status.SUCCEEDED and again.sha == second, f"{again.reason}\n{bed.log(again)}"
     assert traffic.failed == 0, traffic.failures[:5]
     assert "layers sent, the others were there" in bed.log(again)  # the base layers went with the first release
     assert traffic.answers["fresh"] > 20

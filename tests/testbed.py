@@ -902,6 +902,16 @@ def release(bed: Bed, label: str, extra: dict[str, str] | None = None) -> str:
     return bed.commit({CHANGED: f"{original}# release {label}\n", **(extra or {})}, f"release {label}")
 
 
+def promote(bed: Bed, env: str = "production") -> Deployment:
+    """POST /api/environments/<env>/promote (what `deployhook promote` sends: the source environment's last
+    succeeded release), then run the queue; returns the promotion's record."""
+    headers = {"Authorization": f"Bearer {API_TOKEN}"}
+    response = bed.client.post(f"/api/environments/{env}/promote", json={}, headers=headers)
+    assert response.status_code == 202, response.get_json()
+    bed.work()
+    return bed.store.require(str(response.get_json()["id"]))
+
+
 def roll_back(bed: Bed, env: str) -> Deployment:
     """POST /api/environments/<env>/rollback, then run the queue; returns the rollback's record."""
     response = bed.client.post(f"/api/environments/{env}/rollback", headers={"Authorization": f"Bearer {API_TOKEN}"})
