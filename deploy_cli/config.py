@@ -15,6 +15,7 @@ from redis import RedisError
 from deploy_config import DeployConfig, DeployError, load_config
 from deploy_config.errors import ConfigError
 from deploy_config.isolation import RuleResult, lint, lint_notes
+from deploy_config.readiness import engine_file_warnings
 from deploy_config.secrets import read_env_file, split_credentials
 from deploy_state import DeploymentStore, EngineStatus
 from deploy_state.connection import quick_client, redis_url
@@ -49,7 +50,7 @@ def config_check(ctx: click.Context, config_file: Path, repo_dir: Path | None) -
     """
     config = load_config(config_file)
     repo_dir = repo_dir or config.repository.checkout or config_file.resolve().parent
-    warnings = _secret_warnings(config)
+    warnings = _secret_warnings(config) + engine_file_warnings(config)
     redact = config_redactor(config)
     stacks = resolve_stacks(config, repo_dir, redact)
     results = lint(config, stacks)

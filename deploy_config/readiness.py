@@ -1,6 +1,7 @@
 """What a service lacks in its configuration that would fail it later: said once when it starts, and on the page.
 
-Only what can be checked without running anything: the secrets' variables and the env file.
+Only what can be checked without running anything: the secrets' variables, the env file, and the key,
+known_hosts and certificate files a remote engine names.
 The Docker engine and Compose are checked by docker_runtime.engine.engine_warnings() when a service
 starts; the page's banner reads what the workers found of them instead (hook_server/readiness.py).
 """
@@ -34,4 +35,22 @@ def config_warnings(config: DeployConfig, web: bool = True) -> list[str]:
             f"env file {env_file} is missing or not readable (env_file in {config.source}): every deployment fails "
             "its preflight until it exists; create it with the app's secrets (DB_USER, DB_PASSWORD, DB_NAME, ...)"
         )
+    return warnings + engine_file_warnings(config)
+
+
+def engine_file_warnings(config: DeployConfig) -> list[str]:
+    """A remote engine's files (identity_file, known_hosts, TLS certificates) that this process cannot read."""
+    warnings = []
+    for env in config.environments.values():
+        engine = env.engine
+        named = {
+            "identity_file": engine.identity_file, "known_hosts": engine.known_hosts,
+            "tls_ca": engine.tls_ca, "tls_cert": engine.tls_cert, "tls_key": engine.tls_key,
+        }  # fmt: skip
+        for field, path in named.items():
+            if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+                warnings.append(
+                    f"environments.{env.name}.engine.{field}: {path} is missing or not readable: every deployment of "
+                    f"{env.name} fails to reach {engine.url} until it is"
+                )
     return warnings

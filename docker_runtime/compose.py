@@ -149,6 +149,7 @@ def resolve_for_lint(
     """The environment's compose file at repo_dir, resolved as its deploys run it: in a private temporary
     project directory holding the env files the file expects, its relative bind sources then moved to the
     environment's own project directory (config.worktree). Nothing of the environment's own is written."""
+    repo_dir = repo_dir.resolve()  # Compose runs in the compose file's directory: a relative path would move
     project = ComposeProject.for_environment(config, env, repo_dir)
     project_dir = config.worktree(env.name)
     content = _lint_env_content(config, repo_dir)

@@ -368,3 +368,27 @@ def test_config_check_does_without_redis(
     assert time.monotonic() - started < 5  # no outage retries: the check goes on at once
     assert shown[:2] == ["  staging      local", f"  production   {SERVER}"]
     assert shown[2].startswith(f"  (the workers' engine checks are not shown: Redis at {nowhere} does not answer (")
+
+
+def test_config_check_warns_of_an_engine_file_it_cannot_read_and_takes_a_relative_repo_dir(
+    compose_cli: None, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    missing = tmp_path / "known_hosts"
+    config = config_edits.write_config(
+        tmp_path,
+        config_edits.combine(
+            config_edits.set_at("state_dir", str(tmp_path / "state")),
+            config_edits.set_at("environments.production.engine", {"url": SERVER, "known_hosts": str(missing)}),
+        ),
+    )
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1")
+    monkeypatch.chdir(SAMPLE_APP.parent.parent.parent)  # the repository's root: --repo-dir relative to it
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["config", "check", "--config", str(config), "--repo-dir", str(SAMPLE_APP.relative_to(Path.cwd()))])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0, out
+    assert (
+        f"Warning: environments.production.engine.known_hosts: {missing} is missing or not readable: every "
+        f"deployment of production fails to reach {SERVER} until it is"
+    ) in out
