@@ -7,6 +7,7 @@ import io
 import stat
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,36 +168,19 @@ def test_only_an_archive_with_files_is_refused(remote_engine: Any, tmp_path: Pat
 @pytest.fixture
 def bed_overrides(remote_engine: Any) -> dict[str, dict[str, Any]]:
     """Staging here; production on the bed's engine over TCP with TLS, recreate, at the server's address."""
-    port = testbed.free_port()
-    return {
-        "production": {
-            "engine": {
-                "url": remote_engine.tcp_url,
-                "tls_ca": str(remote_engine.tls_ca),
-                "tls_cert": str(remote_engine.tls_cert),
-                "tls_key": str(remote_engine.tls_key),
-            },
-            "health_url": f"http://{remote_engine.address}:{port}/healthz",
-            "compose_env": {
-                "APP_PORT": str(port),
-                "APP_IMAGE": testbed.APP_IMAGE,
-                "DISCORD_IMAGE": testbed.DISCORD_IMAGE,
-            },
-        }
+    engine = {
+        "url": remote_engine.tcp_url,
+        "tls_ca": str(remote_engine.tls_ca),
+        "tls_cert": str(remote_engine.tls_cert),
+        "tls_key": str(remote_engine.tls_key),
     }
+    return {"production": testbed.remote_production(remote_engine, engine)}
 
 
 @pytest.fixture
-def production_cleanup(bed: Bed, remote_engine: Any) -> Any:
-    """Production's project and the sample app's images off the bed's engine; the images a registry gave it stay
-    (the session's other tests of that engine rely on them)."""
+def production_cleanup(bed: Bed, remote_engine: Any) -> Iterator[Any]:
     yield remote_engine
-    project = bed.config.environments["production"].project
-    remote_engine.docker("compose", "-p", str(project), "down", "--volumes", "--timeout", "1", check=False, ssh=False)
-    listed = remote_engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", ssh=False).stdout.split()
-    ours = [ref for ref in listed if ref.split(":")[0] in testbed.SAMPLE_IMAGES]
-    if ours:
-        remote_engine.docker("image", "rm", "--force", *ours, check=False, ssh=False)
+    testbed.clean_remote_production(bed, remote_engine)
 
 
 def test_releases_promoted_to_a_tcp_engine(bed: Bed, production_cleanup: Any) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,37 +25,20 @@ pytestmark = pytest.mark.docker
 
 @pytest.fixture
 def bed_overrides(remote_engine: Any) -> dict[str, dict[str, Any]]:
-    """Staging as always; production on the remote engine, start-first, at the server's address."""
-    port = testbed.free_port()
-    return {
-        "staging": start_first(),
-        "production": {
-            **start_first(),
-            "engine": {
-                "url": remote_engine.docker_host,
-                "identity_file": str(remote_engine.ssh_dir / "id_ed25519"),
-                "known_hosts": str(remote_engine.ssh_dir / "known_hosts"),
-            },
-            "health_url": f"http://{remote_engine.address}:{port}/healthz",
-            "compose_env": {
-                "APP_PORT": str(port),
-                "APP_IMAGE": testbed.APP_IMAGE,
-                "DISCORD_IMAGE": testbed.DISCORD_IMAGE,
-            },
-        },
+    """Staging as always; production on the remote engine over SSH, start-first, at the server's address."""
+    engine = {
+        "url": remote_engine.docker_host,
+        "identity_file": str(remote_engine.ssh_dir / "id_ed25519"),
+        "known_hosts": str(remote_engine.ssh_dir / "known_hosts"),
     }
+    production = {**start_first(), **testbed.remote_production(remote_engine, engine)}
+    return {"staging": start_first(), "production": production}
 
 
 @pytest.fixture
-def remote_cleanup(bed: Bed, remote_engine: Any) -> Any:
+def remote_cleanup(bed: Bed, remote_engine: Any) -> Iterator[Any]:
     yield remote_engine
-    project = bed.config.environments["production"].project
-    remote_engine.docker("compose", "-p", str(project), "down", "--volumes", "--timeout", "1", check=False, ssh=False)
-    # The images deployhook shipped, not those the bed was given (a registry's: PostgreSQL, HAProxy).
-    listed = remote_engine.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False, ssh=False).stdout
-    shipped = [ref for ref in listed.split() if ref.split(":")[0] in (testbed.APP_IMAGE, testbed.DISCORD_IMAGE)]
-    if shipped:
-        remote_engine.docker("image", "rm", "--force", *shipped, check=False, ssh=False)
+    testbed.clean_remote_production(bed, remote_engine)
 
 
 def test_production_on_its_own_server(

@@ -902,6 +902,27 @@ def release(bed: Bed, label: str, extra: dict[str, str] | None = None) -> str:
     return bed.commit({CHANGED: f"{original}# release {label}\n", **(extra or {})}, f"release {label}")
 
 
+def remote_production(remote: Any, engine: Mapping[str, str]) -> dict[str, Any]:
+    """Production's overrides for the remote bed: its engine, and the app at the server's address."""
+    port = free_port()
+    return {
+        "engine": dict(engine),
+        "health_url": f"http://{remote.address}:{port}/healthz",
+        "compose_env": {"APP_PORT": str(port), "APP_IMAGE": APP_IMAGE, "DISCORD_IMAGE": DISCORD_IMAGE},
+    }
+
+
+def clean_remote_production(bed: Bed, remote: Any) -> None:
+    """Production's project and the sample app's images off the bed's engine; the images a registry gave it
+    (PostgreSQL, HAProxy) stay: the session's other tests of that engine rely on them."""
+    project = bed.config.environments["production"].project
+    remote.docker("compose", "-p", str(project), "down", "--volumes", "--timeout", "1", check=False, ssh=False)
+    listed = remote.docker("image", "ls", "--format", "{{.Repository}}:{{.Tag}}", check=False, ssh=False).stdout
+    ours = [ref for ref in listed.split() if ref.split(":")[0] in SAMPLE_IMAGES]
+    if ours:
+        remote.docker("image", "rm", "--force", *ours, check=False, ssh=False)
+
+
 def promote(bed: Bed, env: str = "production") -> Deployment:
     """POST /api/environments/<env>/promote (what `deployhook promote` sends: the source environment's last
     succeeded release), then run the queue; returns the promotion's record."""
