@@ -102,6 +102,15 @@ def process_tree(sid: int) -> list[psutil.Process]:
     return list(found.values())
 
 
+def command_line(proc: psutil.Process) -> str:
+    """The process's command line; empty for one that has ended or is a zombie (a child not yet reaped): one
+    such process in the tree must not hide the others (a condition raising on it never comes true)."""
+    try:
+        return " ".join(proc.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def signal_tree(sid: int, sig: signal.Signals) -> list[str]:
     """Send sig to the worker's whole process tree at once, as a service manager signals a control group;
     returns what was signalled.
@@ -113,7 +122,7 @@ def signal_tree(sid: int, sig: signal.Signals) -> list[str]:
     names = []
     for proc in tree:
         with suppress(psutil.NoSuchProcess):
-            names.append(" ".join(proc.cmdline())[:120])
+            names.append(command_line(proc)[:120])
             proc.send_signal(signal.SIGSTOP)
     for each in (sig, signal.SIGCONT):
         for proc in tree:
@@ -348,7 +357,7 @@ class SlowCheckout(Fault):
         slow_fetch(self.bed, STALL)
 
     def reached(self, deployment_id: str, worker: WorkerProcess) -> bool:
-        return any("upload-pack" in " ".join(p.cmdline()) for p in process_tree(worker.pid))
+        return any("upload-pack" in command_line(p) for p in process_tree(worker.pid))
 
     def disarm(self) -> None:
         fast_fetch(self.bed)
@@ -415,7 +424,12 @@ def deploy_slow_release(bed: Bed, fault: Fault, worker: WorkerProcess, step: str
     bed.push("staging", sha)
     deployment_id = bed.deliver("staging", sha)
     wait_for_step(bed, deployment_id, step)
-    testbed.wait_for(lambda: fault.reached(deployment_id, worker), timeout=60, what=f"the fault in {step} to take hold")
+    try:
+        testbed.wait_for(lambda: fault.reached(deployment_id, worker), timeout=60, what=f"the fault in {step}")
+    except pytest.fail.Exception:  # say what the worker was doing instead (seen twice under load, for checkout)
+        tree = "\n".join(f"  {p.pid} {command_line(p)[:160]}" for p in process_tree(worker.pid))
+        log = bed.log(bed.store.require(deployment_id))[-3000:]
+        pytest.fail(f"the fault in {step} did not take hold within 60 s; the worker's tree:\n{tree}\nthe log:\n{log}")
     assert step_statuses(bed.store.require(deployment_id))[step] == "running"
     return deployment_id
 
