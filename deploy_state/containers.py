@@ -18,8 +18,8 @@ from redis import Redis, WatchError
 
 from deploy_text.formatting import cut
 
-from . import keys
-from .replies import text
+from . import engine_records, keys
+from .engine_records import decode, encode
 
 MAX_CONTAINERS = 50
 """Containers kept per environment (the rest are counted): a card stays readable and a hash small."""
@@ -65,8 +65,7 @@ class ContainersStatus:
 
     @classmethod
     def from_hash(cls, data: Mapping[bytes | str, bytes | str]) -> ContainersStatus:
-        known = {f.name for f in fields(cls)}
-        values = {text(key): json.loads(value) for key, value in data.items() if text(key) in known}
+        values = decode(cls, data)
         values["items"] = [_container(item) for item in values.get("items") or []]
         return cls(**values)
 
@@ -86,7 +85,7 @@ def record(conn: Redis, found: ContainersStatus) -> ContainersStatus | None:
                     return None  # leaving the block unwatches
                 pipe.multi()
                 pipe.delete(key)
-                pipe.hset(key, mapping={name: json.dumps(value) for name, value in found.to_dict().items()})
+                pipe.hset(key, mapping=encode(found))
                 pipe.execute()
                 return found
             except WatchError:
@@ -95,11 +94,7 @@ def record(conn: Redis, found: ContainersStatus) -> ContainersStatus | None:
 
 def read(conn: Redis, env: str, url: str | None = None) -> ContainersStatus | None:
     """env's containers as last listed; None when they never were, or (given url) when on another engine."""
-    data = conn.hgetall(keys.containers(env))
-    if not data:
-        return None
-    found = ContainersStatus.from_hash(data)
-    return None if url is not None and found.url != url else found
+    return engine_records.read(conn, keys.containers(env), ContainersStatus.from_hash, url)
 
 
 def bounded(found: ContainersStatus) -> ContainersStatus:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from redis import Redis, WatchError
 
 from deploy_text.formatting import cut
 
-from . import keys
-from .replies import text
+from . import engine_records, keys
+from .engine_records import decode, encode
 
 ERROR_CHARS = 300
 """Characters kept of why an engine is unreachable: ssh's reason and what to check fit; a hash stays small."""
@@ -52,9 +52,7 @@ class EngineStatus:
 
     @classmethod
     def from_hash(cls, data: Mapping[bytes | str, bytes | str]) -> EngineStatus:
-        known = {f.name for f in fields(cls)}
-        values = {text(key): json.loads(value) for key, value in data.items() if text(key) in known}
-        return cls(**values)
+        return cls(**decode(cls, data))
 
 
 def record(conn: Redis, status: EngineStatus) -> EngineStatus:
@@ -74,7 +72,7 @@ def record(conn: Redis, status: EngineStatus) -> EngineStatus:
                 earlier = json.loads(seen) if seen is not None and same_engine else None
                 stored = replace(status, last_seen=status.checked_at if status.reachable else earlier)
                 pipe.multi()
-                pipe.hset(key, mapping={name: json.dumps(value) for name, value in stored.to_dict().items()})
+                pipe.hset(key, mapping=encode(stored))
                 pipe.execute()
                 return stored
             except WatchError:
@@ -83,11 +81,7 @@ def record(conn: Redis, status: EngineStatus) -> EngineStatus:
 
 def read(conn: Redis, env: str, url: str | None = None) -> EngineStatus | None:
     """env's engine status as last recorded; None when none was, or (given url) when it was another engine's."""
-    data = conn.hgetall(keys.engine_status(env))
-    if not data:
-        return None
-    status = EngineStatus.from_hash(data)
-    return None if url is not None and status.url != url else status
+    return engine_records.read(conn, keys.engine_status(env), EngineStatus.from_hash, url)
 
 
 def bounded(status: EngineStatus) -> EngineStatus:
